@@ -1,0 +1,134 @@
+"""Real services for the tests: a Kafka-protocol broker, a ClickHouse server, chDB.
+
+Each binds to loopback on a free port and is stopped after the session. Under
+CI (``CI=true``) a service that cannot be had is a failure, never a skip.
+Overrides: ``MSGTRACE_KAFKA_BOOTSTRAP`` (a real Kafka), ``MSGTRACE_TEST_CLICKHOUSE_URL``.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Iterator
+
+import pytest
+
+from tracer.localsvc import ClickHouseServer, ServiceError, TansuBroker
+from tracer.store import Store
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+_USED: dict[str, str] = {}
+
+
+def unavailable(what: str, why: object) -> None:
+    """A needed service is missing: fail under CI, skip on a developer machine."""
+    msg = f"{what} unavailable: {why}"
+    if IN_CI:
+        pytest.fail(msg + " (CI=true: missing services fail the run)", pytrace=False)
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap servers of a shared Kafka-protocol broker for this session."""
+    env = os.environ.get("MSGTRACE_KAFKA_BOOTSTRAP")
+    if env:
+        _USED["kafka"] = f"external Kafka at {env}"
+        yield env
+        return
+    try:
+        broker = TansuBroker().start()
+    except (ServiceError, TimeoutError, OSError) as e:
+        unavailable("Tansu broker", e)
+    _USED["kafka"] = f"Tansu {broker.binary} at {broker.bootstrap}"
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def tansu() -> Iterator[TansuBroker]:
+    """A broker of the test's own, which the test may restart (losing its log) or kill."""
+    try:
+        broker = TansuBroker().start()
+    except (ServiceError, TimeoutError, OSError) as e:
+        unavailable("Tansu broker", e)
+    _USED.setdefault("tansu-own", f"Tansu {broker.binary} (per-test instances)")
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def clickhouse_server() -> Iterator[ClickHouseServer | None]:
+    """A ClickHouse server for the session (None when an external URL is given)."""
+    if os.environ.get("MSGTRACE_TEST_CLICKHOUSE_URL"):
+        _USED["clickhouse"] = "external ClickHouse server (MSGTRACE_TEST_CLICKHOUSE_URL)"
+        yield None
+        return
+    try:
+        server = ClickHouseServer().start()
+    except (ServiceError, TimeoutError, OSError) as e:
+        unavailable("clickhouse-server", e)
+    _USED["clickhouse"] = f"clickhouse-server {server.binary} at 127.0.0.1:{server.tcp_port}"
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _server_url(server: ClickHouseServer | None, database: str) -> str:
+    env = os.environ.get("MSGTRACE_TEST_CLICKHOUSE_URL")
+    if env:
+        base = env.rsplit("/", 1)[0] if env.count("/") > 2 else env
+        return f"{base}/{database}"
+    assert server is not None
+    return server.url(database)
+
+
+@pytest.fixture
+def chdb_url(tmp_path) -> str:
+    _USED.setdefault("chdb", "chDB (embedded, temp dirs)")
+    return f"chdb://{tmp_path / 'store'}"
+
+
+@pytest.fixture
+def server_url(clickhouse_server) -> str:
+    """A fresh database on the ClickHouse server, for this test alone."""
+    return _server_url(clickhouse_server, f"t_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(params=["chdb", "clickhouse"])
+def store_url(request) -> str:
+    """The same test on both ClickHouse engines."""
+    if request.param == "chdb":
+        return request.getfixturevalue("chdb_url")
+    return request.getfixturevalue("server_url")
+
+
+@pytest.fixture
+def store(store_url) -> Iterator[Store]:
+    """An initialised store on each engine."""
+    s = Store(store_url)
+    s.init_schema()
+    try:
+        yield s
+    finally:
+        if s.engine == "clickhouse":
+            try:
+                s.command("DROP DATABASE IF EXISTS {db:Identifier}")
+            except Exception:
+                pass
+        s.close()
+
+
+def pytest_report_header(config) -> list[str]:
+    return [f"msgtrace tests: CI={'yes' if IN_CI else 'no'} (missing services {'fail' if IN_CI else 'skip'})"]
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _USED:
+        terminalreporter.section("real services used")
+        for kind, what in sorted(_USED.items()):
+            terminalreporter.write_line(f"{kind}: {what}")

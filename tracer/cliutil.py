@@ -1,0 +1,67 @@
+"""Shared pieces of the click CLI: options, error handling, consoles.
+
+Library errors become one clean line on stderr and exit code 2; results go to
+stdout (rich for people, JSON for machines).
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Callable, TypeVar
+
+import click
+from rich.console import Console
+
+from .errors import MsgtraceError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Exit codes shared by every command.
+EXIT_OK, EXIT_LOST, EXIT_ERROR, EXIT_UNKNOWN = 0, 1, 2, 3
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> None:
+    """Print one line to stderr and exit."""
+    err.print(f"[bold red]error:[/] {message}", markup=True)
+    sys.exit(code)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn msgtrace errors (and a few client ones) into one line + exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MsgtraceError as e:
+            fail(str(e))
+        except TimeoutError as e:
+            fail(f"timed out: {e}")
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def store_option(fn: F) -> F:
+    return click.option("--store", "store_url", envvar="MSGTRACE_STORE", metavar="URL",
+                        help="Store URL: chdb:///dir (default: embedded dir under the user's data dir) "
+                             "or clickhouse://user:pass@host:9000/db. Env: MSGTRACE_STORE.")(fn)
+
+
+def json_option(fn: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON to stdout.")(fn)
+
+
+def bootstrap_option(fn: F) -> F:
+    return click.option("--bootstrap", envvar="MSGTRACE_KAFKA_BOOTSTRAP", metavar="HOST:PORT",
+                        help="Audit Kafka bootstrap servers. Env: MSGTRACE_KAFKA_BOOTSTRAP.")(fn)
+
+
+def audit_topic_option(fn: F) -> F:
+    return click.option("--audit-topic", envvar="MSGTRACE_AUDIT_TOPIC", default="msgtrace.audit",
+                        show_default=True, help="Audit topic. Env: MSGTRACE_AUDIT_TOPIC.")(fn)

@@ -1,0 +1,509 @@
+"""The ClickHouse store: one interface, two engines selected by URL.
+
+* ``chdb:///path/to/dir`` -- embedded ClickHouse (chDB), the default. chDB lets
+  one process at a time open a directory, so every operation runs in a short
+  session guarded by a file lock: the collector, the CLI and a few writers
+  share a store by taking turns, waiting a bounded time, and a waiter that
+  gives up names the holder.
+* ``clickhouse://user:password@host:9000/database`` -- a server over the native
+  protocol (clickhouse-driver), 18.16 or newer.
+
+SQL lives in ``queries/*.sql`` and runs unchanged on both. Values are always
+bound as ``{name:Type}`` parameters: chDB binds them server side; for old
+servers without parameters the driver's own escaping renders them. Identifiers
+(the database name) are validated, never taken raw from input.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from .errors import ConfigError, QueryError, StoreError, StoreLocked, StoreUnavailable
+from .events import STORE_COLUMNS, Event, to_columns
+
+DEFAULT_DATABASE = "msgtrace"
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_PARAM_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*):([^{}]+)\}")
+_CODE_RE = re.compile(r"Code: (\d+)\.")
+
+
+def _queries_dir() -> Path:
+    """``queries/`` beside the package in a checkout, else the installed copy."""
+    here = Path(__file__).resolve().parent.parent / "queries"
+    if here.is_dir():
+        return here
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("msgtrace_queries")))
+
+
+QUERIES_DIR = _queries_dir()
+
+
+def default_store_url() -> str:
+    """``MSGTRACE_STORE`` or an embedded chDB dir under the user's data dir."""
+    env = os.environ.get("MSGTRACE_STORE")
+    if env:
+        return env
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return "chdb://" + os.path.join(base, "msgtrace", "store")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreURL:
+    engine: str  # "chdb" | "clickhouse"
+    database: str
+    path: str = ""
+    host: str = ""
+    port: int = 9000
+    user: str = "default"
+    password: str = ""
+    secure: bool = False
+
+    def redacted(self) -> str:
+        """The URL as it may appear in logs and errors (never the password)."""
+        if self.engine == "chdb":
+            return f"chdb://{self.path}?database={self.database}"
+        scheme = "clickhouses" if self.secure else "clickhouse"
+        auth = f"{self.user}:***@" if self.password else f"{self.user}@"
+        return f"{scheme}://{auth}{self.host}:{self.port}/{self.database}"
+
+
+def check_identifier(name: str, what: str = "database name") -> str:
+    if not _IDENT_RE.match(name or ""):
+        raise ConfigError(f"invalid {what} {name!r}: use letters, digits and _ (not starting with a digit)")
+    return name
+
+
+def parse_store_url(url: str) -> StoreURL:
+    """Parse a store URL; a wrong one raises a one-line ConfigError."""
+    if not url:
+        raise ConfigError("empty store URL (expected chdb:///path or clickhouse://user:pass@host:9000/db)")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise ConfigError(f"invalid store URL: {e}") from None
+    scheme = parts.scheme.lower()
+    query = parse_qs(parts.query)
+    if scheme == "chdb":
+        path = unquote(parts.netloc + parts.path)
+        if not path:
+            raise ConfigError("chdb store URL has no directory (expected chdb:///path/to/dir)")
+        db = query.get("database", [DEFAULT_DATABASE])[0]
+        return StoreURL("chdb", check_identifier(db), path=os.path.abspath(os.path.expanduser(path)))
+    if scheme in ("clickhouse", "clickhouses"):
+        if not parts.hostname:
+            raise ConfigError("clickhouse store URL has no host (expected clickhouse://user:pass@host:9000/db)")
+        db = unquote(parts.path.lstrip("/")) or query.get("database", [DEFAULT_DATABASE])[0]
+        return StoreURL("clickhouse", check_identifier(db), host=parts.hostname, port=port or 9000,
+                        user=unquote(parts.username or "default"), password=unquote(parts.password or ""),
+                        secure=scheme == "clickhouses")
+    shown = url.split("://", 1)[0] if "://" in url else url[:40]
+    raise ConfigError(f"unsupported store URL scheme {shown!r} (expected chdb:// or clickhouse://)")
+
+
+def load_sql(name: str) -> str:
+    """Text of ``queries/<name>.sql``."""
+    path = QUERIES_DIR / f"{name}.sql"
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StoreError(f"no query file {path}") from None
+
+
+def split_statements(sql: str) -> list[str]:
+    """Split a .sql file on ``;`` at line ends, dropping comment-only chunks."""
+    out = []
+    for chunk in re.split(r";\s*(?:\n|$)", sql):
+        body = "\n".join(l for l in chunk.splitlines() if not l.strip().startswith("--")).strip()
+        if body:
+            out.append(body)
+    return out
+
+
+def _first_line(text: str, limit: int = 400) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else text
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+# --- ClickHouse type -> arrow type, for chDB's columnar insert -----------------
+
+def _arrow_type(ch_type: str):  # -> pa.DataType
+    import pyarrow as pa
+
+    t = ch_type.strip()
+    if t.startswith("Nullable(") and t.endswith(")"):
+        return _arrow_type(t[9:-1])
+    if t.startswith("Array(") and t.endswith(")"):
+        return pa.list_(_arrow_type(t[6:-1]))
+    simple = {"String": pa.string(), "UInt8": pa.uint8(), "UInt16": pa.uint16(), "UInt32": pa.uint32(),
+              "UInt64": pa.uint64(), "Int8": pa.int8(), "Int16": pa.int16(), "Int32": pa.int32(),
+              "Int64": pa.int64(), "Float32": pa.float32(), "Float64": pa.float64()}
+    if t in simple:
+        return simple[t]
+    raise StoreError(f"no arrow mapping for ClickHouse type {t}")
+
+
+# --- parameter rendering -------------------------------------------------------
+
+def _tsv_escape(s: str) -> str:
+    return (s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+            .replace("\r", "\\r").replace("\0", "\\0"))
+
+
+def _chdb_param(value: Any) -> str:
+    """chDB binds parameters from text in ClickHouse's escaped format."""
+    from clickhouse_driver.util.escape import escape_param
+
+    if isinstance(value, str):
+        return _tsv_escape(value)
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if value is None:
+        return "\\N"
+    # composite values (arrays, tuples) are read as quoted literals, unescaped
+    return escape_param(value, None)
+
+
+class Backend:
+    """One engine's connection. Not used directly: see :class:`Store`."""
+
+    engine = ""
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None) -> tuple[list[str], list[tuple]]:
+        raise NotImplementedError
+
+    def insert(self, table: str, columns: Mapping[str, Sequence[Any]], types: Mapping[str, str]) -> None:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        yield
+
+    def close(self) -> None:
+        pass
+
+
+# chDB is one embedded server per process: serialize every use of it.
+_CHDB_PROCESS_LOCK = threading.RLock()
+
+
+class ChdbBackend(Backend):
+    engine = "chdb"
+
+    def __init__(self, url: StoreURL, lock_timeout: float) -> None:
+        self.url = url
+        self.lock_timeout = lock_timeout
+        self._sess = None
+        self._depth = 0
+        self._lock_fd: int | None = None
+
+    def _lock_path(self) -> str:
+        return os.path.join(self.url.path, ".msgtrace.lock")
+
+    def _holder(self) -> str:
+        try:
+            with open(self._lock_path(), encoding="utf-8", errors="replace") as f:
+                return f.read().strip() or "an unknown process"
+        except OSError:
+            return "an unknown process"
+
+    def _acquire_file_lock(self) -> None:
+        os.makedirs(self.url.path, exist_ok=True)
+        fd = os.open(self._lock_path(), os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise StoreLocked(f"chDB store {self.url.path} is held by {self._holder()} "
+                                      f"(waited {self.lock_timeout:.0f} s)") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+        import sys
+
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} ({' '.join(sys.argv)[:200]})".encode(), 0)
+        self._lock_fd = fd
+
+    def _release_file_lock(self) -> None:
+        if self._lock_fd is not None:
+            fd, self._lock_fd = self._lock_fd, None
+            try:
+                os.ftruncate(fd, 0)
+            finally:
+                os.close(fd)  # closing drops the flock
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        with _CHDB_PROCESS_LOCK:
+            if self._depth == 0:
+                self._open()
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._shut()
+
+    def _open(self) -> None:
+        self._acquire_file_lock()
+        try:
+            from chdb import session as chdb_session
+
+            self._sess = chdb_session.Session(self.url.path)
+        except Exception as e:  # chDB raises RuntimeError on a foreign lock
+            self._release_file_lock()
+            raise StoreLocked(f"cannot open chDB store {self.url.path}: {_first_line(str(e))} "
+                              "(another process may hold it outside msgtrace)") from None
+
+    def _shut(self) -> None:
+        sess, self._sess = self._sess, None
+        try:
+            if sess is not None:
+                sess.close()
+        finally:
+            self._release_file_lock()
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None) -> tuple[list[str], list[tuple]]:
+        with self.session():
+            try:
+                if params:
+                    tbl = self._sess.query(sql, "ArrowTable", params={k: _chdb_param(v) for k, v in params.items()})
+                else:
+                    tbl = self._sess.query(sql, "ArrowTable")
+            except Exception as e:
+                raise _query_error(e) from None
+        if tbl is None or not hasattr(tbl, "column_names"):
+            return [], []
+        names = list(tbl.column_names)
+        cols = [c.to_pylist() for c in tbl.columns]
+        return names, list(zip(*cols)) if cols else []
+
+    def insert(self, table: str, columns: Mapping[str, Sequence[Any]], types: Mapping[str, str]) -> None:
+        import pyarrow as pa
+
+        names = list(columns)
+        arrays = [pa.array(columns[n], type=_arrow_type(types[n])) for n in names]
+        _msgtrace_rows = pa.Table.from_arrays(arrays, names=names)  # noqa: F841 (read by chDB by name)
+        cols = ", ".join(f"`{n}`" for n in names)
+        sql = f"INSERT INTO {table} ({cols}) SELECT {cols} FROM Python(_msgtrace_rows)"
+        with self.session():
+            try:
+                self._sess.query(sql)
+            except Exception as e:
+                raise _query_error(e) from None
+
+    def close(self) -> None:
+        with _CHDB_PROCESS_LOCK:
+            if self._sess is not None and self._depth == 0:
+                self._shut()
+
+
+def _query_error(e: Exception) -> QueryError:
+    text = str(e)
+    m = _CODE_RE.search(text)
+    return QueryError(f"ClickHouse error: {_first_line(text)}", code=int(m.group(1)) if m else None)
+
+
+class ClickHouseBackend(Backend):
+    engine = "clickhouse"
+
+    def __init__(self, url: StoreURL, connect_timeout: float = 5.0, timeout: float = 300.0) -> None:
+        import logging
+
+        from clickhouse_driver import Client
+
+        # The driver logs a traceback per failed connect; our error says it in one line.
+        logging.getLogger("clickhouse_driver.connection").setLevel(logging.CRITICAL)
+        self.url = url
+        self._lock = threading.Lock()
+        # Connect to "default": our database may not exist before `db init`.
+        self._client = Client(host=url.host, port=url.port, user=url.user, password=url.password,
+                              database="default", secure=url.secure, connect_timeout=connect_timeout,
+                              send_receive_timeout=timeout, sync_request_timeout=connect_timeout,
+                              settings={"use_numpy": False})
+
+    def _call(self, fn, *args, **kwargs):
+        from clickhouse_driver import errors as ce
+
+        with self._lock:
+            try:
+                return fn(*args, **kwargs)
+            except ce.ServerException as e:
+                raise QueryError(f"ClickHouse error: Code: {e.code}. {_first_line(e.message)}",
+                                 code=e.code) from None
+            except (ce.NetworkError, ce.SocketTimeoutError, OSError, EOFError) as e:
+                self._client.disconnect()
+                raise StoreUnavailable(f"cannot reach ClickHouse at {self.url.host}:{self.url.port}: "
+                                       f"{_first_line(str(e)) or type(e).__name__}") from None
+            except ce.Error as e:
+                self._client.disconnect()
+                raise StoreError(f"ClickHouse client error: {_first_line(str(e))}") from None
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None) -> tuple[list[str], list[tuple]]:
+        if params:
+            sql = self._render(sql, params)
+        rows, cols = self._call(self._client.execute, sql, with_column_types=True)
+        return [c[0] for c in cols], rows
+
+    @staticmethod
+    def _render(sql: str, params: Mapping[str, Any]) -> str:
+        """Old servers have no query parameters: render them with the driver's escaping."""
+        from clickhouse_driver.util.escape import escape_param
+
+        def sub(m: re.Match) -> str:
+            name, typ = m.group(1), m.group(2)
+            if name not in params:
+                raise QueryError(f"missing query parameter {name!r}")
+            return f"CAST({escape_param(params[name], None)} AS {typ})"
+
+        return _PARAM_RE.sub(sub, sql)
+
+    def insert(self, table: str, columns: Mapping[str, Sequence[Any]], types: Mapping[str, str]) -> None:
+        names = list(columns)
+        cols = ", ".join(f"`{n}`" for n in names)
+        self._call(self._client.execute, f"INSERT INTO {table} ({cols}) VALUES",
+                   [list(columns[n]) for n in names], columnar=True, types_check=False)
+
+    def close(self) -> None:
+        with self._lock:
+            self._client.disconnect()
+
+
+class Store:
+    """The ClickHouse store behind msgtrace: query, insert, schema.
+
+    Use ``with store.session():`` to keep an embedded store open across several
+    calls (cheaper, and nobody else gets it in between); each call alone opens
+    and closes it.
+    """
+
+    def __init__(self, url: str | None = None, *, lock_timeout: float | None = None) -> None:
+        self.url = parse_store_url(url or default_store_url())
+        self.database = self.url.database
+        if lock_timeout is None:
+            lock_timeout = float(os.environ.get("MSGTRACE_STORE_LOCK_TIMEOUT", "30"))
+        if self.url.engine == "chdb":
+            self.backend: Backend = ChdbBackend(self.url, lock_timeout)
+        else:
+            self.backend = ClickHouseBackend(self.url)
+        self._types: dict[str, dict[str, str]] = {}
+
+    @property
+    def engine(self) -> str:
+        return self.backend.engine
+
+    def __repr__(self) -> str:
+        return f"Store({self.url.redacted()})"
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def session(self) -> contextlib.AbstractContextManager[None]:
+        return self.backend.session()
+
+    def close(self) -> None:
+        self.backend.close()
+
+    # --- SQL ----------------------------------------------------------------
+    def render_identifiers(self, sql: str) -> str:
+        return sql.replace("{db:Identifier}", f"`{self.database}`")
+
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+        """Run a statement; return (column names, row tuples)."""
+        return self.backend.execute(self.render_identifiers(sql), params)
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run a statement; return rows as dicts."""
+        names, rows = self.rows(sql, params)
+        return [dict(zip(names, r)) for r in rows]
+
+    def query_file(self, name: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run ``queries/<name>.sql`` (one statement)."""
+        try:
+            return self.query(load_sql(name), params)
+        except QueryError as e:
+            e.query_name = name
+            raise
+
+    def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        self.rows(sql, params)
+
+    def run_script(self, name: str) -> int:
+        """Run every statement of ``queries/<name>.sql``; return how many ran."""
+        stmts = split_statements(load_sql(name))
+        with self.session():
+            for s in stmts:
+                self.command(s)
+        return len(stmts)
+
+    def init_schema(self) -> None:
+        """Create the database and tables; safe to run again."""
+        self.run_script("schema")
+        self._types.clear()
+
+    def server_version(self) -> str:
+        return str(self.rows("SELECT version()")[1][0][0])
+
+    # --- inserts ---------------------------------------------------------------
+    def column_types(self, table: str) -> dict[str, str]:
+        if table not in self._types:
+            check_identifier(table, "table name")
+            names, rows = self.rows(f"DESCRIBE TABLE {{db:Identifier}}.`{table}`")
+            self._types[table] = {r[0]: r[1] for r in rows}
+        return self._types[table]
+
+    def insert(self, table: str, columns: Mapping[str, Sequence[Any]]) -> int:
+        """Columnar insert of ``columns`` (name -> values) into ``table``."""
+        check_identifier(table, "table name")
+        types = self.column_types(table)
+        unknown = [c for c in columns if c not in types]
+        if unknown:
+            raise StoreError(f"table {table} has no column {unknown[0]!r}")
+        n = len(next(iter(columns.values()))) if columns else 0
+        if n:
+            self.backend.insert(self.render_identifiers(f"{{db:Identifier}}.`{table}`"), columns,
+                                {c: types[c] for c in columns})
+        return n
+
+    def insert_events(self, events: Sequence[Event]) -> int:
+        """Insert events into ``trace_events`` in one columnar batch."""
+        if not events:
+            return 0
+        return self.insert("trace_events", to_columns(events))
+
+    def select_events(self, msg_id: str) -> list[Event]:
+        """Every stored event of one message, de-duplicated, in time order."""
+        from .events import from_row
+
+        cols = ", ".join(f"`{c}`" for c in STORE_COLUMNS)
+        rows = self.query(
+            f"SELECT {cols} FROM {{db:Identifier}}.trace_events WHERE msg_id = {{msg_id:String}} "
+            "ORDER BY ts_us, seq, event_id LIMIT 1 BY event_id",
+            {"msg_id": msg_id})
+        return [from_row(r) for r in rows]
+
+
+def open_store(url: str | None = None, **kwargs: Any) -> Store:
+    """Open the store at ``url`` (default: ``MSGTRACE_STORE`` or the embedded chDB dir)."""
+    return Store(url, **kwargs)
