@@ -119,8 +119,11 @@ class TansuBroker(_Process):
     broker that acknowledged from page cache and crashed before flushing would.
     """
 
-    def __init__(self, port: int | None = None, workdir: str | None = None) -> None:
+    def __init__(self, port: int | None = None, workdir: str | None = None,
+                 advertised_port: int | None = None) -> None:
         self.port = port or free_port()
+        #: clients are told to connect here (e.g. a fault proxy in front of the broker)
+        self.advertised_port = advertised_port or self.port
         self.workdir = workdir or tempfile.mkdtemp(prefix="msgtrace-tansu-")
         self.binary = tansu_binary()
 
@@ -130,7 +133,8 @@ class TansuBroker(_Process):
 
     def start(self, timeout: float = 20.0) -> "TansuBroker":
         url = f"tcp://127.0.0.1:{self.port}"
-        self._spawn([self.binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+        advertised = f"tcp://127.0.0.1:{self.advertised_port}"
+        self._spawn([self.binary, "broker", "--listener-url", url, "--advertised-listener-url", advertised,
                      "--storage-engine", "memory://tansu/"], os.path.join(self.workdir, "tansu.log"))
         try:
             wait_until(lambda: self.proc.poll() is not None or port_open(self.port), timeout,

@@ -1,0 +1,4 @@
+"""``python -m tracer`` is the ``msgtrace`` command."""
+from .cli import main
+
+main()
