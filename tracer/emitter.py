@@ -1,0 +1,495 @@
+"""The audit emitter: spool first, ship in the background, never block the business.
+
+``Emitter.emit`` builds the wire line, stamps ``emitter_id`` + a gap-free ``seq``
+and appends it to this process's spool with one unbuffered write (so an event
+recorded before a SIGKILL is on disk). A daemon thread ships complete lines to
+a sink, remembers what it shipped, and adopts the spools of dead processes.
+Sinks: :class:`KafkaSink` (the audit topic, acks=all, many events per record)
+and :class:`StoreSink` (straight into ``trace_events``, batched generously so
+several processes can share one chDB directory).
+
+When the sink is down the spool grows up to ``max_spool_bytes``; beyond it
+events are dropped, counted and logged (their seq numbers stay unused, so the
+audit sees the gap).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from typing import Any, Protocol, Sequence
+
+import orjson
+
+from .events import STAGES, decode_batch, local_identity, record_headers
+from .spool import Chunk, SpoolReader, SpoolWriter, dead_spools
+
+log = logging.getLogger("msgtrace.emitter")
+
+FSYNC_POLICIES = ("never", "batch", "always")
+_APPEND_NL = orjson.OPT_APPEND_NEWLINE
+
+
+def default_spool_dir() -> str:
+    """``MSGTRACE_SPOOL_DIR`` or ``<user data dir>/msgtrace/spool``."""
+    env = os.environ.get("MSGTRACE_SPOOL_DIR")
+    if env:
+        return env
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "msgtrace", "spool")
+
+
+class Sink(Protocol):
+    """Where shipped lines go. ``ship`` raises on failure (the lines are shipped again later)."""
+
+    name: str
+    #: bytes read from the spool per ship call, and seconds between ship calls when idle
+    chunk_bytes: int
+    interval: float
+
+    def ship(self, data: bytes, lines: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _split_records(data: bytes, max_bytes: int) -> list[bytes]:
+    """Cut NDJSON ``data`` at line ends into record values of at most ~max_bytes (no trailing newline)."""
+    out: list[bytes] = []
+    start, n = 0, len(data)
+    while start < n:
+        end = min(start + max_bytes, n)
+        if end < n:
+            cut = data.rfind(b"\n", start, end)
+            end = cut + 1 if cut >= start else data.find(b"\n", end) + 1 or n
+        out.append(data[start:end].rstrip(b"\n"))
+        start = end
+    return [v for v in out if v]
+
+
+class KafkaSink:
+    """Ships to the audit topic with kafka-python: acks=all, one record = a batch of events.
+
+    Creates the topic if it is missing (a restarted memory broker loses it) and
+    rebuilds the producer after a failure, so a broker that comes back is used.
+    """
+
+    name = "kafka"
+    chunk_bytes = 4 << 20
+    interval = 0.05
+
+    def __init__(self, bootstrap: str, topic: str = "msgtrace.audit", partitions: int = 3,
+                 record_bytes: int = 512 << 10, timeout: float = 10.0, **producer_config: Any) -> None:
+        self.bootstrap, self.topic, self.partitions = bootstrap, topic, partitions
+        self.record_bytes, self.timeout = record_bytes, timeout
+        self.producer_config = producer_config
+        self._producer = None
+        self._headers = record_headers()
+
+    def _connect(self):
+        from kafka import KafkaProducer
+
+        self.ensure_topic()
+        cfg: dict[str, Any] = dict(bootstrap_servers=self.bootstrap, acks="all", linger_ms=0,
+                                   enable_idempotence=False, retries=2, request_timeout_ms=5000,
+                                   delivery_timeout_ms=int(self.timeout * 1000), max_block_ms=5000,
+                                   max_request_size=max(1 << 20, 2 * self.record_bytes),
+                                   reconnect_backoff_max_ms=1000, client_id="msgtrace-emitter")
+        cfg.update(self.producer_config)
+        self._producer = KafkaProducer(**cfg)
+        return self._producer
+
+    def ensure_topic(self) -> None:
+        """Create the audit topic unless it exists (best effort: auto-creation may do it)."""
+        from kafka.admin import KafkaAdminClient, NewTopic
+        from kafka.errors import TopicAlreadyExistsError
+
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000,
+                                 client_id="msgtrace-emitter-admin")
+        try:
+            if self.topic not in set(admin.list_topics()):
+                try:
+                    admin.create_topics([NewTopic(self.topic, self.partitions, 1)])
+                except TopicAlreadyExistsError:
+                    pass
+        finally:
+            admin.close()
+
+    def ship(self, data: bytes, lines: int) -> None:
+        producer = self._producer or self._connect()
+        try:
+            futures = [producer.send(self.topic, value=v, headers=self._headers)
+                       for v in _split_records(data, self.record_bytes)]
+            producer.flush(self.timeout)
+            for f in futures:
+                f.get(0)
+        except Exception:
+            self._drop_producer()
+            raise
+
+    def _drop_producer(self) -> None:
+        p, self._producer = self._producer, None
+        if p is not None:
+            try:
+                p.close(timeout=0)
+            except Exception:
+                pass
+
+    def close(self) -> None:
+        self._drop_producer()
+
+
+class StoreSink:
+    """Writes straight into the ClickHouse store (``Store.insert_events``).
+
+    For chDB each insert briefly takes the directory lock, so batches are large
+    and spaced out (``interval``) to let several processes share one directory.
+    """
+
+    name = "store"
+    chunk_bytes = 16 << 20
+    interval = 1.0
+
+    def __init__(self, url: str | None = None, interval: float = 1.0) -> None:
+        self.url, self.interval = url, interval
+        self._store = None
+        self.bad_lines = 0
+
+    def ship(self, data: bytes, lines: int) -> None:
+        if self._store is None:
+            from .store import Store
+
+            store = Store(self.url)
+            store.init_schema()
+            self._store = store
+        batch = decode_batch(data, check_header=False)
+        for bad in batch.bad:
+            self.bad_lines += 1
+            log.error("msgtrace spool line not stored: %s", bad.error)
+        self._store.insert_events(batch.events)
+
+    def close(self) -> None:
+        s, self._store = self._store, None
+        if s is not None:
+            s.close()
+
+
+class NullSink:
+    """Keeps everything in the spool (another process or ``msgtrace ship`` drains it)."""
+
+    name = "none"
+    chunk_bytes = 1 << 20
+    interval = 3600.0
+
+    def ship(self, data: bytes, lines: int) -> None:
+        raise RuntimeError("no sink configured")
+
+    def close(self) -> None:
+        pass
+
+
+class _Adopted:
+    """A dead process's spool that this shipper now owns (lock held until drained)."""
+
+    __slots__ = ("path", "lock_fd", "reader", "shipped")
+
+    def __init__(self, path: str, lock_fd: int) -> None:
+        self.path, self.lock_fd = path, lock_fd
+        self.reader = SpoolReader(path)
+        self.shipped = 0
+
+    def release(self, remove: bool) -> None:
+        self.reader.close()
+        if remove:
+            import shutil
+
+            shutil.rmtree(self.path, ignore_errors=True)
+        os.close(self.lock_fd)
+
+
+class Emitter:
+    """Spool + shipper for one process. ``emit`` is the hot path and never raises."""
+
+    def __init__(self, service: str, sink: Sink | None, spool_dir: str | None = None, *,
+                 fsync: str = "never", max_spool_bytes: int = 256 << 20, mq: str = "kafka",
+                 adopt: bool = True, adopt_interval: float = 5.0, segment_bytes: int = 8 << 20,
+                 start: bool = True) -> None:
+        if fsync not in FSYNC_POLICIES:
+            from .errors import ConfigError
+
+            raise ConfigError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, got {fsync!r}")
+        self.service, self.mq = service, mq
+        self.sink: Sink = sink or NullSink()
+        self.spool_dir = spool_dir or default_spool_dir()
+        os.makedirs(self.spool_dir, exist_ok=True)
+        self.emitter_id = str(uuid.uuid4())
+        # event_id = 80 random bits of this emitter + the 48-bit seq: unique, cheap, and the
+        # same on every re-ship, so de-duplication by event_id absorbs re-sent batches.
+        r = uuid.uuid4().hex
+        self._eid_prefix = f"{r[:8]}-{r[8:12]}-4{r[13:16]}-{'89ab'[int(r[16], 16) & 3]}{r[17:20]}-"
+        self.fsync = fsync
+        self.max_spool_bytes = max_spool_bytes
+        self.host, self.pid = local_identity()
+        self._writer = SpoolWriter(self.spool_dir, self.emitter_id, service, fsync, segment_bytes)
+        self._reader = SpoolReader(self._writer.path)
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._written = 0        # bytes appended by this emitter
+        self._shipped_bytes = 0  # bytes of them shipped
+        self.counters = {"recorded": 0, "shipped": 0, "dropped": 0, "errors": 0, "ship_failures": 0,
+                         "adopted_spools": 0, "adopted_events": 0, "invalid": 0}
+        self.last_error: str | None = None
+        self._last_drop_log = 0.0
+        self._adopt = adopt
+        self._adopt_interval = adopt_interval
+        self._adopted: list[_Adopted] = []
+        self._wake = threading.Event()
+        self._progress = threading.Condition()
+        self._stop = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork)
+        if start:
+            self.start()
+
+    def _after_fork(self) -> None:
+        self.host, self.pid = local_identity()
+
+    # --- hot path ---------------------------------------------------------------
+    def emit(self, stage: str, msg_id: str, topic: str = "", partition: int | None = None,
+             offset: int | None = None, consumer_group: str | None = None, key: str | None = None,
+             error: str | None = None, trace_id: str | None = None, span_id: str | None = None,
+             attrs: dict[str, str] | None = None, mq: str | None = None, ts_us: int = 0) -> None:
+        """Spool one event. Never raises, never waits for the network."""
+        try:
+            with self._lock:
+                seq = self._seq = self._seq + 1
+                line = orjson.dumps({
+                    "event_id": f"{self._eid_prefix}{seq:012x}", "msg_id": msg_id, "stage": stage,
+                    "ts_us": ts_us or time.time_ns() // 1000, "service": self.service, "host": self.host,
+                    "mq": mq or self.mq, "pid": self.pid, "topic": topic, "partition": partition,
+                    "offset": offset, "consumer_group": consumer_group, "key": key, "error": error,
+                    "trace_id": trace_id, "span_id": span_id, "emitter_id": self.emitter_id, "seq": seq,
+                    "attrs": attrs or {}}, option=_APPEND_NL)
+                if self._written - self._shipped_bytes + len(line) > self.max_spool_bytes or self._closed:
+                    self._dropped()
+                    return
+                self._writer.write(line)
+                self._written += len(line)
+                self.counters["recorded"] += 1
+        except Exception as e:  # the audit must never break the business path
+            self.counters["errors"] += 1
+            self.last_error = f"{type(e).__name__}: {e}"
+            self._log_rate_limited("msgtrace: could not spool an event: %s", self.last_error)
+
+    def emit_many(self, events: Sequence[tuple]) -> None:
+        """Spool several events with one write (a poll's worth of ``received``).
+
+        Each tuple is ``(stage, msg_id, topic, partition, offset, consumer_group, key, error,
+        trace_id, span_id[, attrs])``. Never raises.
+        """
+        if not events:
+            return
+        try:
+            with self._lock:
+                now = time.time_ns() // 1000
+                common = (self.service, self.host, self.mq, self.pid, self.emitter_id)
+                service, host, mq, pid, emitter_id = common
+                prefix = self._eid_prefix
+                seq = self._seq
+                parts = []
+                for ev in events:
+                    seq += 1
+                    parts.append(orjson.dumps({
+                        "event_id": f"{prefix}{seq:012x}", "msg_id": ev[1], "stage": ev[0], "ts_us": now,
+                        "service": service, "host": host, "mq": mq, "pid": pid, "topic": ev[2],
+                        "partition": ev[3], "offset": ev[4], "consumer_group": ev[5], "key": ev[6],
+                        "error": ev[7], "trace_id": ev[8], "span_id": ev[9], "emitter_id": emitter_id,
+                        "seq": seq, "attrs": ev[10] if len(ev) > 10 else {}}, option=_APPEND_NL))
+                self._seq = seq
+                data = b"".join(parts)
+                if self._written - self._shipped_bytes + len(data) > self.max_spool_bytes or self._closed:
+                    for _ in events:
+                        self._dropped()
+                    return
+                self._writer.write(data)
+                self._written += len(data)
+                self.counters["recorded"] += len(events)
+        except Exception as e:
+            self.counters["errors"] += 1
+            self.last_error = f"{type(e).__name__}: {e}"
+            self._log_rate_limited("msgtrace: could not spool events: %s", self.last_error)
+
+    def _dropped(self) -> None:
+        self.counters["dropped"] += 1
+        self._log_rate_limited("msgtrace: audit spool full (%d bytes unshipped, limit %d): %d events dropped "
+                               "so far; sink %s: %s", self._written - self._shipped_bytes,
+                               self.max_spool_bytes, self.counters["dropped"], self.sink.name, self.last_error)
+
+    def _log_rate_limited(self, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last_drop_log >= 10.0:
+            self._last_drop_log = now
+            log.error(msg, *args)
+
+    # --- shipper ----------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"msgtrace-shipper-{self.emitter_id[:8]}",
+                                            daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        backoff = 0.0
+        next_adopt = 0.0
+        while not self._stop:
+            busy = False
+            try:
+                if self.fsync == "batch":
+                    self._writer.sync()
+                if self._adopt and time.monotonic() >= next_adopt:
+                    next_adopt = time.monotonic() + self._adopt_interval
+                    self._scan_dead()
+                busy = self._ship_own()
+                busy = self._ship_adopted() or busy
+                backoff = 0.0
+            except Exception as e:
+                self.counters["ship_failures"] += 1
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.warning("msgtrace: shipping to %s failed (%s); events stay in the spool", self.sink.name,
+                            self.last_error)
+                backoff = min(5.0, max(0.2, backoff * 2))
+            with self._progress:
+                self._progress.notify_all()
+            if busy and not backoff:
+                continue
+            self._wake.wait(backoff or self.sink.interval)
+            self._wake.clear()
+
+    def _ship_own(self) -> bool:
+        """Ship one chunk of our own spool; True if there may be more."""
+        chunk = self._reader.read(self.sink.chunk_bytes)
+        if chunk is None:
+            return False
+        self._ship(chunk)
+        self._reader.advance(chunk)
+        with self._lock:
+            self._shipped_bytes += len(chunk.data)
+            self.counters["shipped"] += chunk.lines
+        return True
+
+    def _ship(self, chunk: Chunk) -> None:
+        self.sink.ship(chunk.data, chunk.lines)
+
+    def _scan_dead(self) -> None:
+        skip = {os.path.basename(a.path) for a in self._adopted} | {self.emitter_id}
+        for path, fd in dead_spools(self.spool_dir, skip):
+            self._adopted.append(_Adopted(path, fd))
+            self.counters["adopted_spools"] += 1
+            log.info("msgtrace: adopted the spool of a dead process: %s", path)
+
+    def _ship_adopted(self) -> bool:
+        busy = False
+        for a in list(self._adopted):
+            chunk = a.reader.read(self.sink.chunk_bytes, dead=True)
+            if chunk is None:
+                a.release(remove=True)
+                self._adopted.remove(a)
+                continue
+            self._ship(chunk)
+            a.reader.advance(chunk)
+            a.shipped += chunk.lines
+            self.counters["adopted_events"] += chunk.lines
+            busy = True
+        return busy
+
+    # --- control ----------------------------------------------------------------
+    def pending_bytes(self) -> int:
+        return self._written - self._shipped_bytes
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything emitted so far (and adopted) is shipped; False on timeout."""
+        target = self._written
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._progress:
+            while self._shipped_bytes < target or self._adopted:
+                if self._thread is None or not self._thread.is_alive():
+                    return False
+                self._wake.set()
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._progress.wait(0.1 if left is None else min(left, 0.1))
+        return True
+
+    def close(self, timeout: float | None = 5.0) -> bool:
+        """Ship what we can within ``timeout``, stop, release the spool (removed if fully shipped)."""
+        if self._closed:
+            return self.pending_bytes() == 0
+        done = self.flush(timeout) if self._thread is not None else False
+        with self._lock:
+            self._closed = True
+        self._stop = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(max(0.1, timeout or 0.1))
+        if self._thread is not None and self._thread.is_alive():
+            log.warning("msgtrace: shipper still busy at close; the spool stays for adoption")
+            return False
+        done = done and self.pending_bytes() == 0
+        self._reader.close()
+        self._writer.close(remove=done)
+        for a in self._adopted:
+            a.release(remove=False)
+        self._adopted.clear()
+        try:
+            self.sink.close()
+        except Exception:
+            pass
+        return done
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        s: dict[str, Any] = dict(self.counters)
+        s["spooled_bytes"] = self.pending_bytes()
+        s["emitter_id"] = self.emitter_id
+        s["sink"] = self.sink.name
+        s["spool"] = self._writer.path
+        s["last_error"] = self.last_error
+        return s
+
+
+def drain_spools(spool_dir: str, sink: Sink, timeout: float | None = None) -> dict[str, int]:
+    """Ship every dead spool in ``spool_dir`` to ``sink`` (``msgtrace ship``). Live ones are left alone."""
+    stats = {"spools": 0, "events": 0, "torn": 0, "left": 0}
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for path, fd in dead_spools(spool_dir):
+        a = _Adopted(path, fd)
+        stats["spools"] += 1
+        drained = False
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                chunk = a.reader.read(sink.chunk_bytes, dead=True)
+                if chunk is None:
+                    drained = True
+                    break
+                sink.ship(chunk.data, chunk.lines)
+                a.reader.advance(chunk)
+                stats["events"] += chunk.lines
+        finally:
+            stats["torn"] += a.reader.torn
+            stats["left"] += 0 if drained else 1
+            a.release(remove=drained)
+    return stats
+
+
+def random_hex(bits: int) -> str:
+    """Lowercase hex of ``bits`` random bits, never all zero (W3C ids)."""
+    return f"{random.getrandbits(bits) | 1:0{bits // 4}x}"
+
+
+__all__ = ["Emitter", "KafkaSink", "StoreSink", "NullSink", "Sink", "drain_spools", "default_spool_dir",
+           "STAGES", "random_hex"]

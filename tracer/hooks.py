@@ -1,0 +1,310 @@
+"""Proxies around kafka-python's KafkaProducer / KafkaConsumer that record stages.
+
+Everything not traced is forwarded untouched (``__getattr__``), and the traced
+calls return exactly what kafka-python returns or raise exactly what it raises:
+the audit sits beside the business path, never in it.
+
+- ``sent`` when ``send()`` is called; ``broker_acked`` / ``send_failed`` from the
+  send future (its callbacks run on kafka-python's sender thread) or from an
+  exception ``send()`` raised.
+- ``received`` once per record returned by ``poll()`` or by iteration. The proxy
+  wraps the consumer rather than patching it, so kafka-python's ``__next__``
+  calling its own ``poll()`` internally is not seen twice.
+- ``offset_committed`` from a hook on the coordinator's commit request: every
+  commit kafka-python makes (``commit()``, ``commit_async()``, auto-commit, the
+  commit before a rebalance or at close) goes through it, and it returns only
+  when the broker accepted every partition. Each received message whose offset
+  the committed position passed gets one event; ``offset`` is the committed
+  position (Kafka's "next offset to read"), ``attrs.record_offset`` the message's.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .events import MSG_ID_HEADER
+
+if TYPE_CHECKING:
+    from .tracer import Tracer
+
+log = logging.getLogger("msgtrace.hooks")
+
+TRACEPARENT = "traceparent"
+SENT, SEND_FAILED, BROKER_ACKED = "sent", "send_failed", "broker_acked"
+RECEIVED, OFFSET_COMMITTED = "received", "offset_committed"
+#: uncommitted received messages remembered per partition (oldest forgotten beyond it)
+MAX_PENDING_PER_PARTITION = 200_000
+
+
+def key_str(key: Any) -> str | None:
+    """The message key as text for the audit (bytes decoded leniently, capped)."""
+    if key is None:
+        return None
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        return bytes(key[:1024]).decode("utf-8", "replace")
+    return str(key)[:1024]
+
+
+def parse_traceparent(value: bytes | str | None) -> tuple[str | None, str | None]:
+    """(trace_id, span_id) of a W3C traceparent header, or (None, None) if malformed."""
+    if not value:
+        return None, None
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("ascii", "replace")
+    parts = value.strip().split("-")
+    if len(parts) < 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
+        return None, None
+    tid, sid = parts[1].lower(), parts[2].lower()
+    try:
+        if int(tid, 16) == 0 or int(sid, 16) == 0:
+            return None, None
+    except ValueError:
+        return None, None
+    return tid, sid
+
+
+def error_text(e: BaseException) -> str:
+    text = str(e)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+class TracedProducer:
+    """A KafkaProducer that records sent / broker_acked / send_failed."""
+
+    def __init__(self, producer: Any, tracer: "Tracer") -> None:
+        object.__setattr__(self, "_producer", producer)
+        object.__setattr__(self, "_tracer", tracer)
+        object.__setattr__(self, "_emit", tracer._emitter.emit)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._producer, name, value)
+
+    def __repr__(self) -> str:
+        return f"<TracedProducer {self._producer!r}>"
+
+    def __enter__(self) -> "TracedProducer":
+        self._producer.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._producer.__exit__(*exc)
+
+    @property
+    def wrapped(self) -> Any:
+        """The kafka-python producer underneath."""
+        return self._producer
+
+    def send(self, topic, value=None, key=None, headers=None, partition=None, timestamp_ms=None, msg_id=None):
+        """KafkaProducer.send, plus the ``msgtrace-id`` / ``traceparent`` headers and the send stages."""
+        t = self._tracer
+        try:
+            trace_id = span_id = traceparent = None
+            has_id = False
+            if headers is None:
+                out_headers: Any = []
+            elif type(headers) is list:
+                out_headers = headers[:]  # never mutate the caller's list
+                for hk, hv in headers:   # a caller (or OTel) may already carry the context / id
+                    if hk == TRACEPARENT:
+                        trace_id, span_id = parse_traceparent(hv)
+                        traceparent = hv
+                    elif hk == MSG_ID_HEADER and hv:
+                        has_id = True
+                        if msg_id is None:
+                            msg_id = bytes(hv).decode("utf-8", "replace")
+            else:
+                out_headers = None  # not a list: kafka-python raises its own TypeError below
+            if msg_id is None:
+                msg_id = t._new_msg_id(topic, key, value)
+            else:
+                msg_id = str(msg_id)
+            if traceparent is None:
+                trace_id, span_id = t._new_span_ids()
+                if out_headers is not None:
+                    out_headers.append((TRACEPARENT, f"00-{trace_id}-{span_id}-01".encode()))
+            if out_headers is None:
+                out_headers = headers
+            elif not has_id:
+                out_headers.append((MSG_ID_HEADER, msg_id.encode()))
+            k = key_str(key)
+            self._emit(SENT, msg_id, topic, partition, None, None, k, None, trace_id, span_id)
+        except Exception as e:  # a bug in the hook must not cost the business its send
+            t._hook_error(e)
+            return self._producer.send(topic, value=value, key=key, headers=headers, partition=partition,
+                                       timestamp_ms=timestamp_ms)
+        try:
+            future = self._producer.send(topic, value=value, key=key, headers=out_headers, partition=partition,
+                                         timestamp_ms=timestamp_ms)
+        except Exception as e:
+            self._emit(SEND_FAILED, msg_id, topic, partition, None, None, k, error_text(e), trace_id, span_id,
+                       {"error_type": type(e).__name__})
+            raise
+        try:
+            emit = self._emit
+
+            def acked(md: Any) -> None:
+                emit(BROKER_ACKED, msg_id, topic, md.partition, md.offset, None, k, None, trace_id, span_id)
+
+            def failed(e: BaseException) -> None:
+                emit(SEND_FAILED, msg_id, topic, partition, None, None, k, error_text(e), trace_id, span_id,
+                     {"error_type": type(e).__name__})
+
+            both = getattr(future, "_add_cb_eb", None)
+            if both is not None:
+                both(acked, failed)
+            else:
+                future.add_callback(acked)
+                future.add_errback(failed)
+        except Exception as e:
+            t._hook_error(e)
+        return future
+
+
+class TracedConsumer:
+    """A KafkaConsumer that records received and offset_committed."""
+
+    def __init__(self, consumer: Any, tracer: "Tracer") -> None:
+        sa = object.__setattr__
+        sa(self, "_consumer", consumer)
+        sa(self, "_tracer", tracer)
+        sa(self, "_emitter", tracer._emitter)
+        sa(self, "_pending", {})   # TopicPartition -> [(offset, msg_id, trace_id, span_id)]
+        sa(self, "_plock", threading.Lock())
+        config = getattr(consumer, "config", None) or {}
+        sa(self, "group", config.get("group_id"))
+        self._install_commit_hook()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._consumer, name, value)
+
+    def __repr__(self) -> str:
+        return f"<TracedConsumer {self._consumer!r}>"
+
+    def __enter__(self) -> "TracedConsumer":
+        self._consumer.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._consumer.__exit__(*exc)
+
+    @property
+    def wrapped(self) -> Any:
+        """The kafka-python consumer underneath."""
+        return self._consumer
+
+    # --- received -------------------------------------------------------------
+    def poll(self, timeout_ms=0, max_records=None, update_offsets=True):
+        records = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records,
+                                      update_offsets=update_offsets)
+        if records:
+            try:
+                for tp, recs in records.items():
+                    self._received(tp, recs)
+            except Exception as e:
+                self._tracer._hook_error(e)
+        return records
+
+    def __iter__(self) -> "TracedConsumer":
+        return self
+
+    def __next__(self):
+        record = next(self._consumer)
+        try:
+            self._received(None, (record,))
+        except Exception as e:
+            self._tracer._hook_error(e)
+        return record
+
+    def _received(self, tp: Any, records: Any) -> None:
+        t = self._tracer
+        group = self.group
+        events = []
+        pend = []
+        inflight = t._inflight
+        for r in records:
+            msg_id = trace_id = span_id = None
+            for hk, hv in r.headers or ():
+                if hk == MSG_ID_HEADER:
+                    msg_id = hv.decode("utf-8", "replace") if hv else None
+                elif hk == TRACEPARENT:
+                    trace_id, span_id = parse_traceparent(hv)
+            if msg_id is None:
+                msg_id = t._consumer_msg_id(r)
+            events.append((RECEIVED, msg_id, r.topic, r.partition, r.offset, group, key_str(r.key), None,
+                           trace_id, span_id))
+            pend.append((r.offset, msg_id, trace_id, span_id))
+            inflight[(r.topic, r.partition, r.offset)] = (msg_id, group, trace_id, span_id)
+        self._emitter.emit_many(events)
+        t._trim_inflight()
+        if group is None:
+            return
+        if tp is None:
+            from kafka.structs import TopicPartition
+
+            tp = TopicPartition(records[0].topic, records[0].partition)
+        with self._plock:
+            lst = self._pending.get(tp)
+            if lst is None:
+                self._pending[tp] = pend
+            else:
+                lst.extend(pend)
+                if len(lst) > MAX_PENDING_PER_PARTITION:
+                    del lst[:len(lst) - MAX_PENDING_PER_PARTITION]
+                    t._counters["pending_forgotten"] += 1
+
+    # --- offset_committed -----------------------------------------------------------
+    def _install_commit_hook(self) -> None:
+        coord = getattr(self._consumer, "_coordinator", None)
+        orig = getattr(coord, "_send_offset_commit_request", None)
+        if self.group is None or orig is None:
+            if self.group is not None:
+                log.warning("msgtrace: this kafka-python has no commit request hook; "
+                            "offset_committed will not be recorded")
+            return
+        if getattr(orig, "_msgtrace", False):
+            return
+        on_commit = self._committed
+
+        if inspect.iscoroutinefunction(orig):
+            async def hooked(offsets, *a, **kw):
+                result = await orig(offsets, *a, **kw)
+                on_commit(offsets)
+                return result
+        else:
+            def hooked(offsets, *a, **kw):  # type: ignore[misc]
+                result = orig(offsets, *a, **kw)
+                on_commit(offsets)
+                return result
+        hooked._msgtrace = True  # type: ignore[attr-defined]
+        coord._send_offset_commit_request = hooked
+
+    def _committed(self, offsets: Any) -> None:
+        """The broker accepted ``offsets``: every pending message below them is now committed."""
+        try:
+            group = self.group
+            events = []
+            with self._plock:
+                for tp, om in offsets.items():
+                    lst = self._pending.get(tp)
+                    if not lst:
+                        continue
+                    pos = getattr(om, "offset", om)
+                    keep = [p for p in lst if p[0] >= pos]
+                    if len(keep) != len(lst):
+                        for off, msg_id, trace_id, span_id in lst:
+                            if off < pos:
+                                events.append((OFFSET_COMMITTED, msg_id, tp.topic, tp.partition, pos, group,
+                                               None, None, trace_id, span_id, {"record_offset": str(off)}))
+                        self._pending[tp] = keep
+            if events:
+                self._emitter.emit_many(events)
+        except Exception as e:  # runs on kafka-python's IO path: never raise into it
+            self._tracer._hook_error(e)

@@ -1,0 +1,233 @@
+"""The local append-only spool: an event is on disk before ``record()`` returns.
+
+Layout, one directory per emitter (= per process and Tracer) under the spool dir::
+
+    <spool>/<emitter_id>/lock          flock'd by the live owner for its whole life
+    <spool>/<emitter_id>/owner.json    pid, host, service (for people and `msgtrace ship`)
+    <spool>/<emitter_id>/seg-00000001.ndjson   wire-format lines, one event each
+    <spool>/<emitter_id>/shipped       "<segment> <offset>": what has been shipped
+
+Lines are exactly the audit wire format (NDJSON), so shipping is a read and a
+join, never a re-encode. Writes are unbuffered ``os.write`` calls on an
+``O_APPEND`` descriptor: a SIGKILL cannot lose a returned write. A dead owner
+is detected by its released flock (the kernel drops it on any death), so a
+new process can adopt the directory and ship what is left.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from typing import Iterator
+
+SEG_PREFIX, SEG_SUFFIX = "seg-", ".ndjson"
+
+
+def seg_name(n: int) -> str:
+    return f"{SEG_PREFIX}{n:08d}{SEG_SUFFIX}"
+
+
+def list_segments(path: str) -> list[int]:
+    """Segment numbers present in an emitter directory, ascending."""
+    out = []
+    try:
+        names = os.listdir(path)
+    except FileNotFoundError:
+        return []
+    for name in names:
+        if name.startswith(SEG_PREFIX) and name.endswith(SEG_SUFFIX):
+            try:
+                out.append(int(name[len(SEG_PREFIX):-len(SEG_SUFFIX)]))
+            except ValueError:
+                pass
+    return sorted(out)
+
+
+def try_lock(path: str) -> int | None:
+    """flock ``<path>/lock`` without waiting; the fd (holding it) or None if someone lives there."""
+    try:
+        fd = os.open(os.path.join(path, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+class SpoolWriter:
+    """The owner's side: append lines, rotate segments, hold the liveness lock."""
+
+    def __init__(self, root: str, emitter_id: str, service: str, fsync: str = "never",
+                 segment_bytes: int = 8 << 20) -> None:
+        self.path = os.path.join(root, emitter_id)
+        os.makedirs(self.path, exist_ok=True)
+        fd = try_lock(self.path)
+        if fd is None:
+            raise OSError(f"spool directory {self.path} is locked by another process")
+        self._lock_fd = fd
+        with open(os.path.join(self.path, "owner.json"), "w", encoding="utf-8") as f:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "service": service,
+                       "emitter_id": emitter_id}, f)
+        self.fsync_always = fsync == "always"
+        self.segment_bytes = segment_bytes
+        self.segno = 1
+        self.seg_size = 0
+        self._fd = self._open_segment(self.segno)
+
+    def _open_segment(self, n: int) -> int:
+        return os.open(os.path.join(self.path, seg_name(n)), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def write(self, line: bytes) -> None:
+        """Append lines (caller serialises calls). Rotates after a full segment."""
+        size = len(line)
+        n = os.write(self._fd, line)
+        while n < len(line):  # regular files write whole; this is for the odd interrupted write
+            line = line[n:]
+            n = os.write(self._fd, line)
+        if self.fsync_always:
+            os.fsync(self._fd)
+        self.seg_size += size
+        if self.seg_size >= self.segment_bytes:
+            old = self._fd
+            self.segno += 1
+            self._fd = self._open_segment(self.segno)
+            self.seg_size = 0
+            os.close(old)
+
+    def sync(self) -> None:
+        """fsync the current segment (the ``batch`` policy calls this from the shipper)."""
+        try:
+            os.fsync(self._fd)
+        except OSError:
+            pass
+
+    def close(self, remove: bool) -> None:
+        """Close; ``remove`` deletes the directory (everything shipped)."""
+        try:
+            os.close(self._fd)
+        except OSError:
+            pass
+        if remove:
+            shutil.rmtree(self.path, ignore_errors=True)
+        try:
+            os.close(self._lock_fd)  # drops the flock: a leftover dir becomes adoptable
+        except OSError:
+            pass
+
+
+@dataclass(slots=True)
+class Chunk:
+    """Complete lines read from the spool and where reading them ends."""
+
+    data: bytes          # lines, each ending with b"\n"
+    lines: int
+    end: tuple[int, int]  # (segment, offset) just past the chunk
+
+
+class SpoolReader:
+    """The shipper's side: read complete lines from a position, remember what was shipped."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.pos = self._load_pos()
+        self._fd: int | None = None
+        self._fd_seg = 0
+        self.torn = 0  # incomplete trailing lines skipped in a dead spool
+
+    def _load_pos(self) -> tuple[int, int]:
+        try:
+            with open(os.path.join(self.path, "shipped"), encoding="ascii") as f:
+                seg, off = f.read().split()
+                return int(seg), int(off)
+        except (OSError, ValueError):
+            segs = list_segments(self.path)
+            return (segs[0] if segs else 1), 0
+
+    def _seg_fd(self, seg: int) -> int | None:
+        if self._fd is not None and self._fd_seg == seg:
+            return self._fd
+        self._close_fd()
+        try:
+            self._fd = os.open(os.path.join(self.path, seg_name(seg)), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        self._fd_seg = seg
+        return self._fd
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def read(self, max_bytes: int, dead: bool = False) -> Chunk | None:
+        """The next complete lines after the shipped position (None when there are none).
+
+        Moves past finished segments (deleting them) on the way; in a ``dead``
+        spool an incomplete last line (a torn write) is skipped and counted.
+        """
+        while True:
+            seg, off = self.pos
+            fd = self._seg_fd(seg)
+            later = [s for s in list_segments(self.path) if s > seg]
+            if fd is None:
+                if not later:
+                    return None
+                self.pos = (later[0], 0)
+                continue
+            data = os.pread(fd, max_bytes, off)
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                data = data[:cut]
+                return Chunk(data, data.count(b"\n"), (seg, off + cut))
+            if len(data) >= max_bytes:  # one line longer than max_bytes: read it whole
+                whole = os.pread(fd, os.fstat(fd).st_size - off, off)
+                cut = whole.find(b"\n") + 1
+                if cut:
+                    return Chunk(whole[:cut], 1, (seg, off + cut))
+            if later or dead:
+                # the writer has moved on (or died): whatever is left here is torn
+                if data:
+                    self.torn += 1
+                if not later:
+                    return None
+                self._close_fd()
+                os.unlink(os.path.join(self.path, seg_name(seg)))
+                self.pos = (later[0], 0)
+                self.save()
+                continue
+            return None
+
+    def advance(self, chunk: Chunk) -> None:
+        """Mark a chunk shipped and persist the position (write + rename: atomic)."""
+        self.pos = chunk.end
+        self.save()
+
+    def save(self) -> None:
+        tmp = os.path.join(self.path, "shipped.tmp")
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(f"{self.pos[0]} {self.pos[1]}\n")
+        os.replace(tmp, os.path.join(self.path, "shipped"))
+
+    def close(self) -> None:
+        self._close_fd()
+
+
+def dead_spools(root: str, skip: set[str] = frozenset()) -> Iterator[tuple[str, int]]:
+    """Emitter directories under ``root`` whose owner is gone, each with its lock fd now held by us."""
+    try:
+        names = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return
+    for name in names:
+        path = os.path.join(root, name)
+        if name in skip or not os.path.isdir(path):
+            continue
+        fd = try_lock(path)
+        if fd is not None:
+            yield path, fd
