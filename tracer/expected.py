@@ -1,0 +1,154 @@
+"""Expected-id sources for ``never_sent``: a file, stdin, or a query on the business database.
+
+Ids are loaded into a per-run ClickHouse staging table by columnar inserts in batches (never one
+row at a time through Python) and joined to the events in SQL by UNION ALL + GROUP BY.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import sys
+import uuid
+from dataclasses import dataclass
+from typing import Iterator
+
+from .errors import ConfigError
+from .store import Store, check_identifier, load_sql
+
+BATCH = 200_000
+
+
+@dataclass(slots=True)
+class ExpectedSource:
+    """Where the ids that should have been sent come from.
+
+    ``path``: a file (``-`` = stdin) with one id per line, or a CSV file (``.csv`` or ``column`` given)
+    whose ``column`` (default ``msg_id`` if present, else the first column) holds the ids.
+    ``sql`` + ``dsn``: a query on the business database through SQLAlchemy; its first column is the id.
+    """
+
+    path: str | None = None
+    column: str | None = None
+    sql: str | None = None
+    dsn: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.sql is None):
+            raise ConfigError("give exactly one expected source: --expected FILE or --expected-sql QUERY")
+        if self.sql is not None and not self.dsn:
+            raise ConfigError("--expected-sql needs --expected-dsn URL (e.g. postgresql://user@host/db)")
+
+    def describe(self) -> str:
+        if self.path is not None:
+            return "stdin" if self.path == "-" else f"file {self.path}"
+        from sqlalchemy.engine import make_url
+
+        try:
+            return f"sql on {make_url(self.dsn).render_as_string(hide_password=True)}"
+        except Exception:
+            return "sql"
+
+    def batches(self) -> Iterator[list[str]]:
+        """Ids in batches of up to BATCH (lists built by C-level splitting, not a Python loop per id)."""
+        if self.sql is not None:
+            yield from _sql_batches(self.sql, self.dsn or "")
+            return
+        is_csv = self.column is not None or (self.path or "").lower().endswith(".csv")
+        if is_csv:
+            yield from _csv_batches(self._read_text(), self.column)
+        else:
+            text = self._read_text()
+            ids = [i for i in text.replace("\r\n", "\n").split("\n") if i]
+            for k in range(0, len(ids), BATCH):
+                yield ids[k:k + BATCH]
+
+    def _read_text(self) -> str:
+        if self.path == "-":
+            data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+        else:
+            try:
+                with open(self.path or "", "rb") as f:
+                    data = f.read()
+            except OSError as e:
+                raise ConfigError(f"cannot read expected file {self.path}: {e.strerror}") from None
+        try:
+            return data.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"expected ids in {self.describe()} are not UTF-8 (byte {e.start})") from None
+
+
+def _csv_batches(text: str, column: str | None) -> Iterator[list[str]]:
+    try:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        tbl = pacsv.read_csv(io.BytesIO(text.encode()),
+                             convert_options=pacsv.ConvertOptions(column_types=None, strings_can_be_null=False,
+                                                                  auto_dict_encode=False),
+                             read_options=pacsv.ReadOptions(autogenerate_column_names=False))
+        names = tbl.column_names
+        col = column or ("msg_id" if "msg_id" in names else names[0])
+        if col not in names:
+            raise ConfigError(f"expected CSV has no column {col!r} (columns: {', '.join(names)})")
+        arr = tbl.column(col).cast(pa.string())
+        ids = [i for i in arr.to_pylist() if i]
+    except ConfigError:
+        raise
+    except Exception:  # pyarrow refuses some CSVs (ragged rows): fall back to the csv module
+        reader = csv.reader(io.StringIO(text))
+        header = next(reader, [])
+        col = column or ("msg_id" if "msg_id" in header else (header[0] if header else ""))
+        if col not in header:
+            raise ConfigError(f"expected CSV has no column {col!r} (columns: {', '.join(header)})") from None
+        k = header.index(col)
+        ids = [row[k] for row in reader if len(row) > k and row[k]]
+    for i in range(0, len(ids), BATCH):
+        yield ids[i:i + BATCH]
+
+
+def _sql_batches(query: str, dsn: str) -> Iterator[list[str]]:
+    try:
+        from sqlalchemy import create_engine, text
+    except ImportError:  # pragma: no cover - sqlalchemy is an optional extra
+        raise ConfigError("--expected-sql needs SQLAlchemy: pip install 'msgtrace[sql]'") from None
+    try:
+        engine = create_engine(dsn)
+    except Exception as e:
+        raise ConfigError(f"invalid --expected-dsn: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    try:
+        with engine.connect() as conn:
+            result = conn.execution_options(stream_results=True).execute(text(query))
+            while True:
+                chunk = result.fetchmany(BATCH)
+                if not chunk:
+                    break
+                col = next(iter(zip(*chunk)))  # transpose in C: first column
+                yield [str(v) for v in col if v is not None and v != ""]
+    except ConfigError:
+        raise
+    except Exception as e:
+        first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        raise ConfigError(f"expected-ids query failed: {first}") from None
+    finally:
+        engine.dispose()
+
+
+def load_expected(store: Store, source: ExpectedSource, run_id: str | None = None) -> tuple[str, int]:
+    """Create the run's staging table and fill it; return (table name, number of ids loaded)."""
+    table = check_identifier(f"expected_{(run_id or uuid.uuid4().hex)[:32]}", "table name")
+    store.command(load_sql("expected_table").replace("__TABLE__", table))
+    n = 0
+    try:
+        for batch in source.batches():
+            if batch:
+                n += store.insert(table, {"msg_id": batch})
+    except BaseException:
+        drop_expected(store, table)
+        raise
+    return table, n
+
+
+def drop_expected(store: Store, table: str) -> None:
+    check_identifier(table, "table name")
+    store.command(f"DROP TABLE IF EXISTS {{db:Identifier}}.`{table}`")
+    store._types.pop(table, None)

@@ -1,0 +1,468 @@
+"""The reconciler: one verdict per (message, consumer group), with evidence and remedy.
+
+All heavy work is ClickHouse SQL from ``queries/`` (``reconcile_pairs.sql`` aggregates the events per
+message and group and names the verdict; plainly delivered pairs come back as one count per topic and
+group). Python only handles the pairs worth reading: it decides ``lost_in_broker`` versus
+``pending_in_broker`` from evidence that survives offset reuse, flags emitter seq gaps, writes the
+evidence in words, and stores the run and its verdicts back in ClickHouse.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable, Sequence
+
+from .store import Store, load_sql
+from . import verdicts as V
+
+GRACE_S = 600
+LOOKBACK_S = 86400
+_FAR_FUTURE_US = 2**62
+_CONSUMER_BITS = {"received": 8, "offset_committed": 16, "business_done": 32, "business_failed": 64,
+                  "dead_lettered": 128}
+_BITS = {"sent": 1, "send_failed": 2, "broker_acked": 4, **_CONSUMER_BITS}
+#: Pipeline order for "the furthest stage reached" (an outcome is further than a commit).
+_ORDER = ("sent", "send_failed", "broker_acked", "received", "offset_committed", "business_failed",
+          "dead_lettered", "business_done")
+_FRAG_EXPECTED = """UNION ALL
+                    SELECT
+                        msg_id, '' AS g, toUInt8(0) AS bit, toUInt8(1) AS is_expected, '' AS event_id,
+                        '' AS stage, toUInt64(0) AS ts_us, toInt64(-1) AS part, toInt64(-1) AS off,
+                        '' AS err, '' AS topic, '' AS tid
+                    FROM {db:Identifier}.`%s`"""
+_FRAG_WINDOW = "(msg_time >= {from_us:UInt64} AND msg_time < {to_us:UInt64}) OR expected = 1"
+_FRAG_ONE_MSG = "AND msg_id = {msg_id:String}"
+Progress = Callable[[str], None]
+
+
+def fmt_us(ts_us: int) -> str:
+    """ISO 8601 UTC with milliseconds."""
+    if not ts_us:
+        return "-"
+    return datetime.fromtimestamp(ts_us / 1e6, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@dataclass(slots=True)
+class Verdict:
+    """The judgement of one (msg_id, consumer group) pair."""
+
+    msg_id: str
+    consumer_group: str
+    topic: str
+    verdict: str
+    stopped_at: str
+    flags: list[str]
+    evidence: str = ""
+    remedy: str = ""
+    decided_by: str = ""  # for lost_in_broker / pending_in_broker: which evidence decided
+    count: int = 1  # > 1 only for collapsed plainly delivered pairs (msg_id == "")
+    facts: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def lost(self) -> bool:
+        return self.verdict in V.LOST
+
+    def to_json(self, full: bool = True) -> dict[str, Any]:
+        d: dict[str, Any] = {"msg_id": self.msg_id, "consumer_group": self.consumer_group, "topic": self.topic,
+                             "verdict": self.verdict, "stopped_at": self.stopped_at, "flags": list(self.flags)}
+        if full:
+            d.update(evidence=self.evidence, remedy=self.remedy, trace_id=self.facts.get("trace_id") or None)
+        return d
+
+
+@dataclass(slots=True)
+class ReconcileResult:
+    run_id: str
+    window_from_us: int
+    window_to_us: int
+    grace_s: int
+    cut_us: int
+    started_us: int
+    finished_us: int = 0
+    #: (verdict, topic, consumer_group) -> pairs
+    counts: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    #: every pair that is not plainly delivered (delivered with flags included)
+    rows: list[Verdict] = field(default_factory=list)
+    expected_count: int = 0
+    seq_gaps: list[dict[str, Any]] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> dict[str, int]:
+        s: dict[str, int] = {}
+        for (v, _, _), n in self.counts.items():
+            s[v] = s.get(v, 0) + n
+        return {v: s[v] for v in V.VERDICTS if v in s}
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def lost(self) -> int:
+        return sum(n for (v, _, _), n in self.counts.items() if v in V.LOST)
+
+    @property
+    def loss_rate(self) -> float:
+        return self.lost / self.total if self.total else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "window": {"from": fmt_us(self.window_from_us), "to": fmt_us(self.window_to_us),
+                       "grace_s": self.grace_s, "judged_until": fmt_us(self.cut_us)},
+            "summary": self.summary,
+            "total": self.total,
+            "lost": self.lost,
+            "loss_rate": round(self.loss_rate, 6),
+            "by_topic_group": [{"verdict": v, "topic": t, "consumer_group": g, "count": n}
+                               for (v, t, g), n in sorted(self.counts.items(), key=_count_key)],
+            "messages": [r.to_json() for r in self.rows],
+        }
+
+
+def _count_key(item: tuple[tuple[str, str, str], int]) -> tuple[int, str, str]:
+    (v, t, g), _ = item
+    return (V.VERDICTS.index(v) if v in V.VERDICTS else 99, t, g)
+
+
+# --- SQL -------------------------------------------------------------------------
+
+def pairs_sql(*, one_msg: bool = False, expected_table: str | None = None) -> str:
+    """``reconcile_pairs.sql`` with its fixed fragments filled in."""
+    sql = load_sql("reconcile_pairs")
+    sql = sql.replace("/*EVENT_FILTER*/", _FRAG_ONE_MSG if one_msg else "")
+    sql = sql.replace("/*EXPECTED_UNION*/", _FRAG_EXPECTED % expected_table if expected_table else "")
+    sql = sql.replace("/*JUDGE_FILTER*/", "1" if one_msg else _FRAG_WINDOW)
+    return sql
+
+
+def _topic_groups(store: Store, from_us: int, cut: int) -> tuple[list[str], list[list[str]]]:
+    rows = store.query_file("reconcile_topic_groups", {"from_us": from_us, "cut": cut})
+    topics, groups = [r["t"] for r in rows], [sorted(r["gs"]) for r in rows]
+    return _nonempty(topics, groups)
+
+
+def _nonempty(topics: list[str], groups: list[list[str]]) -> tuple[list[str], list[list[str]]]:
+    """18.16 cannot CAST an empty [] to Array(Array(String)): add a harmless entry that adds no group."""
+    return (topics, groups) if topics else ([""], [[]])
+
+
+def _run_pairs(store: Store, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    return store.query(sql, params)
+
+
+# --- verdict rows ----------------------------------------------------------------
+
+def _furthest(mask: int) -> str:
+    reached = [s for s in _ORDER if mask & _BITS[s]]
+    return reached[-1] if reached else "none"
+
+
+def _stopped_at(verdict: str, pmask: int, cmask: int) -> str:
+    if verdict == V.AUDIT_GAP:
+        return _furthest(pmask | cmask)
+    if verdict == V.IN_FLIGHT and cmask & 64:
+        return "business_failed"
+    return V.STOPPED_AT.get(verdict, "none")
+
+
+def _loc(r: dict[str, Any]) -> str:
+    p, o = r["loc_p"], r["loc_o"]
+    return f"{r['topic']}/{p}@{o}" if p is not None and p >= 0 else (r["topic"] or "?")
+
+
+def _audit_gap_text(r: dict[str, Any]) -> str:
+    pm, cm = r["pmask"], r["cmask"]
+    have = [s for s in _ORDER if (pm | cm) & _BITS[s]]
+    if not pm & 3:
+        missing = "sent"
+    elif pm & 4 and not pm & 1:
+        missing = "sent (before broker_acked)"
+    else:
+        missing = "received"
+    return f"recorded {', '.join(have) or 'nothing'} but no {missing}: the audit lost events"
+
+
+def evidence_text(r: dict[str, Any], verdict: str) -> str:
+    """The events that decide the verdict, in words."""
+    v = verdict
+    if v == V.DELIVERED:
+        return f"business_done at {fmt_us(r['done_ts'])}" + (f" ({r['n_done']} times)" if r["n_done"] > 1 else "")
+    if v == V.NEVER_SENT:
+        return "expected by the source of truth; no event recorded at all"
+    if v == V.SEND_FAILED:
+        return f"send_failed at {fmt_us(r['sfail_ts'])}: {r['p_error'] or 'no error text'}; never broker_acked"
+    if v == V.UNACKED:
+        return f"sent at {fmt_us(r['sent_ts'])}; no broker_acked and no send_failed by {fmt_us(r['cut'])}"
+    if v in (V.LOST_IN_BROKER, V.PENDING_IN_BROKER):
+        at = f"broker_acked at {_loc(r)} at {fmt_us(r['ack_ts'])}" if r["ack_ts"] else \
+            f"stored by the broker at {_loc(r)} (another group received it; the ack was lost)"
+        return f"{at}; never received by this group"
+    if v == V.LOST_IN_CONSUMER:
+        return (f"received at {fmt_us(r['recv_ts'])}; offset_committed at {fmt_us(r['commit_ts'])} "
+                f"(offset {r['commit_o']}); no business_done or business_failed")
+    if v == V.FAILED_AND_COMMITTED:
+        return (f"business_failed at {fmt_us(r['bfail_ts'])}: {r['c_error'] or 'no error text'}; "
+                f"offset_committed at {fmt_us(r['commit_ts'])}; no later business_done")
+    if v == V.IN_FLIGHT:
+        failed = f"; business_failed at {fmt_us(r['bfail_ts'])}" if r["bfail_ts"] else ""
+        return f"received at {fmt_us(r['recv_ts'])}{failed}; not committed, no outcome by {fmt_us(r['cut'])}"
+    if v == V.DEAD_LETTERED:
+        return f"dead_lettered at {fmt_us(r['dl_ts'])}; no business_done"
+    if v == V.AUDIT_GAP:
+        return _audit_gap_text(r)
+    return ""
+
+
+def make_verdict(r: dict[str, Any]) -> Verdict:
+    v = r["verdict"]
+    flags = list(r["flags"])
+    return Verdict(msg_id=r["mid"], consumer_group=r["consumer_group"], topic=r["topic"], verdict=v,
+                   stopped_at=_stopped_at(v, r["pmask"], r["cmask"]), flags=flags,
+                   evidence=evidence_text(r, v), remedy=V.REMEDY.get(v, ""), count=r["n"], facts=r)
+
+
+# --- lost_in_broker versus pending_in_broker ----------------------------------------
+
+@dataclass(slots=True)
+class BrokerEvidence:
+    """Inputs of the broker decision: where to look and, optionally, live Kafka."""
+
+    scan_from: int
+    cut: int
+    bootstrap: str | None = None
+    max_partitions: int = 500
+
+
+def _cand_ts(r: dict[str, Any]) -> int:
+    return r["ack_ts"] or r["sfail_ts"] or r["sent_ts"] or r["msg_time"]
+
+
+def decide_broker(store: Store, rows: list[Verdict], ev: BrokerEvidence, progress: Progress | None = None) -> None:
+    """Turn ``pending_in_broker`` into ``lost_in_broker`` where evidence shows the group passed the message.
+
+    Evidence, strongest first: (1) the group received a message acked later (by ack time) on the same
+    partition -- holds even when offsets were reused after a broker lost its log; (2) the group received
+    or committed an offset beyond this one in the same log epoch (between detected resets); (3) with
+    ``bootstrap``, the group's committed offset read live from Kafka, used only when no reset followed.
+    """
+    cands = [r for r in rows if r.verdict == V.PENDING_IN_BROKER]
+    for r in cands:
+        if not r.consumer_group:
+            r.decided_by = "no consumer group seen on the topic"
+            r.evidence += "; no consumer group is known for this topic (name one with --group)"
+    cands = [r for r in cands if r.consumer_group and r.facts["loc_p"] is not None and r.facts["loc_p"] >= 0]
+    if not cands:
+        return
+    if progress:
+        progress(f"checking broker evidence for {len(cands)} pairs")
+    topics = sorted({r.topic for r in cands})
+    groups = sorted({r.consumer_group for r in cands})
+    frontier = {(f["topic"], f["part"], f["consumer_group"]): f for f in store.query_file(
+        "reconcile_frontier", {"scan_from": ev.scan_from, "cut": ev.cut, "topics": topics, "groups": groups})}
+    undecided: list[Verdict] = []
+    for r in cands:
+        f = frontier.get((r.topic, r.facts["loc_p"], r.consumer_group))
+        ts = _cand_ts(r.facts)
+        if f and f["frontier_ack_ts"] > ts:
+            reused = " (its offset is not higher: the broker's log was reset and offsets reused)" \
+                if f["frontier_off"] <= r.facts["loc_o"] else ""
+            _mark_lost(r, "later_acked_received",
+                       f"the group received {f['frontier_msg']!r}, acked later on the same partition at "
+                       f"offset {f['frontier_off']} at {fmt_us(f['frontier_ack_ts'])}{reused}")
+        else:
+            undecided.append(r)
+    by_part: dict[tuple[str, int], list[Verdict]] = {}
+    for r in undecided:
+        by_part.setdefault((r.topic, r.facts["loc_p"]), []).append(r)
+    live: dict[tuple[str, str, int], int | None] = {}
+    for n, ((topic, part), rs) in enumerate(sorted(by_part.items())):
+        if n >= ev.max_partitions:
+            for r in rs:
+                r.decided_by = "not checked (too many partitions)"
+            continue
+        base = {"topic": topic, "part": part, "scan_from": ev.scan_from, "cut": ev.cut}
+        resets = [int(x) for x in store.query_file("reconcile_resets", base)[0]["resets"]]
+        prog = {(p["consumer_group"], p["seg"]): p for p in store.query_file(
+            "reconcile_progress", {**base, "resets": resets, "groups": sorted({r.consumer_group for r in rs})})}
+        for r in rs:
+            ts = _cand_ts(r.facts)
+            seg = sum(1 for x in resets if x <= ts)
+            p = prog.get((r.consumer_group, seg))
+            if p and p["max_off"] > r.facts["loc_o"]:
+                _mark_lost(r, "offset_passed_same_epoch",
+                           f"the group's {p['by_stage']} reached offset {p['max_off']} on partition {part} "
+                           f"({p['by_msg']!r} at {fmt_us(p['at_ts'])}) in the same log epoch")
+                continue
+            later_reset = seg < len(resets)
+            if ev.bootstrap and not later_reset:
+                key = (topic, r.consumer_group, part)
+                if key not in live:
+                    live[key] = live_committed(ev.bootstrap, r.consumer_group, topic, part)
+                c = live[key]
+                if c is not None and c > r.facts["loc_o"]:
+                    _mark_lost(r, "live_committed_offset",
+                               f"Kafka reports the group's committed offset {c} on partition {part} (live)")
+                    continue
+            why = "the broker's log was reset after the ack (offsets reused); no later evidence" if later_reset \
+                else "the group has not reached this offset yet"
+            r.decided_by = "no_evidence_of_passing"
+            r.evidence += f"; {why}"
+
+
+def _mark_lost(r: Verdict, by: str, text: str) -> None:
+    r.verdict = V.LOST_IN_BROKER
+    r.remedy = V.REMEDY[V.LOST_IN_BROKER]
+    r.decided_by = by
+    r.evidence += f"; decided by {by}: {text}"
+
+
+def live_committed(bootstrap: str, group: str, topic: str, part: int, timeout_s: float = 10.0) -> int | None:
+    """The group's committed offset on (topic, partition), asked live from Kafka; None if unknown."""
+    try:
+        from kafka import KafkaConsumer, TopicPartition
+
+        c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+                          request_timeout_ms=int(timeout_s * 1000), api_version_auto_timeout_ms=int(timeout_s * 1000))
+        try:
+            return c.committed(TopicPartition(topic, part))
+        finally:
+            c.close()
+    except Exception:  # live evidence is optional: without it the verdict stays pending
+        return None
+
+
+# --- emitter seq gaps -----------------------------------------------------------------
+
+def flag_seq_gaps(store: Store, rows: list[Verdict], scan_from: int, cut: int) -> list[dict[str, Any]]:
+    """Flag non-delivered verdicts of messages whose emitters show seq gaps in the window."""
+    gaps = store.query_file("reconcile_seq_gaps", {"scan_from": scan_from, "cut": cut})
+    if not gaps:
+        return []
+    msgs = {r["msg_id"] for r in store.query_file(
+        "reconcile_gap_msgs", {"scan_from": scan_from, "cut": cut, "emitters": [g["emitter_id"] for g in gaps]})}
+    for r in rows:
+        if r.verdict != V.DELIVERED and r.msg_id in msgs and V.EMITTER_SEQ_GAP not in r.flags:
+            r.flags.append(V.EMITTER_SEQ_GAP)
+            r.evidence += "; an emitter of this message shows seq gaps in the window (audit events lost)"
+    return gaps
+
+
+# --- the run ------------------------------------------------------------------------
+
+def reconcile(store: Store, window_from_us: int, window_to_us: int, grace_s: int = GRACE_S, *,
+              groups: Sequence[str] | None = None, expected: Any = None, bootstrap: str | None = None,
+              lookback_s: int = LOOKBACK_S, now_us: int | None = None, write: bool = True,
+              progress: Progress | None = None) -> ReconcileResult:
+    """Judge every (msg_id, consumer group) pair of the window [from, to).
+
+    ``groups`` names the consumer groups to judge (default: those seen receiving from each topic in the
+    window). ``expected`` is an :class:`tracer.expected.ExpectedSource` (ids that should have been sent).
+    Events up to ``to + grace`` (or now, if earlier) count; events from ``lookback_s`` before the window
+    are read so that a message sent earlier is not mistaken for one without ``sent``.
+    """
+    if window_to_us <= window_from_us:
+        from .errors import ConfigError
+
+        raise ConfigError(f"empty window: --to ({fmt_us(window_to_us)}) must be after --from "
+                          f"({fmt_us(window_from_us)})")
+    now = now_us if now_us is not None else time.time_ns() // 1000
+    cut = min(window_to_us + grace_s * 1_000_000, max(now, window_from_us + 1))
+    scan_from = max(0, window_from_us - lookback_s * 1_000_000)
+    res = ReconcileResult(run_id=uuid.uuid4().hex, window_from_us=window_from_us, window_to_us=window_to_us,
+                          grace_s=grace_s, cut_us=cut, started_us=now)
+    res.params = {"groups": list(groups or []), "lookback_s": lookback_s,
+                  "expected": getattr(expected, "describe", lambda: None)() if expected is not None else None,
+                  "bootstrap": bool(bootstrap)}
+    with store.session():
+        table = None
+        try:
+            if expected is not None:
+                if progress:
+                    progress("loading expected ids")
+                from .expected import load_expected
+
+                table, res.expected_count = load_expected(store, expected, res.run_id)
+            if progress:
+                progress("aggregating events per message and group")
+            topics, tgroups = _nonempty([], []) if groups else _topic_groups(store, window_from_us, cut)
+            params = {"scan_from": scan_from, "cut": cut, "from_us": window_from_us, "to_us": window_to_us,
+                      "restrict_groups": 1 if groups else 0, "groups": list(groups or []),
+                      "topics": topics, "topic_groups": tgroups}
+            rows = _run_pairs(store, pairs_sql(expected_table=table), params)
+        finally:
+            if table:
+                from .expected import drop_expected
+
+                drop_expected(store, table)
+        for r in rows:
+            r["cut"] = cut
+        plain = [r for r in rows if not r["mid"]]
+        res.rows = [make_verdict(r) for r in rows if r["mid"]]
+        if res.rows:
+            decide_broker(store, res.rows, BrokerEvidence(scan_from, cut, bootstrap), progress)
+            if progress:
+                progress("checking emitter seq gaps")
+            res.seq_gaps = flag_seq_gaps(store, res.rows, scan_from, cut)
+        for r in plain:
+            key = (r["verdict"], r["topic"], r["consumer_group"])
+            res.counts[key] = res.counts.get(key, 0) + r["n"]
+        for v in res.rows:
+            key = (v.verdict, v.topic, v.consumer_group)
+            res.counts[key] = res.counts.get(key, 0) + 1
+        res.rows.sort(key=lambda v: (V.VERDICTS.index(v.verdict), v.topic, v.consumer_group, v.msg_id))
+        res.finished_us = time.time_ns() // 1000
+        if write:
+            if progress:
+                progress(f"writing {len(res.rows)} verdicts")
+            write_result(store, res)
+    return res
+
+
+def write_result(store: Store, res: ReconcileResult) -> None:
+    """The run row (reconcile_runs) and one verdict row per pair not plainly delivered (verdicts)."""
+    import orjson
+
+    judged = res.finished_us or time.time_ns() // 1000
+    rows = res.rows
+    if rows:
+        store.insert("verdicts", {
+            "run_id": [res.run_id] * len(rows), "judged_us": [judged] * len(rows),
+            "msg_id": [r.msg_id for r in rows], "consumer_group": [r.consumer_group for r in rows],
+            "topic": [r.topic for r in rows], "verdict": [r.verdict for r in rows],
+            "stopped_at": [r.stopped_at for r in rows], "flags": [list(r.flags) for r in rows],
+            "evidence": [r.evidence for r in rows]})
+    summary = res.summary
+    store.insert("reconcile_runs", {
+        "run_id": [res.run_id], "started_us": [res.started_us], "finished_us": [judged],
+        "window_from_us": [res.window_from_us], "window_to_us": [res.window_to_us], "grace_s": [res.grace_s],
+        "params": [orjson.dumps(res.params).decode()], "verdict_names": [list(summary)],
+        "verdict_counts": [list(summary.values())]})
+
+
+# --- one message (trace-msg) ---------------------------------------------------------
+
+def judge_message(store: Store, msg_id: str, groups: Iterable[str] = (), bootstrap: str | None = None,
+                  now_us: int | None = None) -> list[Verdict]:
+    """Verdicts of one message for every group seen for it plus ``groups``; no window, no grace."""
+    now = now_us if now_us is not None else time.time_ns() // 1000
+    params = {"scan_from": 0, "cut": _FAR_FUTURE_US, "from_us": 0, "to_us": _FAR_FUTURE_US,
+              "restrict_groups": 0, "groups": sorted(set(groups)), "topics": [""], "topic_groups": [[]],
+              "msg_id": msg_id}
+    rows = store.query(pairs_sql(one_msg=True), params)
+    out = []
+    for r in rows:
+        r["cut"] = now
+        r["mid"] = msg_id
+        out.append(make_verdict(r))
+    pend = [v for v in out if v.verdict == V.PENDING_IN_BROKER]
+    if pend:
+        ts = min(_cand_ts(v.facts) for v in pend)
+        decide_broker(store, out, BrokerEvidence(max(0, ts - LOOKBACK_S * 1_000_000), now + 1, bootstrap))
+    if any(v.verdict != V.DELIVERED for v in out):
+        flag_seq_gaps(store, out, max(0, min(v.facts["msg_time"] for v in out) - 3600 * 1_000_000), now + 1)
+    out.sort(key=lambda v: v.consumer_group)
+    return out
