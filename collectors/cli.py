@@ -1,0 +1,127 @@
+"""``msgtrace collect``: audit topic -> ClickHouse.
+
+Long-running by default, with a live status line on a terminal; ``--until-idle``
+drains the topic and exits. SIGTERM (and Ctrl-C) finish the current batch,
+commit and exit 0. Logs are structured (logfmt or JSON lines) on stderr.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import click
+import orjson
+
+from tracer.cliutil import EXIT_ERROR, EXIT_OK, audit_topic_option, bootstrap_option, err, handle_errors, \
+    json_option, store_option
+
+
+class LogFormatter(logging.Formatter):
+    """``ts=... level=... event="..." key=value`` (logfmt) or one JSON object per line."""
+
+    def __init__(self, as_json: bool) -> None:
+        super().__init__()
+        self.as_json = as_json
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = datetime.fromtimestamp(record.created, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        fields: dict[str, Any] = {"ts": ts, "level": record.levelname.lower(), "logger": record.name,
+                                  "event": record.getMessage()}
+        fields.update(getattr(record, "fields", None) or {})
+        if self.as_json:
+            return orjson.dumps(fields, default=str).decode()
+        parts = []
+        for k, v in fields.items():
+            s = v if isinstance(v, str) else json.dumps(v, default=str)
+            if not s or any(c in s for c in ' "=\t\n'):
+                s = json.dumps(s)
+            parts.append(f"{k}={s}")
+        return " ".join(parts)
+
+
+def setup_logging(level: str, as_json: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogFormatter(as_json))
+    for name in ("msgtrace",):
+        lg = logging.getLogger(name)
+        lg.handlers[:] = [handler]
+        lg.setLevel(level.upper())
+        lg.propagate = False
+
+
+def _status_text(stats: Any, state: str, rate: float) -> str:
+    last = "never"
+    if stats.last_commit_us:
+        last = f"{max(0.0, time.time() - stats.last_commit_us / 1e6):.1f} s ago"
+    lag = "?" if stats.lag is None else f"{stats.lag:,}"
+    return (f"[bold]{state}[/]  {rate:,.0f} events/s  stored {stats.stored:,}  dup {stats.duplicates:,}  "
+            f"lag {lag} records  quarantined {stats.quarantined:,}  last commit {last}")
+
+
+@click.command("collect")
+@bootstrap_option
+@audit_topic_option
+@store_option
+@click.option("--group", "group_id", default="msgtrace-collector", show_default=True, envvar="MSGTRACE_COLLECTOR_GROUP",
+              help="Consumer group of the collectors (run several for more partitions).")
+@click.option("--until-idle", is_flag=True, help="Drain the audit topic, commit and exit.")
+@click.option("--batch-events", type=click.IntRange(1), default=20_000, show_default=True,
+              help="Write a batch once it holds this many events ...")
+@click.option("--batch-wait", type=click.FloatRange(0.01), default=1.0, show_default=True,
+              help="... or once its first record is this many seconds old.")
+@click.option("--startup-timeout", type=click.FloatRange(1), default=60.0, show_default=True,
+              help="With --until-idle: give up when Kafka or the partitions do not come within this time.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True)
+@click.option("--log-json", is_flag=True, help="Log JSON lines instead of logfmt.")
+@json_option
+@handle_errors
+def collect(bootstrap: str | None, audit_topic: str, store_url: str | None, group_id: str, until_idle: bool,
+            batch_events: int, batch_wait: float, startup_timeout: float, log_level: str, log_json: bool,
+            as_json: bool) -> None:
+    """Collect audit events from Kafka into ClickHouse (at least once, de-duplicated)."""
+    from .consumer import CollectorConfig, run_collector
+
+    setup_logging(log_level, log_json)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    cfg = CollectorConfig(max_batch_events=batch_events, max_batch_wait_s=batch_wait,
+                          startup_timeout_s=startup_timeout)
+    live = None
+    on_status = None
+    if err.is_terminal and not as_json:
+        from rich.live import Live
+
+        live = Live("starting", console=err, refresh_per_second=4, transient=False)
+        live.start()
+        last = {"t": time.monotonic(), "n": 0}
+
+        def on_status(stats: Any, state: str) -> None:
+            now = time.monotonic()
+            rate = (stats.inserted - last["n"]) / max(1e-6, now - last["t"])
+            last.update(t=now, n=stats.inserted)
+            live.update(_status_text(stats, state, rate))
+    try:
+        stats = run_collector(bootstrap or "", audit_topic, store_url, group_id, until_idle, config=cfg, stop=stop,
+                              on_status=on_status)
+    finally:
+        if live is not None:
+            live.stop()
+    if as_json:
+        sys.stdout.write(orjson.dumps(stats.to_dict()).decode() + "\n")
+    else:
+        d = stats.to_dict()
+        err.print(f"collected: stored {d['stored']:,}  duplicates {d['duplicates']:,}  "
+                  f"quarantined {d['quarantined']:,}  ({d['events_per_s']:,.0f} events/s)")
+    sys.exit(EXIT_OK if stats.clean_exit else EXIT_ERROR)

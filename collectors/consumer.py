@@ -1,0 +1,407 @@
+"""The collector's consumer loop: kafka-python consumer group -> steps -> ClickHouse.
+
+At least once: offsets are committed only after the store accepted the rows
+(commit step after write step), never auto-committed. Nothing counts twice: the
+store keeps duplicates harmlessly (ReplacingMergeTree by (msg_id, event_id))
+and every query de-duplicates by event_id.
+
+Duplicates are counted cheaply and precisely for the one case that makes
+them -- a collector that wrote a batch and died before committing. Before each
+write the collector commits the batch's *first* offsets (nothing new) with the
+metadata ``msgtrace-upto=<next offset>`` (a write intent); the commit after the
+write clears it. On assignment the consumer reads that metadata: records below
+it may already be stored, and only their event ids are looked up in the store.
+Repeats within one batch are counted too. Copies that an emitter re-sent at
+new offsets are not looked up (they would need a lookup per batch, ~0.3 s per
+20k ids); the store still collapses them.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from tracer.errors import ConfigError, MsgtraceError
+from tracer.events import MAX_RECORD_BYTES
+
+from .steps import DEFAULT_RAW_LIMIT, Backoff, BatchStep, CommitStep, DecodeStep, StateLog, WriteStep, log_event
+from .types import AuditSourceUnavailable, Batch, CollectorStats, FlushTimeout, Message, MessageRejected, Partition, \
+    RawRecord
+
+INTENT_PREFIX = "msgtrace-upto="
+
+
+@dataclass(slots=True)
+class CollectorConfig:
+    """Tuning knobs; the defaults suit one process on a small machine."""
+
+    max_batch_events: int = 20_000
+    max_batch_records: int = 5_000
+    max_batch_wait_s: float = 1.0
+    poll_timeout_ms: int = 200
+    max_poll_records: int = 500
+    session_hold_s: float = 1.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 10.0
+    #: give up (raise) after the store has been failing this long; None: retry forever
+    give_up_after_s: float | None = None
+    startup_timeout_s: float = 60.0
+    shutdown_timeout_s: float = 30.0
+    raw_limit: int = DEFAULT_RAW_LIMIT
+    max_record_bytes: int = MAX_RECORD_BYTES
+    store_lock_timeout_s: float = 5.0
+    session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int = 1000
+    status_interval_s: float = 0.5
+    consumer_options: dict[str, Any] = field(default_factory=dict)
+
+
+class Processor:
+    """Polls the consumer, feeds the steps, pauses partitions on backpressure."""
+
+    def __init__(self, consumer: Any, topic: str, store: Any, cfg: CollectorConfig, stats: CollectorStats,
+                 *, until_idle: bool, stop: threading.Event,
+                 on_status: Callable[[CollectorStats, str], None] | None = None) -> None:
+        self.consumer = consumer
+        self.topic = topic
+        self.store = store
+        self.cfg = cfg
+        self.stats = stats
+        self.until_idle = until_idle
+        self.stop = stop
+        self.on_status = on_status
+        self.window_end: dict[Partition, int] = {}
+        self.held: deque[Any] = deque()
+        self.paused = False
+        self.assigned: set[Partition] = set()
+        self.kafka_state = StateLog("kafka")
+        self.kafka_backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s)
+        self.commit_step = CommitStep(self._commit, stats, backoff=Backoff(cfg.backoff_initial_s, cfg.backoff_max_s))
+        self.write_step = WriteStep(store, self.commit_step, stats, intent=self._intent,
+                                    session_hold=cfg.session_hold_s,
+                                    backoff=Backoff(cfg.backoff_initial_s, cfg.backoff_max_s),
+                                    give_up_after=cfg.give_up_after_s)
+        self.batch_step = BatchStep(self.write_step, max_events=cfg.max_batch_events,
+                                    max_records=cfg.max_batch_records, max_wait=cfg.max_batch_wait_s,
+                                    raw_limit=cfg.raw_limit, in_window=self._in_window)
+        self.strategy = DecodeStep(self.batch_step, cfg.max_record_bytes)
+        self._last_status = 0.0
+        self._rate_mark = (time.monotonic(), 0)
+        self.rate = 0.0
+
+    # --- kafka glue ------------------------------------------------------------------
+    @staticmethod
+    def _tp(p: Partition) -> Any:
+        from kafka import TopicPartition
+
+        return TopicPartition(p.topic, p.index)
+
+    def _commit(self, offsets: Mapping[Partition, int], metadata: str = "") -> None:
+        from kafka.errors import CommitFailedError, IllegalStateError, KafkaError
+        from kafka.structs import OffsetAndMetadata
+
+        live = {self._tp(p): OffsetAndMetadata(o, metadata, -1) for p, o in offsets.items() if p in self.assigned}
+        if not live:
+            return
+        try:
+            self.consumer.commit(live)
+        except (CommitFailedError, IllegalStateError) as e:
+            # The group rebalanced: these partitions are someone else's now. The rows are
+            # stored; the new owner re-reads from the last commit and the store de-duplicates.
+            log_event(logging.WARNING, "commit refused after rebalance", error=str(e).splitlines()[0][:200])
+        except KafkaError as e:
+            raise AuditSourceUnavailable(f"cannot commit audit offsets: {type(e).__name__}: {e}") from None
+
+    def _intent(self, batch: Batch) -> None:
+        """Write intent: commit the batch's first offsets with metadata naming its end."""
+        try:
+            for p, first in batch.first_offsets.items():
+                self._commit({p: first}, f"{INTENT_PREFIX}{batch.next_offsets[p]}")
+        except MsgtraceError:
+            pass  # only the duplicate count of a later restart depends on it
+
+    def _in_window(self, p: Partition, offset: int) -> bool:
+        end = self.window_end.get(p)
+        return end is not None and offset < end
+
+    def on_revoked(self, revoked: Any) -> None:
+        if not revoked and self.strategy.empty:
+            return
+        t0 = time.monotonic()
+        ok = self.strategy.join(min(self.cfg.shutdown_timeout_s, 10.0))
+        if not ok:
+            # Unwritten data stays uncommitted: the next owner reads it again.
+            self.strategy.reset()
+        self.held.clear()
+        self.assigned.clear()
+        self.paused = False
+        log_event(logging.INFO, "partitions revoked", partitions=len(revoked or ()), flushed=ok,
+                  took_s=round(time.monotonic() - t0, 2))
+
+    def on_assigned(self, assigned: Any) -> None:
+        self.assigned = {Partition(tp.topic, tp.partition) for tp in assigned}
+        self.paused = False
+        for tp in assigned:
+            p = Partition(tp.topic, tp.partition)
+            self.window_end.pop(p, None)
+            try:
+                om = self.consumer.committed(tp, metadata=True)
+            except Exception as e:  # only the duplicate count depends on it
+                log_event(logging.DEBUG, "cannot read committed metadata", partition=str(p), error=str(e))
+                continue
+            meta = getattr(om, "metadata", None) or ""
+            if meta.startswith(INTENT_PREFIX):
+                try:
+                    self.window_end[p] = int(meta[len(INTENT_PREFIX):])
+                except ValueError:
+                    pass
+        log_event(logging.INFO, "partitions assigned", partitions=sorted(str(p) for p in self.assigned),
+                  redelivery_windows={str(p): e for p, e in self.window_end.items()})
+
+    # --- main loop -------------------------------------------------------------------
+    def _drain_held(self) -> None:
+        while self.held:
+            r = self.held[0]
+            msg = Message(Partition(r.topic, r.partition), r.offset, RawRecord(r.value, r.headers))
+            try:
+                self.strategy.submit(msg)
+            except MessageRejected:
+                return
+            self.held.popleft()
+            self.stats.records += 1
+
+    def _set_paused(self, paused: bool) -> None:
+        if paused == self.paused:
+            return
+        tps = [self._tp(p) for p in self.assigned]
+        try:
+            if paused:
+                self.consumer.pause(*tps)
+            else:
+                self.consumer.resume(*tps)
+        except Exception as e:
+            log_event(logging.WARNING, "pause/resume failed", error=str(e))
+            return
+        self.paused = paused
+        log_event(logging.INFO, "consumption paused" if paused else "consumption resumed",
+                  partitions=len(tps))
+
+    def _poll_kafka(self, timeout_ms: int) -> int:
+        from kafka.errors import KafkaError
+
+        try:
+            recs = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.cfg.max_poll_records)
+        except KafkaError as e:
+            self.stats.kafka_failures += 1
+            self.kafka_backoff.failed()
+            self.kafka_state.set("unavailable", error=f"{type(e).__name__}: {e}"[:300])
+            self.kafka_backoff.wait(time.monotonic() + self.kafka_backoff.delay)
+            return 0
+        if self.kafka_backoff.since is not None:
+            self.kafka_backoff.ok()
+            self.kafka_state.set("ok")
+        n = 0
+        for lst in recs.values():
+            self.held.extend(lst)
+            n += len(lst)
+        return n
+
+    def _lag(self, exact: bool = False) -> int | None:
+        if not self.assigned:
+            return None
+        tps = [self._tp(p) for p in self.assigned]
+        try:
+            ends = self.consumer.end_offsets(tps) if exact else {tp: self.consumer.highwater(tp) for tp in tps}
+            lag = 0
+            for tp in tps:
+                end = ends.get(tp)
+                if end is None:
+                    return None
+                lag += max(0, end - self.consumer.position(tp))
+        except Exception:
+            return None
+        return lag + len(self.held)
+
+    def _status(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_status < self.cfg.status_interval_s:
+            return
+        t0, n0 = self._rate_mark
+        if now > t0:
+            self.rate = (self.stats.inserted - n0) / (now - t0)
+        self._rate_mark = (now, self.stats.inserted)
+        self._last_status = now
+        self.stats.lag = self._lag()
+        if self.on_status is not None:
+            state = "store down" if self.write_step.down else ("paused" if self.paused else "running")
+            try:
+                self.on_status(self.stats, state)
+            except Exception:
+                pass
+
+    def _idle(self) -> bool:
+        if self.held or not self.strategy.empty or not self.assigned:
+            return False
+        if self._lag(exact=True) != 0:
+            return False
+        if not self.strategy.join(self.cfg.shutdown_timeout_s):
+            return False
+        return self.strategy.empty and self._lag(exact=True) == 0
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.cfg.startup_timeout_s
+        while not self.stop.is_set():
+            self.strategy.poll()
+            self._drain_held()
+            if self.held:
+                self._set_paused(True)
+                self._poll_kafka(50)  # keeps the group session and rebalances going; returns nothing
+                self.strategy.poll()
+                self._drain_held()
+            else:
+                self._set_paused(False)
+                n = self._poll_kafka(self.cfg.poll_timeout_ms)
+                self._drain_held()
+                if n == 0 and self.until_idle:
+                    if self.assigned and self._idle():
+                        break
+                    if not self.assigned and time.monotonic() > deadline:
+                        raise AuditSourceUnavailable(
+                            f"no partition of audit topic {self.topic!r} was assigned within "
+                            f"{self.cfg.startup_timeout_s:.0f} s (does the topic exist?)")
+            self._status()
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Finish the current batch, commit, leave the group."""
+        ok = self.strategy.join(self.cfg.shutdown_timeout_s)
+        self.stats.lag = self._lag(exact=True)
+        self.stats.clean_exit = ok
+        self._status(force=True)
+        if not ok:
+            log_event(logging.ERROR, "stopped with unwritten events",
+                      note="their offsets stay uncommitted; the next run reads them again")
+
+
+def _make_consumer(bootstrap: str, topic: str, group_id: str, cfg: CollectorConfig, listener: Any) -> Any:
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
+
+    opts = dict(bootstrap_servers=bootstrap.split(","), group_id=group_id, enable_auto_commit=False,
+                auto_offset_reset="earliest", session_timeout_ms=cfg.session_timeout_ms,
+                heartbeat_interval_ms=cfg.heartbeat_interval_ms, max_poll_records=cfg.max_poll_records,
+                fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=32 * 1024 * 1024,
+                client_id="msgtrace-collector")
+    opts.update(cfg.consumer_options)
+    try:
+        consumer = KafkaConsumer(**opts)
+        consumer.subscribe([topic], listener=listener)
+    except KafkaError as e:
+        raise AuditSourceUnavailable(f"cannot reach the audit Kafka at {bootstrap}: {type(e).__name__}: {e}") from None
+    return consumer
+
+
+def run_collector(bootstrap: str, topic: str, store_url: str | None, group_id: str = "msgtrace-collector",
+                  until_idle: bool = False, *, config: CollectorConfig | None = None,
+                  stop: threading.Event | None = None,
+                  on_status: Callable[[CollectorStats, str], None] | None = None,
+                  init_schema: bool = True) -> CollectorStats:
+    """Collect the audit topic into the store; returns the run's stats.
+
+    ``until_idle``: drain the topic (every assigned partition read to its end and
+    committed) and return. Otherwise run until ``stop`` is set. Kafka that cannot be
+    reached at start is retried until ``config.startup_timeout_s``.
+    """
+    from tracer.store import Store
+
+    if not bootstrap:
+        raise ConfigError("no audit Kafka bootstrap servers (use --bootstrap or MSGTRACE_KAFKA_BOOTSTRAP)")
+    if not topic:
+        raise ConfigError("no audit topic (use --audit-topic or MSGTRACE_AUDIT_TOPIC)")
+    cfg = config or CollectorConfig()
+    stop = stop or threading.Event()
+    stats = CollectorStats()
+    store = Store(store_url, lock_timeout=cfg.store_lock_timeout_s)
+    if init_schema:
+        _init_schema(store, cfg, stop)
+    proc_box: list[Processor] = []
+    listener = _listener_proxy(proc_box)
+    backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s)
+    state = StateLog("kafka")
+    start_deadline = time.monotonic() + cfg.startup_timeout_s
+    consumer = None
+    while consumer is None:
+        try:
+            consumer = _make_consumer(bootstrap, topic, group_id, cfg, listener)
+        except AuditSourceUnavailable as e:
+            stats.kafka_failures += 1
+            backoff.failed()
+            state.set("unavailable", error=str(e))
+            if stop.is_set() or (until_idle and time.monotonic() > start_deadline):
+                store.close()
+                raise
+            backoff.wait(time.monotonic() + backoff.delay)
+    state.set("ok")
+    proc = Processor(consumer, topic, store, cfg, stats, until_idle=until_idle, stop=stop, on_status=on_status)
+    proc_box.append(proc)
+    log_event(logging.INFO, "collector started", topic=topic, group=group_id, store=store.url.redacted(),
+              until_idle=until_idle)
+    try:
+        proc.run()
+    finally:
+        proc.write_step.release()
+        try:
+            consumer.close(autocommit=False)
+        except Exception as e:
+            log_event(logging.WARNING, "consumer close failed", error=str(e))
+        store.close()
+        stats.finished = time.monotonic()
+    log_event(logging.INFO, "collector stopped", **stats.to_dict())
+    if not stats.clean_exit:
+        raise FlushTimeout(f"stopped with unwritten events after {cfg.shutdown_timeout_s:.0f} s; "
+                           "their audit offsets stay uncommitted and the next run reads them again")
+    return stats
+
+
+def _listener_proxy(box: list[Processor]) -> Any:
+    """A kafka-python rebalance listener forwarding to the processor (made after the consumer)."""
+    from kafka import ConsumerRebalanceListener
+
+    class _ListenerProxy(ConsumerRebalanceListener):
+        def __init__(self, box: list[Processor]) -> None:
+            self.box = box
+
+        def on_partitions_revoked(self, revoked: Any) -> None:
+            if self.box:
+                self.box[0].on_revoked(revoked)
+
+        def on_partitions_assigned(self, assigned: Any) -> None:
+            if self.box:
+                self.box[0].on_assigned(assigned)
+
+    return _ListenerProxy(box)
+
+
+def _init_schema(store: Any, cfg: CollectorConfig, stop: threading.Event) -> None:
+    """Create the tables if needed, waiting (with backoff) for a store that is not up yet."""
+    from tracer.errors import QueryError, StoreError
+
+    backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s)
+    state = StateLog("store")
+    deadline = time.monotonic() + cfg.startup_timeout_s
+    while True:
+        try:
+            store.init_schema()
+            state.set("ok")
+            return
+        except QueryError:
+            raise
+        except StoreError as e:
+            backoff.failed()
+            state.set("unavailable", error=str(e))
+            if stop.is_set() or time.monotonic() > deadline:
+                raise
+            backoff.wait(time.monotonic() + backoff.delay)

@@ -1,0 +1,229 @@
+"""Fast unit tests of the collector's parts (no services): the columnar decoder
+against the strict validator, and the steps with fakes IN ADDITION to the
+end-to-end tests in test_collector.py."""
+from __future__ import annotations
+
+import logging
+import time
+
+import orjson
+import pytest
+
+from collectors.decode import decode_record
+from collectors.steps import Backoff, BatchStep, CommitStep, DecodeStep, WriteStep
+from collectors.testing import make_events
+from collectors.types import Batch, CollectorStats, Message, MessageRejected, Partition, RawRecord
+from tracer.errors import StoreUnavailable
+from tracer.events import COLUMNS, STORE_COLUMNS, decode_batch, encode_batch, record_headers, to_columns
+
+H = record_headers()
+P = Partition("audit", 0)
+
+
+def _good_lines(n: int = 5) -> list[bytes]:
+    return encode_batch(make_events(n)).split(b"\n")
+
+
+def _mutate(field: str, value) -> bytes:
+    d = orjson.loads(_good_lines(1)[0])
+    d[field] = value
+    return orjson.dumps(d)
+
+
+def _drop(field: str) -> bytes:
+    d = orjson.loads(_good_lines(1)[0])
+    del d[field]
+    return orjson.dumps(d)
+
+
+BAD_LINES = [
+    b"\xff\xfe garbage", b'{"event_id": "x"', b"[1, 2]", b"42", b"null",
+    _mutate("stage", "teleported"), _mutate("ts_us", "yesterday"), _mutate("ts_us", -1), _mutate("pid", 2**32),
+    _mutate("pid", True), _mutate("partition", 1.5), _mutate("partition", 2**31), _mutate("offset", "7"),
+    _mutate("event_id", "not-a-uuid"), _mutate("event_id", None), _mutate("msg_id", ""), _mutate("msg_id", 3),
+    _mutate("trace_id", "ABCDEF" * 6), _mutate("trace_id", "0" * 31), _mutate("span_id", "0" * 17),
+    _mutate("attrs", {"a": 1}), _mutate("attrs", ["a"]), _mutate("attrs", None), _mutate("consumer_group", 5),
+    _mutate("extra", "x"), _drop("partition"), _drop("attrs"), _drop("event_id"), _mutate("key", {"a": "b"}),
+    _mutate("seq", 2**63 + 5).replace(b"9223372036854775813", b"18446744073709551616"), _mutate("ts_us", 1.0),
+]
+
+
+def _as_columns(events) -> list[list]:
+    cols = to_columns(events)
+    return [cols[c] for c in STORE_COLUMNS]
+
+
+@pytest.mark.parametrize("bad", BAD_LINES, ids=range(len(BAD_LINES)))
+def test_fast_decoder_matches_the_strict_validator(bad: bytes) -> None:
+    good = _good_lines(4)
+    raw = b"\n".join(good[:2] + [bad] + good[2:])
+    ref = decode_batch(raw, H)
+    got = decode_record(raw, H)
+    assert not got.fast
+    assert [(b.line, b.error, b.field, b.raw) for b in got.bad] == [(b.line, b.error, b.field, b.raw) for b in ref.bad]
+    assert got.n_events == len(ref.events) == 4
+    assert got.columns == _as_columns(ref.events)
+
+
+def test_fast_path_accepts_valid_records_with_the_same_columns() -> None:
+    events = make_events(50)
+    events[3].trace_id, events[3].span_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    events[4].attrs = {}
+    raw = encode_batch(events)
+    got = decode_record(raw, H)
+    assert got.fast and not got.bad
+    assert got.columns == _as_columns(decode_batch(raw, H).events)
+
+
+@pytest.mark.parametrize("value,headers,reason", [
+    (b"x", None, "missing header 'msgtrace-format'"),
+    (b"x", [("msgtrace-format", b"2")], "unknown format version '2'"),
+    (b"  \n ", H, "empty record"),
+    (None, H, "empty record"),
+])
+def test_whole_record_errors(value, headers, reason) -> None:
+    got = decode_record(value, headers)
+    assert got.n_events == 0 and len(got.bad) == 1 and reason in got.bad[0].error
+
+
+def test_oversized_record_is_refused_before_parsing() -> None:
+    raw = encode_batch(make_events(10))
+    got = decode_record(raw, H, max_record_bytes=100)
+    assert got.n_events == 0 and f"record of {len(raw)} bytes exceeds the limit of 100" == got.bad[0].error
+
+
+def test_blank_lines_take_the_strict_path_and_keep_line_numbers() -> None:
+    good = _good_lines(2)
+    raw = b"\n" + good[0] + b"\n\n" + b"oops" + b"\n" + good[1] + b"\n"
+    got = decode_record(raw, H)
+    ref = decode_batch(raw, H)
+    assert got.n_events == 2 and [b.line for b in got.bad] == [b.line for b in ref.bad] == [4]
+
+
+# --- steps with fakes ------------------------------------------------------------------
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.rows: dict[str, list] = {"trace_events": [], "quarantine": []}
+        self.down = False
+        self.log: list[str] = []
+
+    def session(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def insert(self, table, columns):
+        if self.down:
+            raise StoreUnavailable("cannot reach ClickHouse at test:9000: refused")
+        n = len(next(iter(columns.values())))
+        self.rows[table].extend(zip(*columns.values()))
+        self.log.append(f"insert {table} {n}")
+        return n
+
+    def query(self, sql, params=None):
+        return [{"n": 0}]
+
+
+def _chain(store, *, max_events=100, max_wait=60.0):
+    stats = CollectorStats()
+    committed: list[dict] = []
+
+    def commit(offsets):
+        store.log.append(f"commit {dict((str(p), o) for p, o in offsets.items())}")
+        committed.append(dict(offsets))
+
+    c = CommitStep(commit, stats)
+    w = WriteStep(store, c, stats, backoff=Backoff(0.01, 0.02))
+    b = BatchStep(w, max_events=max_events, max_wait=max_wait)
+    d = DecodeStep(b, 1 << 20)
+    return d, b, w, c, stats, committed
+
+
+def _msg(offset: int, n: int = 10) -> Message[RawRecord]:
+    return Message(P, offset, RawRecord(encode_batch(make_events(n)), H))
+
+
+def test_commit_follows_the_write_and_batches_close_by_size() -> None:
+    store = FakeStore()
+    d, b, w, c, stats, committed = _chain(store, max_events=30)
+    for off in range(3):
+        d.submit(_msg(off))
+    assert store.log == ["insert trace_events 30", "commit {'audit/0': 3}"]
+    d.submit(_msg(3))
+    assert d.join(5)
+    assert store.log[-2:] == ["insert trace_events 10", "commit {'audit/0': 4}"]
+    assert stats.inserted == 40 and stats.commits == 2
+
+
+def test_batches_close_by_time() -> None:
+    store = FakeStore()
+    d, b, w, c, stats, committed = _chain(store, max_events=10_000, max_wait=0.05)
+    d.submit(_msg(0))
+    d.poll()
+    assert store.log == []
+    time.sleep(0.06)  # the batch must be older than max_wait
+    d.poll()
+    assert store.log == ["insert trace_events 10", "commit {'audit/0': 1}"]
+
+
+def test_store_down_pushes_back_keeps_offsets_and_logs_once(caplog) -> None:
+    store = FakeStore()
+    store.down = True
+    d, b, w, c, stats, committed = _chain(store, max_events=10)
+    caplog.set_level(logging.INFO, logger="msgtrace.collector")
+    d.submit(_msg(0))  # batch 1 -> write step (fails, kept)
+    d.submit(_msg(1))  # batch 2 -> ready in the batch step
+    d.submit(_msg(2))  # decoded record pending in the decode step
+    with pytest.raises(MessageRejected):
+        d.submit(_msg(3))
+    for _ in range(5):
+        time.sleep(0.03)
+        d.poll()
+    assert committed == [] and stats.store_failures >= 3
+    downs = [r for r in caplog.records if r.getMessage() == "store unavailable"]
+    assert len(downs) == 1
+    store.down = False
+    assert d.join(5)
+    assert [list(x.values())[0] for x in committed][-1] == 3
+    assert stats.inserted == 30
+    assert [r.getMessage() for r in caplog.records].count("store ok") == 1
+
+
+def test_quarantine_rows_carry_position_reason_and_raw_prefix() -> None:
+    store = FakeStore()
+    d, b, w, c, stats, committed = _chain(store)
+    b.raw_limit = 8
+    d.submit(Message(P, 7, RawRecord(b"\xffgarbage-garbage", H)))
+    assert d.join(5)
+    (row,) = store.rows["quarantine"]
+    received, source, part, off, line, field, error, raw_size, raw = row
+    assert (source, part, off, line, raw_size) == ("audit", 0, 7, 1, 16)
+    assert raw == "\\xffgarbage" and error.startswith("line 1: invalid JSON")
+    assert committed[-1] == {P: 8}
+
+
+def test_commit_step_merges_offsets_and_retries() -> None:
+    stats = CollectorStats()
+    calls: list[dict] = []
+    fail = [True]
+
+    def commit(offsets):
+        if fail[0]:
+            from collectors.types import AuditSourceUnavailable
+
+            raise AuditSourceUnavailable("broker gone")
+        calls.append(dict(offsets))
+
+    c = CommitStep(commit, stats, backoff=Backoff(0.01, 0.01))
+    c.submit({P: 5})
+    c.submit({P: 3, Partition("audit", 1): 9})
+    fail[0] = False
+    assert c.join(2)
+    assert calls == [{P: 5, Partition("audit", 1): 9}]
+    assert stats.kafka_failures == 2
+
+
+def test_batch_columns_match_store_columns() -> None:
+    b = Batch(columns=[[] for _ in STORE_COLUMNS])
+    assert len(b.columns) == len(COLUMNS) + 1  # attrs split in two arrays
