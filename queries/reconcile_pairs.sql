@@ -10,9 +10,9 @@
 -- reading travel to Python.
 -- {groups}: with restrict_groups = 1 exactly the groups judged, else groups added to every message's.
 -- Markers replaced by reconcile.py with fixed fragments (never user input):
---   /*EVENT_FILTER*/     extra predicate on trace_events (e.g. one msg_id for trace-msg)
---   /*EXPECTED_UNION*/   UNION ALL of the run's expected-id staging table, or nothing
---   /*JUDGE_FILTER*/     which messages are judged (window by message time, or all)
+--   EVENT_FILTER marker:    extra predicate on trace_events (e.g. one msg_id for trace-msg)
+--   EXPECTED_UNION marker:  UNION ALL of the run's expected-id staging table, or nothing
+--   JUDGE_FILTER marker:    which messages are judged (window by message time, or all)
 -- Stage bits (tracer.events.STAGE_BITS): sent 1, send_failed 2, broker_acked 4, received 8,
 -- offset_committed 16, business_done 32, business_failed 64, dead_lettered 128.
 SELECT
