@@ -119,15 +119,36 @@ class KafkaSink:
 
     def ship(self, data: bytes, lines: int) -> None:
         producer = self._producer or self._connect()
+        t0 = time.monotonic()
         try:
             futures = [producer.send(self.topic, value=v, headers=self._headers)
                        for v in _split_records(data, self.record_bytes)]
             producer.flush(self.timeout)
             for f in futures:
                 f.get(0)
+            if time.monotonic() - t0 > 0.5:
+                self._verify_topic()
         except Exception:
             self._drop_producer()
             raise
+
+    def _verify_topic(self) -> None:
+        """After a slow ship (the broker may have restarted meanwhile), make sure the topic still exists.
+
+        A memory broker (Tansu) restarted under a producer with cached metadata acknowledges
+        writes to the vanished topic and keeps nothing; shipping again is then the only remedy.
+        """
+        from kafka.admin import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000,
+                                 client_id="msgtrace-emitter-admin")
+        try:
+            exists = self.topic in set(admin.list_topics())
+        finally:
+            admin.close()
+        if not exists:
+            raise RuntimeError(f"audit topic {self.topic} vanished while shipping (broker restarted?); "
+                               "shipping again")
 
     def _drop_producer(self) -> None:
         p, self._producer = self._producer, None
@@ -264,6 +285,9 @@ class Emitter:
              error: str | None = None, trace_id: str | None = None, span_id: str | None = None,
              attrs: dict[str, str] | None = None, mq: str | None = None, ts_us: int = 0) -> None:
         """Spool one event. Never raises, never waits for the network."""
+        if type(msg_id) is not str or not msg_id:
+            self._invalid(f"msg_id must be a non-empty string, got {msg_id!r}"[:200])
+            return
         try:
             with self._lock:
                 seq = self._seq = self._seq + 1
@@ -323,6 +347,11 @@ class Emitter:
             self.last_error = f"{type(e).__name__}: {e}"
             self._log_rate_limited("msgtrace: could not spool events: %s", self.last_error)
 
+    def _invalid(self, why: str) -> None:
+        self.counters["invalid"] += 1
+        self.last_error = why
+        self._log_rate_limited("msgtrace: event not recorded: %s", why)
+
     def _dropped(self) -> None:
         self.counters["dropped"] += 1
         self._log_rate_limited("msgtrace: audit spool full (%d bytes unshipped, limit %d): %d events dropped "
@@ -345,6 +374,8 @@ class Emitter:
     def _run(self) -> None:
         backoff = 0.0
         next_adopt = 0.0
+        if isinstance(self.sink, NullSink):
+            return  # spool only: another process or `msgtrace ship` drains it
         while not self._stop:
             busy = False
             try:

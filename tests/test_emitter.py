@@ -1,0 +1,237 @@
+"""The emitter: spool first, survive SIGKILL, remember what was shipped, bound the spool."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+from kafka import KafkaProducer
+
+from tracer import Tracer
+from tracer.emitter import Emitter, NullSink, drain_spools
+from tracer.errors import ConfigError
+from tracer.events import decode_batch
+from tracer.localsvc import wait_until
+
+from test_hooks import assert_gap_free, by_msg, new_topic, read_audit
+
+
+class ListSink:
+    """Collects shipped lines; ``down`` makes it fail like an unreachable Kafka."""
+
+    name = "list"
+    chunk_bytes = 1 << 16
+    interval = 0.02
+
+    def __init__(self) -> None:
+        self.events = []
+        self.down = False
+        self.calls = 0
+
+    def ship(self, data: bytes, lines: int) -> None:
+        self.calls += 1
+        if self.down:
+            raise ConnectionError("audit broker down")
+        batch = decode_batch(data, check_header=False)
+        assert batch.bad == [] and len(batch.events) == lines
+        self.events.extend(batch.events)
+
+    def close(self) -> None:
+        pass
+
+
+CHILD = textwrap.dedent("""
+    import os, signal, sys
+    from tracer.emitter import Emitter
+    from tracer.events import decode_batch
+
+    class FileSink:
+        name, chunk_bytes, interval = "file", 1 << 16, 0.02
+        down = False
+        def ship(self, data, lines):
+            if self.down:
+                raise ConnectionError("down")
+            with open(sys.argv[2], "ab") as f:
+                f.write(data)
+        def close(self):
+            pass
+
+    sink = FileSink()
+    e = Emitter("child", sink, sys.argv[1], adopt=False)
+    for i in range(50):
+        e.emit("sent", f"m{i}", "orders")
+    assert e.flush(10)
+    sink.down = True
+    for i in range(50, 80):
+        e.emit("sent", f"m{i}", "orders")
+    print(e.emitter_id, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def test_sigkilled_spool_is_adopted_and_only_the_rest_shipped(tmp_path):
+    spool, shipped = tmp_path / "spool", tmp_path / "shipped.ndjson"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    proc = subprocess.run([sys.executable, str(script), str(spool), str(shipped)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    dead_id = proc.stdout.strip()
+    before = decode_batch(shipped.read_bytes(), check_header=False).events
+    assert [e.seq for e in before] == list(range(1, 51))
+
+    sink = ListSink()
+    e = Emitter("adopter", sink, str(spool))  # a new process adopts the dead one's spool at start
+    wait_until(lambda: e.stats["adopted_events"] == 30 and e.flush(0), 20, "the dead spool to be shipped")
+    assert [ev.seq for ev in sink.events] == list(range(51, 81))  # what was shipped is not shipped again
+    assert {ev.emitter_id for ev in sink.events} == {dead_id}  # original stamps: the seq stays gap-free
+    assert not (spool / dead_id).exists()
+    e.close()
+    assert os.listdir(spool) == []  # everything shipped: the own spool is removed too
+
+
+def test_live_spool_is_not_adopted(tmp_path):
+    a = Emitter("a", NullSink(), str(tmp_path))
+    a.emit("sent", "m1")
+    sink = ListSink()
+    assert drain_spools(str(tmp_path), sink) == {"spools": 0, "events": 0, "torn": 0, "left": 0}
+    b = Emitter("b", sink, str(tmp_path))
+    assert b.flush(5) and b.stats["adopted_spools"] == 0
+    a.close(0)  # a dies with its event unshipped; b adopts it
+    b._adopt_interval = 0
+    wait_until(lambda: b.stats["adopted_events"] == 1, 20, "adoption after a closed")
+    assert [ev.msg_id for ev in sink.events] == ["m1"]
+    b.close()
+
+
+def test_torn_last_line_is_skipped(tmp_path):
+    e = Emitter("torn", NullSink(), str(tmp_path))
+    e.emit("sent", "m1")
+    e.emit("sent", "m2")
+    path = e.stats["spool"]
+    e.close(0)
+    with open(os.path.join(path, "seg-00000001.ndjson"), "ab") as f:
+        f.write(b'{"event_id": "half a li')  # a machine crash mid-write
+    sink = ListSink()
+    stats = drain_spools(str(tmp_path), sink)
+    assert stats == {"spools": 1, "events": 2, "torn": 1, "left": 0}
+    assert [ev.msg_id for ev in sink.events] == ["m1", "m2"]
+
+
+def test_spool_is_bounded_drops_are_counted_and_leave_a_seq_gap(tmp_path):
+    sink = ListSink()
+    sink.down = True
+    e = Emitter("bounded", sink, str(tmp_path), max_spool_bytes=20_000)
+    for i in range(200):
+        e.emit("sent", f"m{i}", "orders")
+    s = e.stats
+    assert s["dropped"] > 0 and s["recorded"] + s["dropped"] == 200
+    assert 0 < s["spooled_bytes"] <= 20_000
+    assert e.flush(0.3) is False
+    sink.down = False  # the broker is back: the spool drains
+    assert e.flush(20)
+    assert len(sink.events) == s["recorded"]
+    seqs = [ev.seq for ev in sink.events]
+    assert seqs == list(range(1, s["recorded"] + 1))  # dropped events are the missing seq tail
+    e.emit("sent", "after")
+    assert e.flush(10) and sink.events[-1].seq == 201  # the gap stays visible to the audit
+    e.close()
+
+
+def test_emit_never_raises_and_is_thread_safe(tmp_path):
+    sink = ListSink()
+    e = Emitter("threads", sink, str(tmp_path), fsync="batch")
+    threads = [threading.Thread(target=lambda k=k: [e.emit("sent", f"{k}-{i}") for i in range(500)])
+               for k in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    e.emit_many([("received", f"r{i}", "t", 0, i, "g", None, None, None, None) for i in range(100)])
+    e.emit("sent", None)  # type: ignore[arg-type]  # garbage in: still no exception
+    assert e.flush(20)
+    good = [ev for ev in sink.events]
+    assert len(good) == 2100
+    assert sorted(ev.seq for ev in good) == list(range(1, 2101))
+    e.close()
+    with pytest.raises(ConfigError):
+        Emitter("x", sink, str(tmp_path), fsync="sometimes")
+
+
+def test_fsync_always_writes_through(tmp_path):
+    sink = ListSink()
+    e = Emitter("fsync", sink, str(tmp_path), fsync="always")
+    e.emit("sent", "m1")
+    assert e.flush(10) and [ev.msg_id for ev in sink.events] == ["m1"]
+    e.close()
+
+
+def test_direct_store_sink(store, store_url, tmp_path):
+    """No Kafka: the tracer writes straight into trace_events (both engines)."""
+    t = Tracer(service="direct", store=store_url, spool_dir=str(tmp_path))
+    t.record("sent", "order-1:paid", topic="order-paid", key=b"user-7")
+    t.record("broker_acked", "order-1:paid", topic="order-paid", partition=0, offset=41)
+    with t.processing("order-1:paid", consumer_group="red-packet"):
+        pass
+    assert t.flush(60), t.stats
+    t.close()
+    events = store.select_events("order-1:paid")
+    assert [e.stage for e in events] == ["sent", "broker_acked", "business_done"]
+    assert events[0].key == "user-7" and events[1].offset == 41 and events[2].consumer_group == "red-packet"
+    assert [e.seq for e in events] == [1, 2, 3]
+
+
+def test_audit_broker_down_business_goes_on_and_nothing_is_lost(kafka_bootstrap, tansu, tmp_path):
+    """Audit broker stopped: business sends still work, events wait in the spool; after the restart
+    (a memory broker: the topic is gone) every event arrives, none twice after de-duplication."""
+    business = new_topic(kafka_bootstrap, 1)
+    audit_topic = "msgtrace.audit"
+    t = Tracer(service="orders", bootstrap=tansu.bootstrap, audit_topic=audit_topic, spool_dir=str(tmp_path))
+    producer = t.wrap_producer(KafkaProducer(bootstrap_servers=kafka_bootstrap))
+    for i in range(50):
+        producer.send(business, b"x", msg_id=f"a{i}").get(timeout=30)
+    assert t.flush(30)
+    first = read_audit(tansu.bootstrap, audit_topic, expect=100)
+
+    tansu.kill()
+    futures = [producer.send(business, b"x", msg_id=f"b{i}") for i in range(200)]
+    producer.flush(30)
+    assert all(f.get(0).offset >= 50 for f in futures)  # the business path did not notice
+    assert t.flush(0.5) is False and t.stats["spooled_bytes"] > 0 and t.stats["dropped"] == 0
+
+    tansu.start()  # same port, empty broker
+    assert t.flush(90), t.stats
+    second = read_audit(tansu.bootstrap, audit_topic, expect=400)
+    producer.close()
+    everything = first + second
+    unique = {e.event_id: e for e in everything}
+    assert len(unique) == t.stats["recorded"] == 500
+    assert_gap_free(list(unique.values()))
+    msgs = by_msg(everything)
+    assert all(sorted(e.stage for e in evs) == ["broker_acked", "sent"] for evs in msgs.values())
+    assert len(msgs) == 250
+    t.close()
+
+
+def test_ship_command_drains_a_dead_spool_into_the_store(chdb_url, tmp_path):
+    e = Emitter("dead", NullSink(), str(tmp_path / "spool"))
+    for i in range(20):
+        e.emit("received", f"m{i}", "orders", 0, i, "g")
+    e.close(0)  # leaves the spool behind, like a killed process
+    cmd = [sys.executable, "-m", "tracer", "ship", "--spool", str(tmp_path / "spool"), "--store", chdb_url, "--json"]
+    env = {k: v for k, v in os.environ.items() if k != "MSGTRACE_KAFKA_BOOTSTRAP"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"spools": 1, "events": 20, "torn": 0, "left": 0,
+                                                                "sink": "store"}
+    from tracer.store import Store
+
+    with Store(chdb_url) as s:
+        assert s.query("SELECT uniqExact(event_id) AS n FROM {db:Identifier}.trace_events")[0]["n"] == 20
+    proc = subprocess.run(cmd[:5] + [str(tmp_path / "nope")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "no such directory" in proc.stderr
