@@ -445,19 +445,140 @@ def write_result(store: Store, res: ReconcileResult) -> None:
 
 # --- one message (trace-msg) ---------------------------------------------------------
 
+_PRODUCER = frozenset({"sent", "send_failed", "broker_acked"})
+
+
+def _group_facts(events: Sequence[Any]) -> dict[str, Any]:
+    """Level 1 of reconcile_pairs.sql for one (msg_id, g), in Python."""
+    def mx(stage: str) -> int:
+        return max((e.ts_us for e in events if e.stage == stage), default=0)
+
+    def arg(stage: str, pick: Callable) -> Any:
+        es = [e for e in events if e.stage == stage]
+        return pick(es, key=lambda e: e.ts_us) if es else None
+
+    ack, recv = arg("broker_acked", max), arg("received", min)
+    errs = [e for e in events if e.error]
+    commits = [e.offset if e.offset is not None else -1 for e in events if e.stage == "offset_committed"]
+    return {
+        "mask": _mask(e.stage for e in events),
+        "n_recv": len({e.event_id for e in events if e.stage == "received"}),
+        "n_done": len({e.event_id for e in events if e.stage == "business_done"}),
+        "sent_ts": min((e.ts_us for e in events if e.stage == "sent"), default=0),
+        "sfail_ts": mx("send_failed"),
+        "first_ts": min(e.ts_us for e in events), "last_ts": max(e.ts_us for e in events),
+        "ack_ts": mx("broker_acked"),
+        "ack_p": _int(ack.partition) if ack else 0, "ack_o": _int(ack.offset) if ack else 0,
+        "recv_ts": recv.ts_us if recv else 0,
+        "recv_p": _int(recv.partition) if recv else 0, "recv_o": _int(recv.offset) if recv else 0,
+        "commit_ts": mx("offset_committed"), "commit_o": max(commits, default=0),
+        "done_ts": mx("business_done"), "bfail_ts": mx("business_failed"), "dl_ts": mx("dead_lettered"),
+        "error": max(errs, key=lambda e: e.ts_us).error if errs else "",
+        "topic": next((e.topic for e in events if e.topic), ""),
+        "trace_id": next((e.trace_id for e in events if e.trace_id), ""),
+    }
+
+
+def _int(v: int | None) -> int:
+    return -1 if v is None else v
+
+
+def _mask(stages: Iterable[str]) -> int:
+    m = 0
+    for s in stages:
+        m |= _BITS.get(s, 0)
+    return m
+
+
+def judge_events(msg_id: str, events: Sequence[Any], groups: Iterable[str] = (), now_us: int = 0) -> list[dict]:
+    """The rows reconcile_pairs.sql returns for one message (no window), computed from its few events.
+
+    trace-msg uses this: ClickHouse needs ~0.15 s just to analyse the big query, more than a whole
+    trace-msg may take. tests/test_tracemsg.py checks it gives the SQL's verdicts on every scenario.
+    """
+    by_g: dict[str, list[Any]] = {}
+    for e in events:
+        g = "" if e.stage in _PRODUCER else (e.consumer_group or "(no group)")
+        by_g.setdefault(g, []).append(e)
+    facts = {g: _group_facts(es) for g, es in by_g.items()}
+    p = facts.get("") or {k: 0 for k in ("mask", "sent_ts", "sfail_ts", "ack_ts", "ack_p", "ack_o", "last_ts")}
+    p.setdefault("error", "")
+    seen = sorted(g for g in facts if g)
+    any_cmask = _mask(e.stage for e in events if e.stage not in _PRODUCER)
+    recv_g = next((facts[g] for g in seen if facts[g]["recv_ts"] > 0), None)
+    pmask = p["mask"]
+    sent_ts = p["sent_ts"]
+    msg_time = sent_ts or min((f["first_ts"] for f in facts.values()), default=0)
+    rows = []
+    for grp in list(dict.fromkeys(seen + sorted(set(groups)))) or [""]:
+        f = facts.get(grp) if grp else None
+        cm = f["mask"] if f else 0
+        n_recv, n_done = (f["n_recv"], f["n_done"]) if f else (0, 0)
+        stored = bool(pmask & 4) or bool(any_cmask & 248)
+        if pmask == 0 and any_cmask == 0:
+            verdict = "never_sent"
+        elif not pmask & 3 or (pmask & 4 and not pmask & 1) or (cm and not cm & 8):
+            verdict = "audit_gap"
+        elif n_done > 0:
+            verdict = "delivered"
+        elif cm & 128:
+            verdict = "dead_lettered"
+        elif cm & 64 and cm & 16:
+            verdict = "failed_and_committed"
+        elif cm & 16:
+            verdict = "lost_in_consumer"
+        elif cm & 8:
+            verdict = "in_flight"
+        elif stored:
+            verdict = "pending_in_broker"
+        elif pmask & 2:
+            verdict = "send_failed"
+        else:
+            verdict = "unacked"
+        flags = [name for name, on in (("redelivered", n_recv > 1), ("duplicate_processing", n_done > 1),
+                                       ("ack_lost", bool(pmask & 2 and not pmask & 4 and any_cmask & 248))) if on]
+        ack_ts = p["ack_ts"]
+        rows.append({
+            "verdict": verdict, "topic": next((e.topic for e in events if e.topic), ""), "consumer_group": grp,
+            "mid": msg_id, "n": 1, "flags": flags, "msg_time": msg_time, "pmask": pmask, "cmask": cm,
+            "any_cmask": any_cmask, "n_recv": n_recv, "n_done": n_done, "sent_ts": sent_ts,
+            "sfail_ts": p["sfail_ts"], "ack_ts": ack_ts, "ack_p": p["ack_p"], "ack_o": p["ack_o"],
+            "loc_p": p["ack_p"] if ack_ts else (recv_g["recv_p"] if recv_g else 0),
+            "loc_o": p["ack_o"] if ack_ts else (recv_g["recv_o"] if recv_g else 0),
+            "recv_ts": f["recv_ts"] if f else 0, "commit_ts": f["commit_ts"] if f else 0,
+            "commit_o": f["commit_o"] if f else -1, "done_ts": f["done_ts"] if f else 0,
+            "bfail_ts": f["bfail_ts"] if f else 0, "dl_ts": f["dl_ts"] if f else 0,
+            "last_ts": f["last_ts"] if f else p["last_ts"], "p_error": p["error"],
+            "c_error": f["error"] if f else "", "trace_id": next((e.trace_id for e in events if e.trace_id), ""),
+            "expected": 0, "cut": now_us})
+    return rows
+
+
+def _groups_around(store: Store, events: Sequence[Any], window_s: int) -> set[str]:
+    """Groups seen receiving from the message's topic within ``window_s`` of it (the expected ones)."""
+    topic = next((e.topic for e in events if e.topic), "")
+    if not topic:
+        return set()
+    t = min(e.ts_us for e in events)
+    rows = store.query_file("trace_msg_topic_groups", {"topic": topic, "lo": max(0, t - window_s * 1_000_000),
+                                                       "hi": t + window_s * 1_000_000})
+    return set(rows[0]["gs"]) if rows else set()
+
+
 def judge_message(store: Store, msg_id: str, groups: Iterable[str] = (), bootstrap: str | None = None,
-                  now_us: int | None = None) -> list[Verdict]:
-    """Verdicts of one message for every group seen for it plus ``groups``; no window, no grace."""
+                  now_us: int | None = None, events: Sequence[Any] | None = None,
+                  topic_groups_window_s: int = 3600) -> list[Verdict]:
+    """Verdicts of one message for every group seen for it, or receiving from its topic within
+    ``topic_groups_window_s`` (0: not looked up), plus ``groups``; no window, no grace."""
     now = now_us if now_us is not None else time.time_ns() // 1000
-    params = {"scan_from": 0, "cut": _FAR_FUTURE_US, "from_us": 0, "to_us": _FAR_FUTURE_US,
-              "restrict_groups": 0, "groups": sorted(set(groups)), "topics": [""], "topic_groups": [[]],
-              "msg_id": msg_id}
-    rows = store.query(pairs_sql(one_msg=True), params)
-    out = []
-    for r in rows:
-        r["cut"] = now
-        r["mid"] = msg_id
-        out.append(make_verdict(r))
+    if events is None:
+        events = store.select_events(msg_id)
+    if not events:
+        return []
+    groups = set(groups)
+    if topic_groups_window_s:
+        groups |= _groups_around(store, events, topic_groups_window_s)
+    out = [make_verdict(r) for r in judge_events(msg_id, events, groups, now)]
     pend = [v for v in out if v.verdict == V.PENDING_IN_BROKER]
     if pend:
         ts = min(_cand_ts(v.facts) for v in pend)
@@ -466,3 +587,16 @@ def judge_message(store: Store, msg_id: str, groups: Iterable[str] = (), bootstr
         flag_seq_gaps(store, out, max(0, min(v.facts["msg_time"] for v in out) - 3600 * 1_000_000), now + 1)
     out.sort(key=lambda v: v.consumer_group)
     return out
+
+
+def judge_message_sql(store: Store, msg_id: str, groups: Iterable[str] = (), now_us: int | None = None) -> list[dict]:
+    """The same rows as :func:`judge_events`, from reconcile_pairs.sql (the reference; slower to plan)."""
+    now = now_us if now_us is not None else time.time_ns() // 1000
+    params = {"scan_from": 0, "cut": _FAR_FUTURE_US, "from_us": 0, "to_us": _FAR_FUTURE_US,
+              "restrict_groups": 0, "groups": sorted(set(groups)), "topics": [""], "topic_groups": [[]],
+              "msg_id": msg_id}
+    rows = store.query(pairs_sql(one_msg=True), params)
+    for r in rows:
+        r["cut"] = now
+        r["mid"] = msg_id
+    return rows
