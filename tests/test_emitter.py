@@ -115,8 +115,10 @@ def test_torn_last_line_is_skipped(tmp_path):
     e.emit("sent", "m2")
     path = e.stats["spool"]
     e.close(0)
-    with open(os.path.join(path, "seg-00000001.ndjson"), "ab") as f:
-        f.write(b'{"event_id": "half a li')  # a machine crash mid-write
+    with open(os.path.join(path, "seg-00000001.ndjson"), "r+b") as f:
+        end = f.read().index(b"\0")  # segments are preallocated: the data ends at the zero tail
+        f.seek(end)
+        f.write(b'{"event_id": "half a li')  # a line cut by the kill (no newline yet)
     sink = ListSink()
     stats = drain_spools(str(tmp_path), sink)
     assert stats == {"spools": 1, "events": 2, "torn": 1, "left": 0}

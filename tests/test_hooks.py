@@ -185,7 +185,9 @@ def spool_events(t: Tracer) -> list[Event]:
     import glob
     import os
 
-    data = b"".join(open(p, "rb").read() for p in sorted(glob.glob(os.path.join(t.stats["spool"], "seg-*"))))
+    # segments are preallocated: each ends in a zero tail
+    data = b"".join(open(p, "rb").read().rstrip(b"\0")
+                    for p in sorted(glob.glob(os.path.join(t.stats["spool"], "seg-*"))))
     batch = decode_batch(data, check_header=False)
     assert batch.bad == []
     return batch.events

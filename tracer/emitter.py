@@ -15,6 +15,7 @@ audit sees the gap).
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import random
 import threading
@@ -253,13 +254,15 @@ class Emitter:
         self.fsync = fsync
         self.max_spool_bytes = max_spool_bytes
         self.host, self.pid = local_identity()
+        self._tail = self._make_tail()
         self._writer = SpoolWriter(self.spool_dir, self.emitter_id, service, fsync, segment_bytes)
         self._reader = SpoolReader(self._writer.path)
         self._lock = threading.Lock()
         self._seq = 0
         self._written = 0        # bytes appended by this emitter
         self._shipped_bytes = 0  # bytes of them shipped
-        self.counters = {"recorded": 0, "shipped": 0, "dropped": 0, "errors": 0, "ship_failures": 0,
+        self._recorded = 0
+        self.counters = {"shipped": 0, "dropped": 0, "errors": 0, "ship_failures": 0,
                          "adopted_spools": 0, "adopted_events": 0, "invalid": 0}
         self.last_error: str | None = None
         self._last_drop_log = 0.0
@@ -278,8 +281,33 @@ class Emitter:
 
     def _after_fork(self) -> None:
         self.host, self.pid = local_identity()
+        self._tail = self._make_tail()
 
     # --- hot path ---------------------------------------------------------------
+    def _make_tail(self) -> bytes:
+        """The constant end of every line (fields that never change for this emitter), without newline."""
+        return orjson.dumps({"service": self.service, "host": self.host, "pid": self.pid,
+                             "emitter_id": self.emitter_id}).replace(b"{", b",", 1)
+
+    def _append(self, body: bytes) -> None:
+        """Copy one line (without its newline) into the spool, then the newline. Caller holds the lock."""
+        w = self._writer
+        n = len(body) + 1
+        pos = w.seg_size
+        if pos + n > w.seg_cap:
+            w._rotate(n)
+            pos = 0
+        end = pos + n - 1
+        mm = w._mm
+        mm[pos:end] = body
+        mm[end] = 10  # the newline last: only now is the line complete
+        w.seg_size = end + 1
+        w.head = (w.segno, end + 1)
+        if w.fsync_always:
+            start = pos - pos % mmap.ALLOCATIONGRANULARITY
+            mm.flush(start, end + 1 - start)
+        self._written += n
+
     def emit(self, stage: str, msg_id: str, topic: str = "", partition: int | None = None,
              offset: int | None = None, consumer_group: str | None = None, key: str | None = None,
              error: str | None = None, trace_id: str | None = None, span_id: str | None = None,
@@ -291,26 +319,24 @@ class Emitter:
         try:
             with self._lock:
                 seq = self._seq = self._seq + 1
-                line = orjson.dumps({
+                body = orjson.dumps({
                     "event_id": f"{self._eid_prefix}{seq:012x}", "msg_id": msg_id, "stage": stage,
-                    "ts_us": ts_us or time.time_ns() // 1000, "service": self.service, "host": self.host,
-                    "mq": mq or self.mq, "pid": self.pid, "topic": topic, "partition": partition,
-                    "offset": offset, "consumer_group": consumer_group, "key": key, "error": error,
-                    "trace_id": trace_id, "span_id": span_id, "emitter_id": self.emitter_id, "seq": seq,
-                    "attrs": attrs or {}}, option=_APPEND_NL)
-                if self._written - self._shipped_bytes + len(line) > self.max_spool_bytes or self._closed:
+                    "ts_us": ts_us or time.time_ns() // 1000, "mq": mq or self.mq, "topic": topic,
+                    "partition": partition, "offset": offset, "consumer_group": consumer_group, "key": key,
+                    "error": error, "trace_id": trace_id, "span_id": span_id, "seq": seq,
+                    "attrs": attrs or {}})[:-1] + self._tail
+                if self._written - self._shipped_bytes + len(body) >= self.max_spool_bytes or self._closed:
                     self._dropped()
                     return
-                self._writer.write(line)
-                self._written += len(line)
-                self.counters["recorded"] += 1
+                self._append(body)
+                self._recorded += 1
         except Exception as e:  # the audit must never break the business path
             self.counters["errors"] += 1
             self.last_error = f"{type(e).__name__}: {e}"
             self._log_rate_limited("msgtrace: could not spool an event: %s", self.last_error)
 
     def emit_many(self, events: Sequence[tuple]) -> None:
-        """Spool several events with one write (a poll's worth of ``received``).
+        """Spool several events under one lock (a poll's worth of ``received``).
 
         Each tuple is ``(stage, msg_id, topic, partition, offset, consumer_group, key, error,
         trace_id, span_id[, attrs])``. Never raises.
@@ -320,28 +346,19 @@ class Emitter:
         try:
             with self._lock:
                 now = time.time_ns() // 1000
-                common = (self.service, self.host, self.mq, self.pid, self.emitter_id)
-                service, host, mq, pid, emitter_id = common
-                prefix = self._eid_prefix
-                seq = self._seq
-                parts = []
+                prefix, mq, tail, dumps, append = self._eid_prefix, self.mq, self._tail, orjson.dumps, self._append
                 for ev in events:
-                    seq += 1
-                    parts.append(orjson.dumps({
+                    seq = self._seq = self._seq + 1
+                    body = dumps({
                         "event_id": f"{prefix}{seq:012x}", "msg_id": ev[1], "stage": ev[0], "ts_us": now,
-                        "service": service, "host": host, "mq": mq, "pid": pid, "topic": ev[2],
-                        "partition": ev[3], "offset": ev[4], "consumer_group": ev[5], "key": ev[6],
-                        "error": ev[7], "trace_id": ev[8], "span_id": ev[9], "emitter_id": emitter_id,
-                        "seq": seq, "attrs": ev[10] if len(ev) > 10 else {}}, option=_APPEND_NL))
-                self._seq = seq
-                data = b"".join(parts)
-                if self._written - self._shipped_bytes + len(data) > self.max_spool_bytes or self._closed:
-                    for _ in events:
+                        "mq": mq, "topic": ev[2], "partition": ev[3], "offset": ev[4], "consumer_group": ev[5],
+                        "key": ev[6], "error": ev[7], "trace_id": ev[8], "span_id": ev[9], "seq": seq,
+                        "attrs": ev[10] if len(ev) > 10 else {}})[:-1] + tail
+                    if self._written - self._shipped_bytes + len(body) >= self.max_spool_bytes or self._closed:
                         self._dropped()
-                    return
-                self._writer.write(data)
-                self._written += len(data)
-                self.counters["recorded"] += len(events)
+                        continue
+                    append(body)
+                    self._recorded += 1
         except Exception as e:
             self.counters["errors"] += 1
             self.last_error = f"{type(e).__name__}: {e}"
@@ -402,7 +419,7 @@ class Emitter:
 
     def _ship_own(self) -> bool:
         """Ship one chunk of our own spool; True if there may be more."""
-        chunk = self._reader.read(self.sink.chunk_bytes)
+        chunk = self._reader.read(self.sink.chunk_bytes, head=self._writer.head)
         if chunk is None:
             return False
         self._ship(chunk)
@@ -484,7 +501,8 @@ class Emitter:
 
     @property
     def stats(self) -> dict[str, Any]:
-        s: dict[str, Any] = dict(self.counters)
+        s: dict[str, Any] = {"recorded": self._recorded}
+        s.update(self.counters)
         s["spooled_bytes"] = self.pending_bytes()
         s["emitter_id"] = self.emitter_id
         s["sink"] = self.sink.name
