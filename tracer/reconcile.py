@@ -600,3 +600,94 @@ def judge_message_sql(store: Store, msg_id: str, groups: Iterable[str] = (), now
         r["cut"] = now
         r["mid"] = msg_id
     return rows
+
+
+# --- incident: where losses cluster ------------------------------------------------------
+
+_PRODUCER_SIDE = frozenset({V.NEVER_SENT, V.SEND_FAILED, V.UNACKED, V.LOST_IN_BROKER, V.PENDING_IN_BROKER})
+HOPS = ("sent_acked", "acked_received", "received_done", "sent_done")
+
+
+@dataclass(slots=True)
+class IncidentReport:
+    result: ReconcileResult
+    #: (verdict, stopped_at, topic, partition, host, minute_us) -> pairs, most first
+    clusters: list[tuple[tuple[str, str, str, int, str, int], int]]
+    #: per (topic, group): messages reaching each stage and hop latency quantiles (µs)
+    funnel: list[dict[str, Any]]
+
+    def to_json(self, top: int | None = None) -> dict[str, Any]:
+        cl = self.clusters if top is None else self.clusters[:top]
+        return {
+            "run_id": self.result.run_id,
+            "window": self.result.to_json()["window"],
+            "summary": self.result.summary,
+            "lost": self.result.lost,
+            "loss_rate": round(self.result.loss_rate, 6),
+            "clusters": [{"verdict": v, "stopped_at": s, "topic": t, "partition": p, "host": h,
+                          "minute": fmt_us(m)[:16] + "Z", "pairs": n} for (v, s, t, p, h, m), n in cl],
+            "funnel": self.funnel,
+        }
+
+
+def analyse_incident(store: Store, window_from_us: int, window_to_us: int, grace_s: int = GRACE_S, *,
+                     groups: Sequence[str] | None = None, lookback_s: int = LOOKBACK_S,
+                     now_us: int | None = None, progress: Progress | None = None) -> IncidentReport:
+    """Judge the window (without storing), cluster what was not delivered, and measure the funnel."""
+    with store.session():
+        res = reconcile(store, window_from_us, window_to_us, grace_s, groups=groups, lookback_s=lookback_s,
+                        now_us=now_us, write=False, progress=progress)
+        bad = [r for r in res.rows if r.verdict != V.DELIVERED]
+        hosts: dict[tuple[str, str], str] = {}
+        if bad:
+            if progress:
+                progress("locating hosts")
+            hosts = _last_hosts(store, sorted({r.msg_id for r in bad}), res)
+        clusters: dict[tuple[str, str, str, int, str, int], int] = {}
+        for r in bad:
+            side = "" if r.verdict in _PRODUCER_SIDE else r.consumer_group
+            host = hosts.get((r.msg_id, side)) or hosts.get((r.msg_id, "")) or "?"
+            f = r.facts
+            part = f.get("loc_p", -1) if f.get("loc_p") is not None else -1
+            t = f.get("last_ts") or f.get("msg_time") or res.window_from_us
+            key = (r.verdict, r.stopped_at, r.topic, int(part), host, t - t % 60_000_000)
+            clusters[key] = clusters.get(key, 0) + 1
+        if progress:
+            progress("measuring the stage funnel and hop latencies")
+        scan_from = max(0, window_from_us - lookback_s * 1_000_000)
+        funnel = store.query_file("incident_funnel", {"scan_from": scan_from, "cut": res.cut_us,
+                                                      "from_us": window_from_us, "to_us": window_to_us})
+    for row in funnel:
+        for hop in HOPS:
+            q = row.pop(f"lat_{hop}")
+            row[f"latency_{hop}_us"] = {k: (None if v != v else round(v)) for k, v in zip(("p50", "p90", "p99"), q)}
+    ordered = sorted(clusters.items(), key=lambda kv: (-kv[1], kv[0]))
+    return IncidentReport(res, ordered, funnel)
+
+
+def _last_hosts(store: Store, msg_ids: list[str], res: ReconcileResult) -> dict[tuple[str, str], str]:
+    from .expected import drop_expected, load_expected
+
+    table = None
+    try:
+        table, _ = load_expected(store, _IdList(msg_ids), res.run_id)
+        sql = load_sql("incident_hosts").replace("__TABLE__", table)
+        rows = store.query(sql, {"scan_from": max(0, res.window_from_us - LOOKBACK_S * 1_000_000),
+                                 "cut": res.cut_us})
+    finally:
+        if table:
+            drop_expected(store, table)
+    return {(r["msg_id"], r["g"]): f"{r['last_host']}/{r['last_pid']}" for r in rows}
+
+
+class _IdList:
+    """An in-memory id list with the ExpectedSource interface load_expected needs."""
+
+    def __init__(self, ids: list[str]) -> None:
+        self.ids = ids
+
+    def batches(self):
+        from .expected import BATCH
+
+        for i in range(0, len(self.ids), BATCH):
+            yield self.ids[i:i + BATCH]
