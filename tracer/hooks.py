@@ -123,8 +123,12 @@ class TracedProducer:
                 msg_id = t._new_msg_id(topic, key, value)
             else:
                 msg_id = str(msg_id)
+            span = None
             if traceparent is None:
-                trace_id, span_id = t._new_span_ids()
+                if t._otel_tracer is not None:
+                    span, trace_id, span_id = _start_send_span(t, topic, msg_id, key)
+                else:
+                    trace_id, span_id = t._new_span_ids()
                 if out_headers is not None:
                     out_headers.append((TRACEPARENT, f"00-{trace_id}-{span_id}-01".encode()))
             if out_headers is None:
@@ -143,16 +147,22 @@ class TracedProducer:
         except Exception as e:
             self._emit(SEND_FAILED, msg_id, topic, partition, None, None, k, error_text(e), trace_id, span_id,
                        {"error_type": type(e).__name__})
+            if span is not None:
+                _end_send_span(span, None, e)
             raise
         try:
             emit = self._emit
 
             def acked(md: Any) -> None:
                 emit(BROKER_ACKED, msg_id, topic, md.partition, md.offset, None, k, None, trace_id, span_id)
+                if span is not None:
+                    _end_send_span(span, md, None)
 
             def failed(e: BaseException) -> None:
                 emit(SEND_FAILED, msg_id, topic, partition, None, None, k, error_text(e), trace_id, span_id,
                      {"error_type": type(e).__name__})
+                if span is not None:
+                    _end_send_span(span, None, e)
 
             both = getattr(future, "_add_cb_eb", None)
             if both is not None:
@@ -163,6 +173,36 @@ class TracedProducer:
         except Exception as e:
             t._hook_error(e)
         return future
+
+
+def _start_send_span(t: "Tracer", topic: str, msg_id: str, key: Any) -> tuple[Any, str, str]:
+    """An OpenTelemetry PRODUCER span ``send {topic}`` (messaging semantic conventions), child of the current."""
+    from opentelemetry.trace import SpanKind
+
+    attrs = {"messaging.system": "kafka", "messaging.operation.name": "send", "messaging.operation.type": "send",
+             "messaging.destination.name": topic, "messaging.message.id": msg_id}
+    if key is not None:
+        attrs["messaging.kafka.message.key"] = key_str(key) or ""
+    span = t._otel_tracer.start_span(f"send {topic}", kind=SpanKind.PRODUCER, attributes=attrs)
+    sc = span.get_span_context()
+    if not sc.is_valid:  # no SDK configured: the API hands out invalid contexts
+        return (span, *t._new_span_ids())
+    return span, f"{sc.trace_id:032x}", f"{sc.span_id:016x}"
+
+
+def _end_send_span(span: Any, md: Any, error: BaseException | None) -> None:
+    try:
+        if md is not None:
+            span.set_attribute("messaging.destination.partition.id", str(md.partition))
+            span.set_attribute("messaging.kafka.offset", md.offset)
+        if error is not None:
+            from opentelemetry.trace import Status, StatusCode
+
+            span.set_attribute("error.type", type(error).__name__)
+            span.set_status(Status(StatusCode.ERROR, str(error)))
+        span.end()
+    except Exception:
+        pass
 
 
 class TracedConsumer:

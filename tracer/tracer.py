@@ -53,7 +53,7 @@ class Tracer:
                  id_fn: Callable[[str, Any, Any], str] | None = None,
                  consumer_id_fn: Callable[[Any], str] | None = None, fsync: str = "never",
                  max_spool_bytes: int = 256 << 20, mq: str = "kafka", *, sink: Sink | None = None,
-                 otel_spans: bool = False, adopt: bool = True, **emitter_options: Any) -> None:
+                 otel_spans: Any = False, adopt: bool = True, **emitter_options: Any) -> None:
         """``bootstrap`` ships to the audit topic; else ``store`` (URL) or the default store gets
         the events directly. ``sink`` overrides both (``NullSink()``: spool only)."""
         self.service = service or os.environ.get("MSGTRACE_SERVICE") or os.path.basename(sys.argv[0] or "python")
@@ -76,10 +76,13 @@ class Tracer:
         self.default_group: str | None = None
         self.otel_spans = otel_spans
         self._otel_tracer = None
-        if otel_spans:
-            from opentelemetry import trace
+        if otel_spans:  # True: the global TracerProvider; or a TracerProvider of its own
+            if hasattr(otel_spans, "get_tracer"):
+                self._otel_tracer = otel_spans.get_tracer("msgtrace")
+            else:
+                from opentelemetry import trace
 
-            self._otel_tracer = trace.get_tracer("msgtrace")
+                self._otel_tracer = trace.get_tracer("msgtrace")
         _LIVE.add(self)
 
     @classmethod
