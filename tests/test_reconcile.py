@@ -14,7 +14,7 @@ from tracer.expected import ExpectedSource
 from tracer.reconcile import reconcile
 from tracer import verdicts as V
 
-T0 = 1_795_132_800_000_000  # 2026-11-21T00:00:00Z
+T0 = 1_795_219_200_000_000  # 2026-11-21T00:00:00Z
 HOUR = 3_600_000_000
 MS = 1000
 TOPIC = "orders.paid"
