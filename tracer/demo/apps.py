@@ -117,6 +117,18 @@ def _consumer(args: argparse.Namespace, group: str, **overrides: Any):
     return KafkaConsumer(**conf)
 
 
+def _poll(consumer) -> dict:
+    """poll() that survives a network blip (kafka-python raises on a reset connection)."""
+    from kafka.errors import KafkaError
+
+    try:
+        return consumer.poll(timeout_ms=200)
+    except KafkaError as e:
+        log("poll_error", error=repr(e))
+        time.sleep(0.2)  # back off, then poll again
+        return {}
+
+
 def _watch_assignment(consumer, last: list) -> None:
     current = sorted(tp.partition for tp in consumer.assignment())
     if current != last[0]:
@@ -169,7 +181,7 @@ def red_packet_service(args: argparse.Namespace) -> None:
     last: list = [None]
     log("ready", pid=os.getpid())
     while not stopping.is_set():
-        batch = consumer.poll(timeout_ms=200)
+        batch = _poll(consumer)
         _watch_assignment(consumer, last)
         for records in batch.values():
             for record in records:
@@ -194,7 +206,7 @@ def points_service(args: argparse.Namespace) -> None:
     pending = False
     log("ready", pid=os.getpid())
     while not stopping.is_set():
-        batch = consumer.poll(timeout_ms=200)
+        batch = _poll(consumer)
         _watch_assignment(consumer, last)
         for records in batch.values():
             for record in records:
