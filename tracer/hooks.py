@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -42,27 +43,27 @@ def key_str(key: Any) -> str | None:
     """The message key as text for the audit (bytes decoded leniently, capped)."""
     if key is None:
         return None
+    if key.__class__ is bytes and len(key) <= 1024:
+        return key.decode("utf-8", "replace")
     if isinstance(key, (bytes, bytearray, memoryview)):
         return bytes(key[:1024]).decode("utf-8", "replace")
     return str(key)[:1024]
+
+
+_TRACEPARENT_RE = re.compile(rb"[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
+_ZERO_TRACE, _ZERO_SPAN = b"0" * 32, b"0" * 16
 
 
 def parse_traceparent(value: bytes | str | None) -> tuple[str | None, str | None]:
     """(trace_id, span_id) of a W3C traceparent header, or (None, None) if malformed."""
     if not value:
         return None, None
-    if isinstance(value, (bytes, bytearray)):
-        value = bytes(value).decode("ascii", "replace")
-    parts = value.strip().split("-")
-    if len(parts) < 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
+    if isinstance(value, str):
+        value = value.encode("ascii", "replace")
+    m = _TRACEPARENT_RE.match(value.strip().lower())
+    if m is None or m[1] == _ZERO_TRACE or m[2] == _ZERO_SPAN:
         return None, None
-    tid, sid = parts[1].lower(), parts[2].lower()
-    try:
-        if int(tid, 16) == 0 or int(sid, 16) == 0:
-            return None, None
-    except ValueError:
-        return None, None
-    return tid, sid
+    return m[1].decode(), m[2].decode()
 
 
 def error_text(e: BaseException) -> str:
