@@ -95,6 +95,19 @@ def test_sigkilled_spool_is_adopted_and_only_the_rest_shipped(tmp_path):
     assert os.listdir(spool) == []  # everything shipped: the own spool is removed too
 
 
+def test_only_emitter_directories_are_adopted(tmp_path):
+    """A spool dir may share its parent with other things (a chDB store): those are never touched."""
+    other = tmp_path / "store"
+    other.mkdir()
+    (other / "data.bin").write_bytes(b"keep me")
+    e = Emitter("x", ListSink(), str(tmp_path))
+    e.emit("sent", "m1")
+    assert e.flush(10) and e.stats["adopted_spools"] == 0
+    e.close()
+    assert drain_spools(str(tmp_path), ListSink())["spools"] == 0
+    assert sorted(os.listdir(other)) == ["data.bin"]
+
+
 def test_live_spool_is_not_adopted(tmp_path):
     a = Emitter("a", NullSink(), str(tmp_path))
     a.emit("sent", "m1")
@@ -175,7 +188,7 @@ def test_fsync_always_writes_through(tmp_path):
 
 def test_direct_store_sink(store, store_url, tmp_path):
     """No Kafka: the tracer writes straight into trace_events (both engines)."""
-    t = Tracer(service="direct", store=store_url, spool_dir=str(tmp_path))
+    t = Tracer(service="direct", store=store_url, spool_dir=str(tmp_path / "spool"))
     t.record("sent", "order-1:paid", topic="order-paid", key=b"user-7")
     t.record("broker_acked", "order-1:paid", topic="order-paid", partition=0, offset=41)
     with t.processing("order-1:paid", consumer_group="red-packet"):

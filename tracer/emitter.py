@@ -25,6 +25,7 @@ from typing import Any, Protocol, Sequence
 
 import orjson
 
+from .errors import ConfigError
 from .events import STAGES, decode_batch, local_identity, record_headers
 from .spool import Chunk, SpoolReader, SpoolWriter, dead_spools
 
@@ -239,13 +240,14 @@ class Emitter:
                  adopt: bool = True, adopt_interval: float = 5.0, segment_bytes: int = 8 << 20,
                  start: bool = True) -> None:
         if fsync not in FSYNC_POLICIES:
-            from .errors import ConfigError
-
             raise ConfigError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, got {fsync!r}")
         self.service, self.mq = service, mq
         self.sink: Sink = sink or NullSink()
         self.spool_dir = spool_dir or default_spool_dir()
-        os.makedirs(self.spool_dir, exist_ok=True)
+        try:
+            os.makedirs(self.spool_dir, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create the spool directory {self.spool_dir}: {e.strerror or e}") from None
         self.emitter_id = str(uuid.uuid4())
         # event_id = 80 random bits of this emitter + the 48-bit seq: unique, cheap, and the
         # same on every re-ship, so de-duplication by event_id absorbs re-sent batches.
@@ -255,7 +257,10 @@ class Emitter:
         self.max_spool_bytes = max_spool_bytes
         self.host, self.pid = local_identity()
         self._tail = self._make_tail()
-        self._writer = SpoolWriter(self.spool_dir, self.emitter_id, service, fsync, segment_bytes)
+        try:
+            self._writer = SpoolWriter(self.spool_dir, self.emitter_id, service, fsync, segment_bytes)
+        except OSError as e:
+            raise ConfigError(f"cannot create the audit spool in {self.spool_dir}: {e.strerror or e}") from None
         self._reader = SpoolReader(self._writer.path)
         self._lock = threading.Lock()
         self._seq = 0

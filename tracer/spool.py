@@ -19,12 +19,15 @@ import fcntl
 import json
 import mmap
 import os
+import re
 import shutil
 import socket
 from dataclasses import dataclass
 from typing import Iterator
 
 SEG_PREFIX, SEG_SUFFIX = "seg-", ".ndjson"
+#: emitter directories are named by the emitter's UUID
+_EMITTER_DIR = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 def seg_name(n: int) -> str:
@@ -74,15 +77,19 @@ class SpoolWriter:
 
     def __init__(self, root: str, emitter_id: str, service: str, fsync: str = "never",
                  segment_bytes: int = 8 << 20) -> None:
+        # Built under a hidden name and renamed once locked, so a scanning process never
+        # mistakes a directory being born for one whose owner died.
         self.path = os.path.join(root, emitter_id)
-        os.makedirs(self.path, exist_ok=True)
-        fd = try_lock(self.path)
+        tmp = os.path.join(root, f".new-{emitter_id}")
+        os.makedirs(tmp)
+        fd = try_lock(tmp)
         if fd is None:
-            raise OSError(f"spool directory {self.path} is locked by another process")
+            raise OSError(f"cannot lock the new spool directory {tmp}")
         self._lock_fd = fd
-        with open(os.path.join(self.path, "owner.json"), "w", encoding="utf-8") as f:
+        with open(os.path.join(tmp, "owner.json"), "w", encoding="utf-8") as f:
             json.dump({"pid": os.getpid(), "host": socket.gethostname(), "service": service,
                        "emitter_id": emitter_id}, f)
+        os.rename(tmp, self.path)
         self.fsync_always = fsync == "always"
         self.segment_bytes = segment_bytes
         self.segno = 0
@@ -264,8 +271,8 @@ def dead_spools(root: str, skip: set[str] = frozenset()) -> Iterator[tuple[str, 
         return
     for name in names:
         path = os.path.join(root, name)
-        if name in skip or not os.path.isdir(path):
-            continue
+        if name in skip or not _EMITTER_DIR.match(name) or not os.path.isdir(path):
+            continue  # only emitter directories: a spool dir may hold other things (never touch them)
         fd = try_lock(path)
         if fd is not None:
             yield path, fd
