@@ -5,15 +5,17 @@ At least once: offsets are committed only after the store accepted the rows
 store keeps duplicates harmlessly (ReplacingMergeTree by (msg_id, event_id))
 and every query de-duplicates by event_id.
 
-Duplicates are counted cheaply and precisely for the one case that makes
-them -- a collector that wrote a batch and died before committing. Before each
-write the collector commits the batch's *first* offsets (nothing new) with the
-metadata ``msgtrace-upto=<next offset>`` (a write intent); the commit after the
-write clears it. On assignment the consumer reads that metadata: records below
-it may already be stored, and only their event ids are looked up in the store.
-Repeats within one batch are counted too. Copies that an emitter re-sent at
-new offsets are not looked up (they would need a lookup per batch, ~0.3 s per
-20k ids); the store still collapses them.
+Duplicates (events already stored) are counted cheaply, aimed at the one case
+that makes them in bulk -- a collector that wrote a batch and died before
+committing. Before each write the collector commits the batch's *first*
+offsets (nothing new) with the metadata ``msgtrace-upto=<next offset>`` (a write
+intent); the commit after the write clears it. On assignment the consumer
+reads that metadata: only records below it are looked up in the store. Brokers
+that drop commit metadata (Tansu does) get a fallback: the first batch's worth of
+events (``max_batch_events``) after each assignment is looked up. Repeats within
+one batch are counted too. Copies that an emitter re-sent later, outside those
+windows, are not looked up (that would cost a lookup per batch, ~0.3 s per 20k
+ids on chDB); the store still collapses them at read time.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ class CollectorConfig:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 10.0
     #: give up (raise) after the store has been failing this long; None: retry forever
+    #: (long-running mode) or 300 s (--until-idle)
     give_up_after_s: float | None = None
     startup_timeout_s: float = 60.0
     shutdown_timeout_s: float = 30.0
@@ -74,7 +77,10 @@ class Processor:
         self.stop = stop
         self.on_status = on_status
         self.window_end: dict[Partition, int] = {}
+        self.window_budget: dict[Partition, int] = {}
         self.held: deque[Any] = deque()
+        self._revoked = False
+        self._assigned_news: list[Any] | None = None
         self.paused = False
         self.assigned: set[Partition] = set()
         self.kafka_state = StateLog("kafka")
@@ -112,7 +118,7 @@ class Processor:
             # The group rebalanced: these partitions are someone else's now. The rows are
             # stored; the new owner re-reads from the last commit and the store de-duplicates.
             log_event(logging.WARNING, "commit refused after rebalance", error=str(e).splitlines()[0][:200])
-        except KafkaError as e:
+        except (KafkaError, OSError, RuntimeError) as e:
             raise AuditSourceUnavailable(f"cannot commit audit offsets: {type(e).__name__}: {e}") from None
 
     def _intent(self, batch: Batch) -> None:
@@ -123,43 +129,66 @@ class Processor:
         except MsgtraceError:
             pass  # only the duplicate count of a later restart depends on it
 
-    def _in_window(self, p: Partition, offset: int) -> bool:
+    def _in_window(self, p: Partition, offset: int, n_events: int) -> bool:
         end = self.window_end.get(p)
-        return end is not None and offset < end
+        if end is not None:
+            return offset < end
+        budget = self.window_budget.get(p, 0)
+        if budget > 0:
+            self.window_budget[p] = budget - n_events
+            return True
+        return False
 
+    # kafka-python runs rebalance listeners on its IO thread, where no blocking call
+    # (commit, committed) is allowed: they only take note; the main thread acts on it
+    # right after poll() returns, before it touches a record of the new assignment.
     def on_revoked(self, revoked: Any) -> None:
-        if not revoked and self.strategy.empty:
-            return
-        t0 = time.monotonic()
-        ok = self.strategy.join(min(self.cfg.shutdown_timeout_s, 10.0))
-        if not ok:
-            # Unwritten data stays uncommitted: the next owner reads it again.
-            self.strategy.reset()
-        self.held.clear()
-        self.assigned.clear()
-        self.paused = False
-        log_event(logging.INFO, "partitions revoked", partitions=len(revoked or ()), flushed=ok,
-                  took_s=round(time.monotonic() - t0, 2))
+        if revoked:
+            self._revoked = True
 
     def on_assigned(self, assigned: Any) -> None:
+        self._assigned_news = list(assigned)
+
+    def _after_rebalance(self) -> None:
+        if self._revoked:
+            self._revoked = False
+            # Unwritten or uncommitted data of revoked partitions is dropped: the next owner
+            # reads it again from the last commit, and the store de-duplicates what was written.
+            dropped = not self.strategy.empty or bool(self.held)
+            self.strategy.reset()
+            self.held.clear()
+            self.paused = False
+            log_event(logging.INFO, "partitions revoked", dropped_uncommitted=dropped)
+        if self._assigned_news is not None:
+            assigned, self._assigned_news = self._assigned_news, None
+            self._take_assignment(assigned)
+
+    def _take_assignment(self, assigned: list[Any]) -> None:
         self.assigned = {Partition(tp.topic, tp.partition) for tp in assigned}
         self.paused = False
         for tp in assigned:
             p = Partition(tp.topic, tp.partition)
             self.window_end.pop(p, None)
+            # Without a readable intent, look up the first batch's worth of events: a
+            # collector with the same batch size wrote at most that much uncommitted.
+            self.window_budget[p] = self.cfg.max_batch_events
             try:
                 om = self.consumer.committed(tp, metadata=True)
             except Exception as e:  # only the duplicate count depends on it
                 log_event(logging.DEBUG, "cannot read committed metadata", partition=str(p), error=str(e))
                 continue
-            meta = getattr(om, "metadata", None) or ""
+            meta = getattr(om, "metadata", None)
+            if meta is None:  # nothing committed yet, or a broker that drops metadata (Tansu)
+                continue
+            self.window_budget.pop(p, None)
             if meta.startswith(INTENT_PREFIX):
                 try:
                     self.window_end[p] = int(meta[len(INTENT_PREFIX):])
                 except ValueError:
                     pass
         log_event(logging.INFO, "partitions assigned", partitions=sorted(str(p) for p in self.assigned),
-                  redelivery_windows={str(p): e for p, e in self.window_end.items()})
+                  intent_windows={str(p): e for p, e in self.window_end.items()},
+                  lookup_budgets={str(p): b for p, b in self.window_budget.items()})
 
     # --- main loop -------------------------------------------------------------------
     def _drain_held(self) -> None:
@@ -199,7 +228,9 @@ class Processor:
             self.kafka_backoff.failed()
             self.kafka_state.set("unavailable", error=f"{type(e).__name__}: {e}"[:300])
             self.kafka_backoff.wait(time.monotonic() + self.kafka_backoff.delay)
+            self._after_rebalance()
             return 0
+        self._after_rebalance()
         if self.kafka_backoff.since is not None:
             self.kafka_backoff.ok()
             self.kafka_state.set("ok")
@@ -322,6 +353,10 @@ def run_collector(bootstrap: str, topic: str, store_url: str | None, group_id: s
     if not topic:
         raise ConfigError("no audit topic (use --audit-topic or MSGTRACE_AUDIT_TOPIC)")
     cfg = config or CollectorConfig()
+    if until_idle and cfg.give_up_after_s is None:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, give_up_after_s=300.0)
     stop = stop or threading.Event()
     stats = CollectorStats()
     store = Store(store_url, lock_timeout=cfg.store_lock_timeout_s)

@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Any, Callable, Mapping
 
-from tracer.errors import MsgtraceError, StoreError
+from tracer.errors import MsgtraceError, QueryError, StoreError
 from tracer.events import now_us
 
 from .decode import N_STORE_COLUMNS, decode_record
@@ -162,11 +162,11 @@ class BatchStep:
 
     def __init__(self, next_step: Step[Batch], *, max_events: int = 20_000, max_records: int = 5_000,
                  max_wait: float = 1.0, raw_limit: int = DEFAULT_RAW_LIMIT,
-                 in_window: Callable[[Partition, int], bool] | None = None) -> None:
+                 in_window: Callable[[Partition, int, int], bool] | None = None) -> None:
         self.next_step = next_step
         self.max_events, self.max_records, self.max_wait = max_events, max_records, max_wait
         self.raw_limit = raw_limit
-        self.in_window = in_window or (lambda p, o: False)
+        self.in_window = in_window or (lambda p, o, n: False)
         self._building: Batch | None = None
         self._ready: Batch | None = None
 
@@ -186,9 +186,9 @@ class BatchStep:
         if d.columns is not None:
             for col, add in zip(b.columns, d.columns):
                 col.extend(add)
-            if self.in_window(p, message.offset):
+            if self.in_window(p, message.offset, d.n_events):
                 b.window_ids.extend(d.columns[_EVENT_ID])
-                b.window_msg_ids.update(d.columns[_MSG_ID])
+                b.window_msg_ids.extend(d.columns[_MSG_ID])
         if d.bad:
             received = now_us()
             for bl in d.bad:
@@ -262,7 +262,7 @@ class WriteStep:
     def __init__(self, store: Any, next_step: Step[Mapping[Partition, int]], stats: CollectorStats, *,
                  intent: Callable[[Batch], None] | None = None, session_hold: float = 1.0,
                  backoff: Backoff | None = None, give_up_after: float | None = None,
-                 dup_chunk: int = 2000) -> None:
+                 dup_chunk_bytes: int = 100_000) -> None:
         self.store = store
         self.next_step = next_step
         self.stats = stats
@@ -270,7 +270,7 @@ class WriteStep:
         self.session_hold = session_hold
         self.backoff = backoff or Backoff()
         self.give_up_after = give_up_after
-        self.dup_chunk = dup_chunk
+        self.dup_chunk_bytes = dup_chunk_bytes
         self.state = StateLog("store")
         self._pending: Batch | None = None
         self._session: Any = None
@@ -306,17 +306,26 @@ class WriteStep:
             self._try_write()
 
     def _count_redelivered(self, batch: Batch) -> int:
-        """Events of the write-intent window that an earlier (killed) collector already stored."""
-        ids = sorted(set(batch.window_ids))
-        if not ids:
-            return 0
-        mids = sorted(batch.window_msg_ids)
+        """Events of the redelivery window that an earlier (killed) collector already stored."""
+        pairs = sorted(set(zip(batch.window_ids, batch.window_msg_ids)))
         found = 0
-        for i in range(0, len(ids), self.dup_chunk):
+        i = 0
+        while i < len(pairs):
+            # chunks of ~100 KB of literals: 18.16 renders parameters into the query text,
+            # whose size is limited (max_query_size, 256 KiB by default)
+            size, j = 0, i
+            while j < len(pairs) and size < self.dup_chunk_bytes:
+                size += len(pairs[j][0]) + len(pairs[j][1]) + 8
+                j += 1
+            chunk = pairs[i:j]
+            i = j
+            # IN (SELECT arrayJoin(...)): 18.16 has no IN over an array literal; this form
+            # builds a set and still uses the (msg_id, event_id) key on both engines.
             rows = self.store.query(
                 "SELECT uniqExact(event_id) AS n FROM {db:Identifier}.trace_events "
-                "WHERE msg_id IN {mids:Array(String)} AND event_id IN {ids:Array(String)}",
-                {"mids": mids, "ids": ids[i:i + self.dup_chunk]})
+                "WHERE msg_id IN (SELECT arrayJoin({mids:Array(String)})) "
+                "AND event_id IN (SELECT arrayJoin({ids:Array(String)}))",
+                {"mids": sorted({m for _, m in chunk}), "ids": [e for e, _ in chunk]})
             found += int(rows[0]["n"]) if rows else 0
         return found
 
@@ -328,7 +337,10 @@ class WriteStep:
         if batch.n_events and not batch.events_written:
             if self.intent is not None:
                 self.intent(batch)
-            dups = self._count_redelivered(batch)
+            try:
+                dups = self._count_redelivered(batch)
+            except QueryError as e:  # only the count suffers; never block the write on it
+                log_event(logging.WARNING, "duplicate lookup failed", error=str(e))
             ids = batch.columns[_EVENT_ID]
             dups += len(ids) - len(set(ids))
             self.store.insert("trace_events", dict(zip(STORE_COLUMNS, batch.columns)))

@@ -100,7 +100,7 @@ class Batch:
     first_offsets: dict[Partition, int] = field(default_factory=dict)
     #: event ids of records that a previous collector may already have written
     window_ids: list[str] = field(default_factory=list)
-    window_msg_ids: set[str] = field(default_factory=set)
+    window_msg_ids: list[str] = field(default_factory=list)  # parallel to window_ids
     created: float = field(default_factory=time.monotonic)
     events_written: bool = False
     quarantine_written: bool = False
