@@ -141,7 +141,6 @@ def test_mixed_audit_topic_quarantines_each_bad_record(kafka_bootstrap, store_ur
     with Store(store_url) as s:
         rows = s.query("SELECT source, partition, offset, line, field, error, raw_size, raw "
                        "FROM {db:Identifier}.quarantine ORDER BY offset")
-        kept = {e.event_id for e in s.select_events(partly[1].msg_id)}
     assert [r["offset"] for r in rows] == list(range(1, len(bad) + 2))
     for row, (value, _, reason) in zip(rows, bad):
         assert row["source"] == topic and row["partition"] == 0
@@ -150,10 +149,9 @@ def test_mixed_audit_topic_quarantines_each_bad_record(kafka_bootstrap, store_ur
         assert 0 < len(row["raw"]) <= 4 * 64 * 1024
     assert rows[-1]["line"] == 2 and "invalid JSON" in rows[-1]["error"]
     assert rows[3]["field"] == "stage"
-    assert partly[1].event_id in kept or partly[2].event_id in kept or len(kept) >= 0
     with Store(store_url) as s:
         stored_ids = {r["event_id"] for r in s.query(
-            "SELECT DISTINCT event_id FROM {db:Identifier}.trace_events WHERE event_id IN {ids:Array(String)}",
+            "SELECT DISTINCT event_id FROM {db:Identifier}.trace_events WHERE has({ids:Array(String)}, event_id)",
             {"ids": [e.event_id for e in partly]})}
     assert stored_ids == {e.event_id for e in partly}
     assert committed(kafka_bootstrap, group, topic, 1) == len(records)
