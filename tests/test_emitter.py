@@ -250,3 +250,43 @@ def test_ship_command_drains_a_dead_spool_into_the_store(chdb_url, tmp_path):
         assert s.query("SELECT uniqExact(event_id) AS n FROM {db:Identifier}.trace_events")[0]["n"] == 20
     proc = subprocess.run(cmd[:5] + [str(tmp_path / "nope")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "no such directory" in proc.stderr
+
+
+class FileSink(ListSink):
+    """Appends shipped lines to a file (works across fork)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def ship(self, data: bytes, lines: int) -> None:
+        super().ship(data, lines)
+        with open(self.path, "ab") as f:
+            f.write(data)
+
+
+def test_forked_child_becomes_its_own_emitter(tmp_path):
+    out = str(tmp_path / "shipped.ndjson")
+    e = Emitter("parent", FileSink(out), str(tmp_path / "spool"))
+    e.emit("sent", "p1")
+    pid = os.fork()
+    if pid == 0:  # child
+        ok = False
+        try:
+            e.emit("sent", "c1")
+            e.emit("sent", "c2")
+            ok = e.flush(20) and e.stats["recorded"] == 2
+            e.close()
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    e.emit("sent", "p2")
+    assert e.flush(20)
+    e.close()
+    events = decode_batch(open(out, "rb").read(), check_header=False).events
+    by_emitter: dict[str, list] = {}
+    for ev in events:
+        by_emitter.setdefault(ev.emitter_id, []).append((ev.seq, ev.msg_id, ev.pid))
+    assert sorted(sorted(v) for v in by_emitter.values()) == [
+        [(1, "c1", pid), (2, "c2", pid)], [(1, "p1", os.getpid()), (2, "p2", os.getpid())]]

@@ -248,24 +248,10 @@ class Emitter:
             os.makedirs(self.spool_dir, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"cannot create the spool directory {self.spool_dir}: {e.strerror or e}") from None
-        self.emitter_id = str(uuid.uuid4())
-        # event_id = 80 random bits of this emitter + the 48-bit seq: unique, cheap, and the
-        # same on every re-ship, so de-duplication by event_id absorbs re-sent batches.
-        r = uuid.uuid4().hex
-        self._eid_prefix = f"{r[:8]}-{r[8:12]}-4{r[13:16]}-{'89ab'[int(r[16], 16) & 3]}{r[17:20]}-"
         self.fsync = fsync
         self.max_spool_bytes = max_spool_bytes
-        self.host, self.pid = local_identity()
-        self._tail = self._make_tail()
-        try:
-            self._writer = SpoolWriter(self.spool_dir, self.emitter_id, service, fsync, segment_bytes)
-        except OSError as e:
-            raise ConfigError(f"cannot create the audit spool in {self.spool_dir}: {e.strerror or e}") from None
-        self._reader = SpoolReader(self._writer.path)
-        self._lock = threading.Lock()
-        self._seq = 0
-        self._written = 0        # bytes appended by this emitter
-        self._shipped_bytes = 0  # bytes of them shipped
+        self._segment_bytes = segment_bytes
+        self._open_spool()
         self._recorded = 0
         self.counters = {"shipped": 0, "dropped": 0, "errors": 0, "ship_failures": 0,
                          "adopted_spools": 0, "adopted_events": 0, "invalid": 0}
@@ -284,9 +270,50 @@ class Emitter:
         if start:
             self.start()
 
-    def _after_fork(self) -> None:
+    def _open_spool(self) -> None:
+        """A new identity and spool directory (at start, and in a forked child)."""
+        self.emitter_id = str(uuid.uuid4())
+        # event_id = 80 random bits of this emitter + the 48-bit seq: unique, cheap, and the
+        # same on every re-ship, so de-duplication by event_id absorbs re-sent batches.
+        r = uuid.uuid4().hex
+        self._eid_prefix = f"{r[:8]}-{r[8:12]}-4{r[13:16]}-{'89ab'[int(r[16], 16) & 3]}{r[17:20]}-"
         self.host, self.pid = local_identity()
         self._tail = self._make_tail()
+        try:
+            self._writer = SpoolWriter(self.spool_dir, self.emitter_id, self.service, self.fsync,
+                                       self._segment_bytes)
+        except OSError as e:
+            raise ConfigError(f"cannot create the audit spool in {self.spool_dir}: {e.strerror or e}") from None
+        self._reader = SpoolReader(self._writer.path)
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._written = 0        # bytes appended by this emitter
+        self._shipped_bytes = 0  # bytes of them shipped
+
+    def _after_fork(self) -> None:
+        """A forked child must not write into its parent's mapped segment nor use its Kafka client:
+        it becomes an emitter of its own (new emitter_id, spool directory and shipper thread)."""
+        if self._closed:
+            return
+        try:
+            for fd in [self._writer._lock_fd] + [a.lock_fd for a in self._adopted]:
+                os.close(fd)  # the parent keeps its locks: they live while any copy is open there
+            self._adopted = []
+            self._recorded = 0
+            self.counters = dict.fromkeys(self.counters, 0)
+            for attr in ("_producer", "_store"):
+                if hasattr(self.sink, attr):
+                    setattr(self.sink, attr, None)  # clients are not fork-safe: build new ones
+            self._wake = threading.Event()
+            self._progress = threading.Condition()
+            started = self._thread is not None
+            self._thread = None
+            self._open_spool()
+            if started:
+                self.start()
+        except Exception as e:
+            self._closed = True
+            log.error("msgtrace: cannot set up the audit spool after fork(); this child records nothing: %s", e)
 
     # --- hot path ---------------------------------------------------------------
     def _make_tail(self) -> bytes:
