@@ -290,3 +290,24 @@ def test_forked_child_becomes_its_own_emitter(tmp_path):
         by_emitter.setdefault(ev.emitter_id, []).append((ev.seq, ev.msg_id, ev.pid))
     assert sorted(sorted(v) for v in by_emitter.values()) == [
         [(1, "c1", pid), (2, "c2", pid)], [(1, "p1", os.getpid()), (2, "p2", os.getpid())]]
+
+
+def test_from_env_without_kafka_writes_to_the_store(monkeypatch, chdb_url, tmp_path):
+    monkeypatch.delenv("MSGTRACE_KAFKA_BOOTSTRAP", raising=False)
+    monkeypatch.setenv("MSGTRACE_SERVICE", "red-packet")
+    monkeypatch.setenv("MSGTRACE_STORE", chdb_url)
+    monkeypatch.setenv("MSGTRACE_SPOOL_DIR", str(tmp_path / "spool"))
+    t = Tracer.from_env()
+    assert t.stats["sink"] == "store" and t.stats["spool"].startswith(str(tmp_path / "spool"))
+    t.record("received", "order-3:paid", topic="order-paid", partition=1, offset=7, group="red-packet")
+    assert t.flush(60)
+    t.close()
+    from tracer.store import Store
+
+    with Store(chdb_url) as s:
+        [e] = s.select_events("order-3:paid")
+    assert (e.service, e.consumer_group, e.partition, e.offset) == ("red-packet", "red-packet", 1, 7)
+    monkeypatch.setenv("MSGTRACE_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    k = Tracer.from_env(adopt=False)
+    assert k.stats["sink"] == "kafka"
+    k.close(0)
