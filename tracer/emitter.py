@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import mmap
 import os
-import random
 import threading
 import time
 import uuid
@@ -26,7 +25,7 @@ from typing import Any, Protocol, Sequence
 import orjson
 
 from .errors import ConfigError
-from .events import STAGES, decode_batch, local_identity, record_headers
+from .events import decode_batch, local_identity, record_headers
 from .spool import Chunk, SpoolReader, SpoolWriter, dead_spools
 
 log = logging.getLogger("msgtrace.emitter")
@@ -567,10 +566,5 @@ def drain_spools(spool_dir: str, sink: Sink, timeout: float | None = None) -> di
     return stats
 
 
-def random_hex(bits: int) -> str:
-    """Lowercase hex of ``bits`` random bits, never all zero (W3C ids)."""
-    return f"{random.getrandbits(bits) | 1:0{bits // 4}x}"
-
-
 __all__ = ["Emitter", "KafkaSink", "StoreSink", "NullSink", "Sink", "drain_spools", "default_spool_dir",
-           "STAGES", "random_hex"]
+           "FSYNC_POLICIES"]

@@ -13,6 +13,7 @@ emitter writes straight to the store.
 """
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import os
@@ -22,10 +23,9 @@ import threading
 import time
 import uuid
 import weakref
-import atexit
 from typing import Any, Callable
 
-from .emitter import Emitter, KafkaSink, NullSink, Sink, StoreSink
+from .emitter import Emitter, KafkaSink, Sink, StoreSink
 from .events import MSG_ID_HEADER, STAGES
 from .hooks import TRACEPARENT, TracedConsumer, TracedProducer, error_text, key_str, parse_traceparent
 
