@@ -311,3 +311,19 @@ def test_from_env_without_kafka_writes_to_the_store(monkeypatch, chdb_url, tmp_p
     k = Tracer.from_env(adopt=False)
     assert k.stats["sink"] == "kafka"
     k.close(0)
+
+
+def test_ship_command_to_the_audit_topic(kafka_bootstrap, tmp_path):
+    e = Emitter("dead", NullSink(), str(tmp_path / "spool"))
+    for i in range(30):
+        e.emit("sent", f"m{i}", "orders")
+    e.close(0)
+    topic = f"audit-{os.getpid()}-{id(e)}"
+    proc = subprocess.run([sys.executable, "-m", "tracer", "ship", "--spool", str(tmp_path / "spool"),
+                           "--bootstrap", kafka_bootstrap, "--audit-topic", topic, "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["events"] == 30
+    events = read_audit(kafka_bootstrap, topic, expect=30)
+    assert sorted(ev.seq for ev in events) == list(range(1, 31))
+    assert os.listdir(tmp_path / "spool") == []
