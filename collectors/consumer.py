@@ -200,6 +200,8 @@ class Processor:
             except MessageRejected:
                 return
             self.held.popleft()
+            if self.stats.first_record_at is None:
+                self.stats.first_record_at = time.monotonic()
             self.stats.records += 1
 
     def _set_paused(self, paused: bool) -> None:

@@ -454,6 +454,7 @@ class CommitStep:
         self.state.set("ok")
         self.stats.commits += 1
         self.stats.last_commit_us = now_us()
+        self.stats.last_commit_at = time.monotonic()
         return True
 
     def poll(self) -> None:

@@ -1,0 +1,196 @@
+"""Collector throughput: audit topic -> chDB and -> ClickHouse 18.16, beside the raw
+kafka-python consume rate of the same topic in the same run (the transport ceiling).
+
+    python benchmarks/bench_collector.py [--events 200000] [--per-record 500] [--repeats 3]
+
+Each repeat drains the same pre-filled topic three ways: a plain assigned
+KafkaConsumer (no group, no decoding), the collector into a fresh chDB dir, the
+collector into a fresh database on a throwaway 18.16 server. Collector rates are
+"sustained": inserted events / (last commit - first record), so the ~3 s group
+join and the idle check at the end are not counted. A decode profile (strict
+per-event validator vs the collector's columnar decoder) follows. Figures go to
+benchmarks/results/collector.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from collectors import CollectorConfig, run_collector  # noqa: E402
+from collectors.decode import decode_record  # noqa: E402
+from collectors.testing import create_topic, make_events, produce_events  # noqa: E402
+from tracer.events import decode_batch, encode_batch, record_headers, to_columns  # noqa: E402
+from tracer.localsvc import ClickHouseServer, TansuBroker  # noqa: E402
+from tracer.store import Store  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "collector.md"
+
+
+def raw_consume(bootstrap: str, topic: str, partitions: int, n_records: int, per_record: int) -> float:
+    """events/s of a bare kafka-python consumer reading every record's bytes."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, max_poll_records=500,
+                      fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=32 * 1024 * 1024)
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    c.assign(tps)
+    c.seek_to_beginning(*tps)
+    seen = nbytes = 0
+    t0 = None
+    try:
+        while seen < n_records:
+            recs = c.poll(timeout_ms=1000)
+            for lst in recs.values():
+                if t0 is None:
+                    t0 = time.perf_counter()
+                for r in lst:
+                    nbytes += len(r.value)
+                seen += len(lst)
+        dt = time.perf_counter() - (t0 or time.perf_counter())
+    finally:
+        c.close()
+    return seen * per_record / dt if dt > 0 else 0.0
+
+
+def collect_once(bootstrap: str, topic: str, url: str) -> tuple[float, int]:
+    cfg = CollectorConfig(startup_timeout_s=60)
+    stats = run_collector(bootstrap, topic, url, f"bench-{uuid.uuid4().hex[:8]}", until_idle=True, config=cfg)
+    return stats.sustained_rate, stats.stored
+
+
+def decode_profile(per_record: int, n: int = 50_000) -> dict[str, float]:
+    """Per-event cost of each part of the decode path, in events/s."""
+    import orjson
+
+    events = make_events(n)
+    recs = [encode_batch(events[i:i + per_record]) for i in range(0, n, per_record)]
+    h = record_headers()
+    out: dict[str, float] = {}
+
+    def rate(fn) -> float:
+        t = time.perf_counter()
+        fn()
+        return n / (time.perf_counter() - t)
+
+    out["orjson.loads per line (parse only)"] = rate(lambda: [orjson.loads(l) for r in recs for l in r.split(b"\n")])
+    out["tracer.events.decode_batch (strict, per event)"] = rate(lambda: [decode_batch(r, h) for r in recs])
+    out["collectors.decode.decode_record (columnar)"] = rate(lambda: [decode_record(r, h) for r in recs])
+    evs = decode_batch(b"\n".join(recs), h).events
+    out["to_columns (Event objects -> columns)"] = rate(lambda: to_columns(evs))
+    cols = decode_record(b"\n".join(recs), h).columns
+    d = tempfile.mkdtemp(prefix="bench-chdb-")
+    s = Store(f"chdb://{d}")
+    s.init_schema()
+    from tracer.events import STORE_COLUMNS
+
+    with s.session():
+        s.insert("trace_events", dict(zip(STORE_COLUMNS, cols)))  # warm
+        out["chDB insert (columns -> arrow -> trace_events)"] = rate(
+            lambda: s.insert("trace_events", dict(zip(STORE_COLUMNS, cols))))
+    s.close()
+    return out
+
+
+def fmt(vals: list[float]) -> str:
+    med = statistics.median(vals)
+    return f"{med:,.0f} (min {min(vals):,.0f}, max {max(vals):,.0f}, spread {(max(vals) - min(vals)) / med:.0%})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--per-record", type=int, default=500)
+    ap.add_argument("--partitions", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-write", action="store_true", help="Do not write benchmarks/results/collector.md.")
+    a = ap.parse_args()
+
+    broker = TansuBroker().start()
+    server = ClickHouseServer().start()
+    rows: dict[str, list[float]] = {"raw": [], "chdb": [], "server": []}
+    try:
+        topic = f"bench-audit-{uuid.uuid4().hex[:6]}"
+        create_topic(broker.bootstrap, topic, a.partitions)
+        t = time.perf_counter()
+        n_records = produce_events(broker.bootstrap, topic, make_events(a.events), a.per_record, a.partitions)
+        print(f"pre-filled {a.events:,} events in {n_records} records in {time.perf_counter() - t:.1f} s")
+        for i in range(a.repeats):
+            rows["raw"].append(raw_consume(broker.bootstrap, topic, a.partitions, n_records, a.per_record))
+            with tempfile.TemporaryDirectory(prefix="bench-chdb-") as d:
+                r, n = collect_once(broker.bootstrap, topic, f"chdb://{d}")
+                assert n == a.events, n
+                rows["chdb"].append(r)
+            r, n = collect_once(broker.bootstrap, topic, server.url(f"bench_{uuid.uuid4().hex[:8]}"))
+            assert n == a.events, n
+            rows["server"].append(r)
+            print(f"repeat {i + 1}: raw {rows['raw'][-1]:,.0f}  chDB {rows['chdb'][-1]:,.0f}  "
+                  f"18.16 {rows['server'][-1]:,.0f} events/s")
+    finally:
+        server.stop()
+        broker.stop()
+    prof = decode_profile(a.per_record)
+    ratio_chdb = [c / r for c, r in zip(rows["chdb"], rows["raw"])]
+    ratio_srv = [c / r for c, r in zip(rows["server"], rows["raw"])]
+    lines = [
+        "# Collector throughput",
+        "",
+        f"`python benchmarks/bench_collector.py --events {a.events} --per-record {a.per_record} "
+        f"--partitions {a.partitions} --repeats {a.repeats}` on {platform.node()} "
+        f"({os.cpu_count()} cores, shared with other work; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
+        "",
+        f"Pre-filled audit topic on a local Tansu broker: {a.events:,} events in {n_records} records "
+        f"({a.per_record} events per record, {a.partitions} partitions). One collector process, default "
+        "config (batches of 20,000 events / 1 s). Collector rates are sustained: events / (last commit - first record).",
+        "",
+        "| path | events/s, median of repeats (min, max, spread) |",
+        "|---|---|",
+        f"| raw kafka-python consume (the ceiling) | {fmt(rows['raw'])} |",
+        f"| collector -> chDB | {fmt(rows['chdb'])} |",
+        f"| collector -> ClickHouse 18.16 server | {fmt(rows['server'])} |",
+        "",
+        f"Ratio to the raw consume rate of the same repeat: chDB {statistics.median(ratio_chdb):.0%}, "
+        f"server {statistics.median(ratio_srv):.0%} (median).",
+        "",
+        "## Decode path profile (one thread, same records)",
+        "",
+        "| part | events/s |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {v:,.0f} |" for k, v in prof.items()]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not a.no_write:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(text + NOTES)
+        print(f"wrote {RESULTS}")
+
+
+NOTES = """
+## Notes
+
+- The strict validator `tracer.events.validate_event` (+ an `Event` per line) was the bottleneck.
+  `collectors/decode.py` checks a record column-wise instead (orjson per line, `itemgetter`/`zip`
+  transposition, type sets, min/max, one regex over the joined ids). It only *accepts* records that
+  the strict validator accepts line by line; any record it does not accept goes through
+  `decode_batch` itself, so bad lines, their line numbers and error messages are exactly the strict
+  validator's (tests/test_collector_unit.py compares both on 30+ kinds of bad line).
+- What remains is mostly `orjson.loads` building one dict of 19 keys per event; on this machine that
+  alone is well under the 200k events/s target, so the target is not reached with per-event Python
+  objects. The next step would be parsing NDJSON straight into Arrow columns (pyarrow.json reads
+  these records at ~400k events/s here) with the same strictness checks done on the Arrow columns;
+  the hard part is telling a missing key from a null one and checking `attrs` (free keys), so it is
+  not done yet.
+"""
+
+
+if __name__ == "__main__":
+    main()
