@@ -20,6 +20,7 @@ FROM
                          stage = 'received') AS rgroups
     FROM {db:Identifier}.trace_events
     WHERE ts_us >= {scan_from:UInt64} AND ts_us < {cut:UInt64} AND has({topics:Array(String)}, topic)
+      AND stage IN ('broker_acked', 'received') AND has({parts:Array(Int32)}, ifNull(partition, -1))
     GROUP BY msg_id
     HAVING ack > 0 AND notEmpty(rgroups)
 )

@@ -1,4 +1,6 @@
--- Reconcile: one verdict per (msg_id, consumer group), computed in ClickHouse.
+-- Reconcile, pass 2 (details): one verdict per (msg_id, consumer group) with the facts that decide
+-- it, for the messages pass 1 (reconcile_scan*.sql) found not plainly delivered; also the reference
+-- for trace-msg's Python judge. With collapse = 1, plainly delivered pairs come back as counts.
 -- Runs unchanged on chDB and ClickHouse 18.16 (no JOIN: UNION ALL + GROUP BY + bitmasks).
 --
 -- Level 1 aggregates the events (and the expected ids, if any) per (msg_id, g) where g = '' for
@@ -19,7 +21,7 @@ SELECT
     v_verdict AS verdict,
     v_topic AS topic,
     v_grp AS consumer_group,
-    if(v_verdict = 'delivered' AND empty(v_flags), '', v_msg_id) AS mid,
+    if({collapse:UInt8} = 1 AND v_verdict = 'delivered' AND empty(v_flags), '', v_msg_id) AS mid,
     count() AS n,
     any(v_flags) AS flags,
     any(v_msg_time) AS msg_time,

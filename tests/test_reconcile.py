@@ -367,3 +367,14 @@ def test_unique_ids_do_not_collide(store):
     res = reconcile(store, T0, T0 + HOUR, now_us=T0 + 2 * HOUR, write=False)
     assert sorted(r.msg_id for r in res.rows) == sorted(["m", "m ", "M", "m\\"])
     assert uuid.UUID(res.run_id)
+
+
+def test_single_group_path_agrees_with_the_general_one(judged):
+    """--group g1 runs reconcile_scan_single.sql (no ARRAY JOIN); g1's verdicts must not change."""
+    store, res, rows = judged
+    one = reconcile(store, T0, T0 + HOUR, grace_s=600, now_us=T0 + 10 * HOUR, groups=["g1"], write=False)
+    mine = {(r.msg_id, r.consumer_group): (r.verdict, sorted(r.flags), r.decided_by) for r in one.rows}
+    full = {k: (r.verdict, sorted(r.flags), r.decided_by) for k, r in rows.items() if k[1] == "g1"}
+    assert mine == full
+    assert one.summary == {v: n for v, n in (
+        (v, sum(c for (vv, _, g), c in res.counts.items() if vv == v and g == "g1")) for v in V.VERDICTS) if n}

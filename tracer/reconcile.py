@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Sequence
 
-from .store import Store, load_sql
+from .store import Store, check_identifier, load_sql
 from . import verdicts as V
 
 GRACE_S = 600
@@ -130,13 +130,29 @@ def _count_key(item: tuple[tuple[str, str, str], int]) -> tuple[int, str, str]:
 
 # --- SQL -------------------------------------------------------------------------
 
-def pairs_sql(*, one_msg: bool = False, expected_table: str | None = None) -> str:
-    """``reconcile_pairs.sql`` with its fixed fragments filled in."""
+def pairs_sql(*, one_msg: bool = False, cand_table: str | None = None) -> str:
+    """``reconcile_pairs.sql`` (pass 2) with its fixed fragments filled in: for one message, for the
+    candidate messages in a staging table, or (neither) for a whole window."""
     sql = load_sql("reconcile_pairs")
-    sql = sql.replace("/*EVENT_FILTER*/", _FRAG_ONE_MSG if one_msg else "")
-    sql = sql.replace("/*EXPECTED_UNION*/", _FRAG_EXPECTED % expected_table if expected_table else "")
-    sql = sql.replace("/*JUDGE_FILTER*/", "1" if one_msg else _FRAG_WINDOW)
+    if one_msg:
+        filt = _FRAG_ONE_MSG
+    elif cand_table:
+        filt = "AND msg_id IN (SELECT msg_id FROM {db:Identifier}.`%s`)" % check_identifier(cand_table, "table name")
+    else:
+        filt = ""
+    sql = sql.replace("/*EVENT_FILTER*/", filt)
+    sql = sql.replace("/*EXPECTED_UNION*/", "")
+    sql = sql.replace("/*JUDGE_FILTER*/", "1" if (one_msg or cand_table) else _FRAG_WINDOW)
     return sql
+
+
+def scan_sql(single: bool, expected_table: str | None) -> str:
+    """Pass 1: ``reconcile_scan_single.sql`` (at most one group per topic) or ``reconcile_scan.sql``."""
+    sql = load_sql("reconcile_scan_single" if single else "reconcile_scan")
+    extra = ""
+    if expected_table:
+        extra = "OR msg_id IN (SELECT msg_id FROM {db:Identifier}.`%s`)" % check_identifier(expected_table, "table name")
+    return sql.replace("/*JUDGE_EXTRA*/", extra)
 
 
 def _topic_groups(store: Store, from_us: int, cut: int) -> tuple[list[str], list[list[str]]]:
@@ -150,7 +166,7 @@ def _nonempty(topics: list[str], groups: list[list[str]]) -> tuple[list[str], li
     return (topics, groups) if topics else ([""], [[]])
 
 
-def _run_pairs(store: Store, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+def _run(store: Store, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
     return store.query(sql, params)
 
 
@@ -261,8 +277,10 @@ def decide_broker(store: Store, rows: list[Verdict], ev: BrokerEvidence, progres
         progress(f"checking broker evidence for {len(cands)} pairs")
     topics = sorted({r.topic for r in cands})
     groups = sorted({r.consumer_group for r in cands})
+    parts = sorted({int(r.facts["loc_p"]) for r in cands})
     frontier = {(f["topic"], f["part"], f["consumer_group"]): f for f in store.query_file(
-        "reconcile_frontier", {"scan_from": ev.scan_from, "cut": ev.cut, "topics": topics, "groups": groups})}
+        "reconcile_frontier", {"scan_from": ev.scan_from, "cut": ev.cut, "topics": topics, "groups": groups,
+                               "parts": parts})}
     undecided: list[Verdict] = []
     for r in cands:
         f = frontier.get((r.topic, r.facts["loc_p"], r.consumer_group))
@@ -378,38 +396,75 @@ def reconcile(store: Store, window_from_us: int, window_to_us: int, grace_s: int
                   "expected": getattr(expected, "describe", lambda: None)() if expected is not None else None,
                   "bootstrap": bool(bootstrap)}
     with store.session():
-        table = None
+        tables: list[str] = []
         try:
+            table = None
             if expected is not None:
                 if progress:
                     progress("loading expected ids")
                 from .expected import load_expected
 
                 table, res.expected_count = load_expected(store, expected, res.run_id)
+                tables.append(table)
             if progress:
-                progress("aggregating events per message and group")
-            topics, tgroups = _nonempty([], []) if groups else _topic_groups(store, window_from_us, cut)
+                progress("judging every message and group (pass 1)")
+            if groups:
+                topics, tgroups = _nonempty([], [])
+            else:
+                topics, tgroups = _topic_groups(store, window_from_us, cut)
+            single = len(groups) == 1 if groups else all(len(g) <= 1 for g in tgroups)
             params = {"scan_from": scan_from, "cut": cut, "from_us": window_from_us, "to_us": window_to_us,
                       "restrict_groups": 1 if groups else 0, "groups": list(groups or []),
-                      "topics": topics, "topic_groups": tgroups}
-            rows = _run_pairs(store, pairs_sql(expected_table=table), params)
-        finally:
+                      "group": groups[0] if groups else "", "topics": topics, "topic_groups": tgroups,
+                      "first_groups": [g[0] if g else "" for g in tgroups], "collapse": 0}
+            scanned = _run(store, scan_sql(single, table), params)
+            cand: set[tuple[str, str]] = set()
+            for r in scanned:
+                if r["mid"]:
+                    cand.add((r["mid"], r["consumer_group"]))
+                else:
+                    key = (V.VERDICTS[r["vcode"]], r["topic"], r["consumer_group"])
+                    res.counts[key] = res.counts.get(key, 0) + r["n"]
+            details: list[dict[str, Any]] = []
+            if cand:
+                if progress:
+                    progress(f"collecting evidence for {len(cand)} pairs (pass 2)")
+                from .expected import load_expected
+
+                ctable, _ = load_expected(store, _IdList(sorted({m for m, _ in cand})), "c" + res.run_id)
+                tables.append(ctable)
+                details = [r for r in _run(store, pairs_sql(cand_table=ctable), params)
+                           if (r["mid"], r["consumer_group"]) in cand]
+            never = []
             if table:
+                never = [r["msg_id"] for r in store.query(
+                    load_sql("reconcile_never_sent").replace("__TABLE__", table), {"scan_from": scan_from, "cut": cut})]
+        finally:
+            if tables:
                 from .expected import drop_expected
 
-                drop_expected(store, table)
-        for r in rows:
+                for t in tables:
+                    drop_expected(store, t)
+        for r in details:
             r["cut"] = cut
-        plain = [r for r in rows if not r["mid"]]
-        res.rows = [make_verdict(r) for r in rows if r["mid"]]
+        found = {(r["mid"], r["consumer_group"]) for r in details}
+        res.rows = [make_verdict(r) for r in details]
+        for m, g in sorted(cand - found):  # cannot happen unless events changed between the passes
+            res.rows.append(Verdict(m, g, "", V.AUDIT_GAP, "none", [], evidence="events changed during the run"))
+        for m in never:
+            for g in (groups or [""]):
+                res.rows.append(Verdict(m, g, "", V.NEVER_SENT, "none", [], evidence=evidence_text({}, V.NEVER_SENT),
+                                        remedy=V.REMEDY[V.NEVER_SENT], facts={"msg_time": 0}))
+        plain = [v for v in res.rows if v.verdict == V.DELIVERED and not v.flags]
+        res.rows = [v for v in res.rows if not (v.verdict == V.DELIVERED and not v.flags)]
+        for v in plain:
+            key = (v.verdict, v.topic, v.consumer_group)
+            res.counts[key] = res.counts.get(key, 0) + 1
         if res.rows:
             decide_broker(store, res.rows, BrokerEvidence(scan_from, cut, bootstrap), progress)
             if progress:
                 progress("checking emitter seq gaps")
             res.seq_gaps = flag_seq_gaps(store, res.rows, scan_from, cut)
-        for r in plain:
-            key = (r["verdict"], r["topic"], r["consumer_group"])
-            res.counts[key] = res.counts.get(key, 0) + r["n"]
         for v in res.rows:
             key = (v.verdict, v.topic, v.consumer_group)
             res.counts[key] = res.counts.get(key, 0) + 1
@@ -594,7 +649,7 @@ def judge_message_sql(store: Store, msg_id: str, groups: Iterable[str] = (), now
     now = now_us if now_us is not None else time.time_ns() // 1000
     params = {"scan_from": 0, "cut": _FAR_FUTURE_US, "from_us": 0, "to_us": _FAR_FUTURE_US,
               "restrict_groups": 0, "groups": sorted(set(groups)), "topics": [""], "topic_groups": [[]],
-              "msg_id": msg_id}
+              "msg_id": msg_id, "collapse": 0}
     rows = store.query(pairs_sql(one_msg=True), params)
     for r in rows:
         r["cut"] = now

@@ -1,0 +1,190 @@
+"""Benchmark: reconcile vs the bare GROUP BY msg_id; trace-msg query and whole command.
+
+* reconcile of N messages x 5 stages in chDB (default 1M messages = 5M events), timed beside the bare
+  per-message aggregation (stage bitmask GROUP BY msg_id) over the same rows, alternating, in one run;
+* trace-msg on a store of 10M events: the lookup (events of one id + verdicts, as the command does)
+  and the whole `trace-msg` command in a fresh process.
+
+Data is generated inside ClickHouse (INSERT ... SELECT FROM numbers()), not in Python. 0.1 % of the
+messages lose their business outcome (lost_in_consumer) and 0.1 % never reach the consumer (judged
+lost_in_broker from later-acked receipts), so the evidence steps run too.
+
+    python benchmarks/bench_reconcile.py [--messages 1000000] [--trace-events 10000000] [--repeats 5]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tracer.reconcile import judge_message, reconcile  # noqa: E402
+from tracer.store import Store  # noqa: E402
+
+T0 = 1_795_219_200_000_000  # 2026-11-21T00:00:00Z
+STEP_US = 2_000  # one message every 2 ms -> 1M messages in ~33 min
+
+# Stage k of message n (k = number % 5). Messages n % 1000 == 7 lose business_done (it becomes a
+# second receipt), n % 1000 == 3 never reach the consumer (its stages become producer retries): the
+# event count and every emitter's seq numbering stay intact.
+GEN_SQL = """
+INSERT INTO {db:Identifier}.trace_events
+SELECT
+    toString(generateUUIDv4(number)) AS event_id,
+    concat('order-', toString(n), ':paid') AS msg_id,
+    multiIf(n % 1000 = 3 AND k >= 2, 'sent', n % 1000 = 7 AND k = 4, 'received',
+            ['sent', 'broker_acked', 'received', 'offset_committed', 'business_done'][k + 1]) AS stage,
+    {t0:UInt64} + n * {step:UInt64} + k * 1500 AS ts_us,
+    if(k < 2, 'order-service', 'red-packet-service') AS service,
+    concat('host-', toString(n % 4 + if(k < 2, 0, 4))) AS host,
+    'kafka' AS mq,
+    toUInt32(1000 + n % 4) AS pid,
+    'orders.paid' AS topic,
+    if(k = 0 OR (n % 1000 = 3 AND k >= 2), CAST(NULL AS Nullable(Int32)), toNullable(toInt32(n % 12))) AS partition,
+    if(k = 0 OR (n % 1000 = 3 AND k >= 2), CAST(NULL AS Nullable(Int64)),
+       toNullable(toInt64(intDiv(n, 12) + if(k = 3, 1, 0)))) AS offset,
+    if(k < 2 OR (n % 1000 = 3 AND k >= 2), CAST(NULL AS Nullable(String)), toNullable('red-packet')) AS consumer_group,
+    toNullable(toString(n)) AS key,
+    CAST(NULL AS Nullable(String)) AS error,
+    toNullable(lower(hex(MD5(toString(n))))) AS trace_id,
+    CAST(NULL AS Nullable(String)) AS span_id,
+    concat(if(k < 2, 'p-', 'c-'), toString(n % 4)) AS emitter_id,
+    toUInt64(intDiv(n, 4) * if(k < 2, 2, 3) + if(k < 2, k, k - 2) + 1) AS seq,
+    CAST([] AS Array(String)) AS attr_keys,
+    CAST([] AS Array(String)) AS attr_values
+FROM
+(
+    SELECT number, {base:UInt64} + intDiv(number, 5) AS n, number % 5 AS k
+    FROM numbers({rows:UInt64})
+)
+"""
+
+BARE_SQL = """
+SELECT count() AS messages, sum(m) AS s
+FROM
+(
+    SELECT msg_id, groupBitOr(toUInt8(transform(stage,
+        ['sent', 'send_failed', 'broker_acked', 'received', 'offset_committed', 'business_done',
+         'business_failed', 'dead_lettered'], [1, 2, 4, 8, 16, 32, 64, 128], 0))) AS m
+    FROM {db:Identifier}.trace_events
+    WHERE ts_us >= {lo:UInt64} AND ts_us < {hi:UInt64}
+    GROUP BY msg_id
+)
+"""
+
+
+def generate(store: Store, messages: int, chunk: int = 1_000_000) -> float:
+    t = time.perf_counter()
+    for base in range(0, messages, chunk):
+        n = min(chunk, messages - base)
+        store.command(GEN_SQL, {"t0": T0, "step": STEP_US, "base": base, "rows": n * 5})
+    store.command("OPTIMIZE TABLE {db:Identifier}.trace_events FINAL")
+    return time.perf_counter() - t
+
+
+def stats(xs: list[float]) -> str:
+    return (f"median {statistics.median(xs):.3f} s (min {min(xs):.3f}, max {max(xs):.3f}, "
+            f"n={len(xs)})")
+
+
+def bench_reconcile(root: str, messages: int, repeats: int) -> dict:
+    store = Store(f"chdb://{root}/rec")
+    store.init_schema()
+    gen_s = generate(store, messages)
+    lo, hi = T0, T0 + messages * STEP_US + 60_000_000
+    now = hi + 3600 * 1_000_000
+    bare, rec, ratios = [], [], []
+    res = None
+    with store.session():
+        store.query(BARE_SQL, {"lo": lo, "hi": hi})  # warm-up (page cache)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            b = store.query(BARE_SQL, {"lo": lo, "hi": hi})
+            tb = time.perf_counter() - t
+            t = time.perf_counter()
+            res = reconcile(store, lo, hi, grace_s=600, now_us=now, write=True)
+            tr = time.perf_counter() - t
+            bare.append(tb)
+            rec.append(tr)
+            ratios.append(tr / tb)
+    assert b[0]["messages"] == messages, b
+    assert res is not None and res.total == messages, res.total
+    store.close()
+    return {"gen_s": gen_s, "bare": bare, "reconcile": rec, "ratios": ratios, "summary": res.summary,
+            "rows": len(res.rows)}
+
+
+def bench_trace(root: str, events: int, repeats: int, lookups: int = 60) -> dict:
+    url = f"chdb://{root}/trace"
+    store = Store(url)
+    store.init_schema()
+    messages = events // 5
+    gen_s = generate(store, messages)
+    rnd = random.Random(42)
+    ids = [f"order-{rnd.randrange(messages)}:paid" for _ in range(lookups)]
+    lookup, events_only = [], []
+    with store.session():
+        for m in ids[:5]:  # warm-up
+            judge_message(store, m)
+        for m in ids:
+            t = time.perf_counter()
+            evs = store.select_events(m)
+            t1 = time.perf_counter()
+            vs = judge_message(store, m, events=evs)
+            t2 = time.perf_counter()
+            assert evs and vs
+            events_only.append(t1 - t)
+            lookup.append(t2 - t)
+    store.close()
+    cmd = shutil.which("trace-msg") or "trace-msg"
+    whole = []
+    for i in range(max(repeats, 5)):
+        t = time.perf_counter()
+        p = subprocess.run([cmd, ids[i], "--store", url], capture_output=True, text=True)
+        whole.append(time.perf_counter() - t)
+        assert p.returncode in (0, 1), p.stderr
+    return {"gen_s": gen_s, "lookup": lookup, "events_only": events_only, "whole": whole, "events": messages * 5}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--messages", type=int, default=1_000_000)
+    ap.add_argument("--trace-events", type=int, default=10_000_000)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--keep", metavar="DIR", help="work in DIR and keep it")
+    ap.add_argument("--skip-trace", action="store_true")
+    a = ap.parse_args()
+    root = a.keep or tempfile.mkdtemp(prefix="msgtrace-bench-")
+    os.makedirs(root, exist_ok=True)
+    try:
+        r = bench_reconcile(root, a.messages, a.repeats)
+        print(f"generated {a.messages} messages x 5 stages in {r['gen_s']:.1f} s")
+        print(f"bare GROUP BY msg_id: {stats(r['bare'])}")
+        print(f"reconcile:            {stats(r['reconcile'])}")
+        rs = r["ratios"]
+        print(f"ratio reconcile/bare: median {statistics.median(rs):.2f} (min {min(rs):.2f}, max {max(rs):.2f})")
+        print(f"verdicts: {r['summary']}; rows to Python: {r['rows']}")
+        if not a.skip_trace:
+            t = bench_trace(root, a.trace_events, a.repeats)
+            ms = [x * 1000 for x in t["lookup"]]
+            ev = [x * 1000 for x in t["events_only"]]
+            print(f"trace store: {t['events']} events generated in {t['gen_s']:.1f} s")
+            print(f"trace-msg lookup (events + verdicts): median {statistics.median(ms):.1f} ms "
+                  f"(p10 {sorted(ms)[len(ms) // 10]:.1f}, p90 {sorted(ms)[len(ms) * 9 // 10]:.1f}, n={len(ms)})")
+            print(f"  of which the events query: median {statistics.median(ev):.1f} ms")
+            print(f"trace-msg whole command: {stats(t['whole'])}")
+    finally:
+        if not a.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
