@@ -108,7 +108,7 @@ def _csv_batches(text: str, column: str | None) -> Iterator[list[str]]:
 
 def _sql_batches(query: str, dsn: str) -> Iterator[list[str]]:
     try:
-        from sqlalchemy import create_engine, text
+        from sqlalchemy import create_engine
     except ImportError:  # pragma: no cover - sqlalchemy is an optional extra
         raise ConfigError("--expected-sql needs SQLAlchemy: pip install 'msgtrace[sql]'") from None
     try:
@@ -117,7 +117,8 @@ def _sql_batches(query: str, dsn: str) -> Iterator[list[str]]:
         raise ConfigError(f"invalid --expected-dsn: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
     try:
         with engine.connect() as conn:
-            result = conn.execution_options(stream_results=True).execute(text(query))
+            # raw SQL: a colon in a literal (e.g. "order-42:paid") is not a bind parameter
+            result = conn.execution_options(stream_results=True).exec_driver_sql(query)
             while True:
                 chunk = result.fetchmany(BATCH)
                 if not chunk:

@@ -194,6 +194,8 @@ def red_packet_service(args: argparse.Namespace) -> None:
 
 
 def points_service(args: argparse.Namespace) -> None:
+    from kafka.errors import KafkaError
+
     db = open_db(args.db, "CREATE TABLE IF NOT EXISTS points (order_id TEXT PRIMARY KEY, user_id TEXT, "
                           "points INTEGER, at REAL)")
     tracer = make_tracer(args, "points-service")
@@ -219,7 +221,12 @@ def points_service(args: argparse.Namespace) -> None:
                 pending = True
         # commits by hand, every few seconds: a crash in between means redelivery
         if pending and time.monotonic() - last_commit > args.commit_every:
-            consumer.commit()
+            try:
+                consumer.commit()
+            except KafkaError as e:  # a network blip: keep the offsets, commit next round
+                log("commit_error", error=repr(e))
+                last_commit = time.monotonic()
+                continue
             pending, last_commit = False, time.monotonic()
             log("committed")
     if pending:
