@@ -378,3 +378,15 @@ def test_single_group_path_agrees_with_the_general_one(judged):
     assert mine == full
     assert one.summary == {v: n for v, n in (
         (v, sum(c for (vv, _, g), c in res.counts.items() if vv == v and g == "g1")) for v in V.VERDICTS) if n}
+
+
+def test_seq_gap_hidden_by_a_duplicate_is_still_found(store):
+    """A duplicated audit event must not mask a lost one of the same emitter (1, 1, 3 has a gap)."""
+    b = Builder()
+    b.add("s1", "sent", 0, emitter="E9", seq=1)
+    b.add("s2", "sent", 1, emitter="E9", seq=3)
+    b.events.append(Event(**b.events[0].to_dict()))
+    store.insert_events(b.events)
+    res = reconcile(store, T0, T0 + HOUR, now_us=T0 + 2 * HOUR, write=False)
+    assert [g["emitter_id"] for g in res.seq_gaps] == ["E9"] and res.seq_gaps[0]["missing"] == 1
+    assert all(V.EMITTER_SEQ_GAP in r.flags for r in res.rows)
