@@ -31,7 +31,9 @@ from .spool import Chunk, SpoolReader, SpoolWriter, dead_spools
 log = logging.getLogger("msgtrace.emitter")
 
 FSYNC_POLICIES = ("never", "batch", "always")
-_APPEND_NL = orjson.OPT_APPEND_NEWLINE
+_dumps = orjson.dumps
+_time_ns = time.time_ns
+_NO_ATTRS: dict[str, str] = {}
 
 
 def default_spool_dir() -> str:
@@ -79,7 +81,7 @@ class KafkaSink:
 
     name = "kafka"
     chunk_bytes = 4 << 20
-    interval = 0.05
+    interval = 0.25
 
     def __init__(self, bootstrap: str, topic: str = "msgtrace.audit", partitions: int = 3,
                  record_bytes: int = 512 << 10, timeout: float = 10.0, **producer_config: Any) -> None:
@@ -278,6 +280,7 @@ class Emitter:
         self._eid_prefix = f"{r[:8]}-{r[8:12]}-4{r[13:16]}-{'89ab'[int(r[16], 16) & 3]}{r[17:20]}-"
         self.host, self.pid = local_identity()
         self._tail = self._make_tail()
+        self._heads: dict[tuple, bytes] = {}
         try:
             self._writer = SpoolWriter(self.spool_dir, self.emitter_id, self.service, self.fsync,
                                        self._segment_bytes)
@@ -316,9 +319,26 @@ class Emitter:
 
     # --- hot path ---------------------------------------------------------------
     def _make_tail(self) -> bytes:
-        """The constant end of every line (fields that never change for this emitter), without newline."""
+        """The constant fields of every line of this emitter, as a JSON fragment (``,"service":...``)."""
         return orjson.dumps({"service": self.service, "host": self.host, "pid": self.pid,
-                             "emitter_id": self.emitter_id}).replace(b"{", b",", 1)
+                             "emitter_id": self.emitter_id}).replace(b"{", b",", 1)[:-1]
+
+    def _head(self, stage: str, topic: str, consumer_group: str | None, mq: str | None) -> bytes:
+        """The constant start of a line for (stage, topic, group, mq), up to the event_id's seq digits.
+
+        Lines are ``head + <seq hex>", + {variable fields}``: the keys that repeat for a topic are
+        encoded once, not per event (key order is free in the wire format; the key set is fixed).
+        """
+        key = (stage, topic, consumer_group, mq)
+        head = self._heads.get(key)
+        if head is None:
+            head = (orjson.dumps({"stage": stage, "mq": mq or self.mq, "topic": topic,
+                                  "consumer_group": consumer_group})[:-1]
+                    + self._tail + b',"event_id":"' + self._eid_prefix.encode())
+            if len(self._heads) >= 4096:  # bounded: many ad-hoc topics just rebuild heads
+                self._heads.clear()
+            self._heads[key] = head
+        return head
 
     def _append(self, body: bytes) -> None:
         """Copy one line (without its newline) into the spool, then the newline. Caller holds the lock."""
@@ -333,7 +353,6 @@ class Emitter:
         mm[pos:end] = body
         mm[end] = 10  # the newline last: only now is the line complete
         w.seg_size = end + 1
-        w.head = (w.segno, end + 1)
         if w.fsync_always:
             start = pos - pos % mmap.ALLOCATIONGRANULARITY
             mm.flush(start, end + 1 - start)
@@ -348,14 +367,13 @@ class Emitter:
             self._invalid(f"msg_id must be a non-empty string, got {msg_id!r}"[:200])
             return
         try:
+            head = self._heads.get((stage, topic, consumer_group, mq)) or self._head(stage, topic, consumer_group, mq)
             with self._lock:
                 seq = self._seq = self._seq + 1
-                body = orjson.dumps({
-                    "event_id": f"{self._eid_prefix}{seq:012x}", "msg_id": msg_id, "stage": stage,
-                    "ts_us": ts_us or time.time_ns() // 1000, "mq": mq or self.mq, "topic": topic,
-                    "partition": partition, "offset": offset, "consumer_group": consumer_group, "key": key,
-                    "error": error, "trace_id": trace_id, "span_id": span_id, "seq": seq,
-                    "attrs": attrs or {}})[:-1] + self._tail
+                body = head + b'%012x",' % seq + _dumps({
+                    "seq": seq, "ts_us": ts_us or _time_ns() // 1000, "msg_id": msg_id, "partition": partition,
+                    "offset": offset, "key": key, "error": error, "trace_id": trace_id, "span_id": span_id,
+                    "attrs": attrs or _NO_ATTRS})[1:]
                 if self._written - self._shipped_bytes + len(body) >= self.max_spool_bytes or self._closed:
                     self._dropped()
                     return
@@ -375,20 +393,73 @@ class Emitter:
         if not events:
             return
         try:
+            heads = self._heads
             with self._lock:
-                now = time.time_ns() // 1000
-                prefix, mq, tail, dumps, append = self._eid_prefix, self.mq, self._tail, orjson.dumps, self._append
+                now = _time_ns() // 1000
+                append = self._append
                 for ev in events:
+                    msg_id = ev[1]
+                    if type(msg_id) is not str or not msg_id:
+                        self._invalid(f"msg_id must be a non-empty string, got {msg_id!r}"[:200])
+                        continue
+                    head = heads.get((ev[0], ev[2], ev[5], None)) or self._head(ev[0], ev[2], ev[5], None)
                     seq = self._seq = self._seq + 1
-                    body = dumps({
-                        "event_id": f"{prefix}{seq:012x}", "msg_id": ev[1], "stage": ev[0], "ts_us": now,
-                        "mq": mq, "topic": ev[2], "partition": ev[3], "offset": ev[4], "consumer_group": ev[5],
-                        "key": ev[6], "error": ev[7], "trace_id": ev[8], "span_id": ev[9], "seq": seq,
-                        "attrs": ev[10] if len(ev) > 10 else {}})[:-1] + tail
+                    body = head + b'%012x",' % seq + _dumps({
+                        "seq": seq, "ts_us": now, "msg_id": msg_id, "partition": ev[3], "offset": ev[4],
+                        "key": ev[6], "error": ev[7], "trace_id": ev[8], "span_id": ev[9],
+                        "attrs": ev[10] if len(ev) > 10 else _NO_ATTRS})[1:]
                     if self._written - self._shipped_bytes + len(body) >= self.max_spool_bytes or self._closed:
                         self._dropped()
                         continue
                     append(body)
+                    self._recorded += 1
+        except Exception as e:
+            self.counters["errors"] += 1
+            self.last_error = f"{type(e).__name__}: {e}"
+            self._log_rate_limited("msgtrace: could not spool events: %s", self.last_error)
+
+    def emit_rows(self, stage: str, topic: str, consumer_group: str | None, rows: Sequence[tuple]) -> None:
+        """Spool one event per row for one (stage, topic, group): a poll batch or a commit in one go.
+
+        Each row is ``(msg_id, partition, offset, key, trace_id, span_id, attrs_or_None)``; all rows
+        get the same timestamp. Never raises.
+        """
+        if not rows:
+            return
+        try:
+            head = self._heads.get((stage, topic, consumer_group, None)) or self._head(stage, topic,
+                                                                                       consumer_group, None)
+            with self._lock:
+                now = _time_ns() // 1000
+                w = self._writer
+                limit = self.max_spool_bytes + self._shipped_bytes
+                fsync_always = w.fsync_always
+                for msg_id, partition, offset, key, trace_id, span_id, attrs in rows:
+                    if type(msg_id) is not str or not msg_id:
+                        self._invalid(f"msg_id must be a non-empty string, got {msg_id!r}"[:200])
+                        continue
+                    seq = self._seq = self._seq + 1
+                    body = head + b'%012x",' % seq + _dumps({
+                        "seq": seq, "ts_us": now, "msg_id": msg_id, "partition": partition, "offset": offset,
+                        "key": key, "error": None, "trace_id": trace_id, "span_id": span_id,
+                        "attrs": attrs or _NO_ATTRS})[1:]
+                    n = len(body) + 1
+                    if self._written + n > limit or self._closed:
+                        self._dropped()
+                        continue
+                    pos = w.seg_size
+                    if pos + n > w.seg_cap:
+                        w._rotate(n)
+                        pos = 0
+                    end = pos + n - 1
+                    mm = w._mm
+                    mm[pos:end] = body
+                    mm[end] = 10  # the newline last: only now is the line complete
+                    w.seg_size = end + 1
+                    if fsync_always:
+                        start = pos - pos % mmap.ALLOCATIONGRANULARITY
+                        mm.flush(start, end + 1 - start)
+                    self._written += n
                     self._recorded += 1
         except Exception as e:
             self.counters["errors"] += 1
@@ -432,7 +503,10 @@ class Emitter:
                 if self._adopt and time.monotonic() >= next_adopt:
                     next_adopt = time.monotonic() + self._adopt_interval
                     self._scan_dead()
-                busy = self._ship_own()
+                # Ship again at once only while a backlog fills whole chunks; once caught up, linger
+                # for ``interval`` so steady traffic goes out in few large records (few wakeups, few
+                # position saves, little GIL taken from the business threads).
+                busy = self._ship_own() >= self.sink.chunk_bytes // 2
                 busy = self._ship_adopted() or busy
                 backoff = 0.0
             except Exception as e:
@@ -448,17 +522,20 @@ class Emitter:
             self._wake.wait(backoff or self.sink.interval)
             self._wake.clear()
 
-    def _ship_own(self) -> bool:
-        """Ship one chunk of our own spool; True if there may be more."""
-        chunk = self._reader.read(self.sink.chunk_bytes, head=self._writer.head)
+    def _ship_own(self) -> int:
+        """Ship one chunk of our own spool; its size in bytes (0: nothing to ship)."""
+        w = self._writer
+        with self._lock:
+            head = (w.segno, w.seg_size)
+        chunk = self._reader.read(self.sink.chunk_bytes, head=head)
         if chunk is None:
-            return False
+            return 0
         self._ship(chunk)
         self._reader.advance(chunk)
         with self._lock:
             self._shipped_bytes += len(chunk.data)
             self.counters["shipped"] += chunk.lines
-        return True
+        return len(chunk.data)
 
     def _ship(self, chunk: Chunk) -> None:
         self.sink.ship(chunk.data, chunk.lines)

@@ -54,10 +54,20 @@ _TRACEPARENT_RE = re.compile(rb"[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-
 _ZERO_TRACE, _ZERO_SPAN = b"0" * 32, b"0" * 16
 
 
+_HEX_DASH = b"0123456789abcdef-"
+
+
 def parse_traceparent(value: bytes | str | None) -> tuple[str | None, str | None]:
     """(trace_id, span_id) of a W3C traceparent header, or (None, None) if malformed."""
     if not value:
         return None, None
+    if (value.__class__ is bytes and len(value) == 55 and value[2] == 45 and value[35] == 45
+            and value[52] == 45 and not value.translate(None, _HEX_DASH)):
+        # the canonical form every W3C producer writes: slices instead of a regex match
+        trace, span = value[3:35], value[36:52]
+        if trace == _ZERO_TRACE or span == _ZERO_SPAN:
+            return None, None
+        return trace.decode(), span.decode()
     if isinstance(value, str):
         value = value.encode("ascii", "replace")
     m = _TRACEPARENT_RE.match(value.strip().lower())
@@ -104,39 +114,19 @@ class TracedProducer:
         """KafkaProducer.send, plus the ``msgtrace-id`` / ``traceparent`` headers and the send stages."""
         t = self._tracer
         try:
-            trace_id = span_id = traceparent = None
-            has_id = False
-            if headers is None:
-                out_headers: Any = []
-            elif type(headers) is list:
-                out_headers = headers[:]  # never mutate the caller's list
-                for hk, hv in headers:   # a caller (or OTel) may already carry the context / id
-                    if hk == TRACEPARENT:
-                        trace_id, span_id = parse_traceparent(hv)
-                        traceparent = hv
-                    elif hk == MSG_ID_HEADER and hv:
-                        has_id = True
-                        if msg_id is None:
-                            msg_id = bytes(hv).decode("utf-8", "replace")
-            else:
-                out_headers = None  # not a list: kafka-python raises its own TypeError below
-            if msg_id is None:
-                msg_id = t._new_msg_id(topic, key, value)
-            else:
-                msg_id = str(msg_id)
             span = None
-            if traceparent is None:
-                if t._otel_tracer is not None:
-                    span, trace_id, span_id = _start_send_span(t, topic, msg_id, key)
-                else:
-                    trace_id, span_id = t._new_span_ids()
-                if out_headers is not None:
-                    out_headers.append((TRACEPARENT, f"00-{trace_id}-{span_id}-01".encode()))
-            if out_headers is None:
-                out_headers = headers
-            elif not has_id:
-                out_headers.append((MSG_ID_HEADER, msg_id.encode()))
-            k = key_str(key)
+            if headers is None and t._otel_tracer is None:
+                # the common case, kept short: no caller headers, no OpenTelemetry span to start
+                if msg_id is None:
+                    msg_id = t._new_msg_id(topic, key, value)
+                elif msg_id.__class__ is not str:
+                    msg_id = str(msg_id)
+                trace_id, span_id, traceparent = t._send_context()
+                out_headers = [(TRACEPARENT, traceparent), (MSG_ID_HEADER, msg_id.encode())]
+            else:
+                msg_id, out_headers, trace_id, span_id, span = self._send_headers(topic, key, value, headers,
+                                                                                   msg_id)
+            k = None if key is None else key_str(key)
             self._emit(SENT, msg_id, topic, partition, None, None, k, None, trace_id, span_id)
         except Exception as e:  # a bug in the hook must not cost the business its send
             t._hook_error(e)
@@ -152,28 +142,75 @@ class TracedProducer:
                 _end_send_span(span, None, e)
             raise
         try:
-            emit = self._emit
-
-            def acked(md: Any) -> None:
-                emit(BROKER_ACKED, msg_id, topic, md.partition, md.offset, None, k, None, trace_id, span_id)
-                if span is not None:
-                    _end_send_span(span, md, None)
-
-            def failed(e: BaseException) -> None:
-                emit(SEND_FAILED, msg_id, topic, partition, None, None, k, error_text(e), trace_id, span_id,
-                     {"error_type": type(e).__name__})
-                if span is not None:
-                    _end_send_span(span, None, e)
-
+            # one small object per send serves both outcomes (a tuple: no Python __init__ to run)
+            cbs = _SendOutcome((self._emit, msg_id, topic, partition, k, trace_id, span_id, span))
             both = getattr(future, "_add_cb_eb", None)
             if both is not None:
-                both(acked, failed)
+                both(cbs.acked, cbs.failed)
             else:
-                future.add_callback(acked)
-                future.add_errback(failed)
+                future.add_callback(cbs.acked)
+                future.add_errback(cbs.failed)
         except Exception as e:
             t._hook_error(e)
         return future
+
+    def _send_headers(self, topic: str, key: Any, value: Any, headers: Any, msg_id: Any) -> tuple:
+        """The general case: caller headers (kept, never mutated), an existing context or id, OTel spans."""
+        t = self._tracer
+        trace_id = span_id = traceparent = None
+        has_id = False
+        if headers is None:
+            out_headers: Any = []
+        elif type(headers) is list:
+            out_headers = headers[:]  # never mutate the caller's list
+            for hk, hv in headers:   # a caller (or OTel) may already carry the context / id
+                if hk == TRACEPARENT:
+                    trace_id, span_id = parse_traceparent(hv)
+                    traceparent = hv
+                elif hk == MSG_ID_HEADER and hv:
+                    has_id = True
+                    if msg_id is None:
+                        msg_id = bytes(hv).decode("utf-8", "replace")
+        else:
+            out_headers = None  # not a list: kafka-python raises its own TypeError below
+        if msg_id is None:
+            msg_id = t._new_msg_id(topic, key, value)
+        else:
+            msg_id = str(msg_id)
+        span = None
+        if traceparent is None:
+            if t._otel_tracer is not None:
+                span, trace_id, span_id = _start_send_span(t, topic, msg_id, key)
+                traceparent = f"00-{trace_id}-{span_id}-01".encode()
+            else:
+                trace_id, span_id, traceparent = t._send_context()
+            if out_headers is not None:
+                out_headers.append((TRACEPARENT, traceparent))
+        if out_headers is None:
+            out_headers = headers
+        elif not has_id:
+            out_headers.append((MSG_ID_HEADER, msg_id.encode()))
+        return msg_id, out_headers, trace_id, span_id, span
+
+
+class _SendOutcome(tuple):
+    """(emit, msg_id, topic, partition, key, trace_id, span_id, span) of one send; its bound methods are
+    the send future's callback and errback (run on kafka-python's IO thread; never raise)."""
+
+    __slots__ = ()
+
+    def acked(self, md: Any) -> None:
+        emit, msg_id, topic, _, k, trace_id, span_id, span = self
+        emit(BROKER_ACKED, msg_id, topic, md.partition, md.offset, None, k, None, trace_id, span_id)
+        if span is not None:
+            _end_send_span(span, md, None)
+
+    def failed(self, e: BaseException) -> None:
+        emit, msg_id, topic, partition, k, trace_id, span_id, span = self
+        emit(SEND_FAILED, msg_id, topic, partition, None, None, k, error_text(e), trace_id, span_id,
+             {"error_type": type(e).__name__})
+        if span is not None:
+            _end_send_span(span, None, e)
 
 
 def _start_send_span(t: "Tracer", topic: str, msg_id: str, key: Any) -> tuple[Any, str, str]:
@@ -265,11 +302,15 @@ class TracedConsumer:
         return record
 
     def _received(self, tp: Any, records: Any) -> None:
+        """One ``received`` per record, spooled for the whole batch at once (records of one partition)."""
         t = self._tracer
         group = self.group
-        events = []
+        rows = []
         pend = []
         inflight = t._inflight
+        first = records[0]
+        topic, partition = first.topic, first.partition
+        id_fn = t._consumer_msg_id
         for r in records:
             msg_id = trace_id = span_id = None
             for hk, hv in r.headers or ():
@@ -278,19 +319,20 @@ class TracedConsumer:
                 elif hk == TRACEPARENT:
                     trace_id, span_id = parse_traceparent(hv)
             if msg_id is None:
-                msg_id = t._consumer_msg_id(r)
-            events.append((RECEIVED, msg_id, r.topic, r.partition, r.offset, group, key_str(r.key), None,
-                           trace_id, span_id))
-            pend.append((r.offset, msg_id, trace_id, span_id))
-            inflight[(r.topic, r.partition, r.offset)] = (msg_id, group, trace_id, span_id)
-        self._emitter.emit_many(events)
+                msg_id = id_fn(r)
+            off = r.offset
+            k = r.key
+            rows.append((msg_id, partition, off, None if k is None else key_str(k), trace_id, span_id, None))
+            pend.append((off, msg_id, trace_id, span_id))
+            inflight[(topic, partition, off)] = (msg_id, group, trace_id, span_id)
+        self._emitter.emit_rows(RECEIVED, topic, group, rows)
         t._trim_inflight()
         if group is None:
             return
         if tp is None:
             from kafka.structs import TopicPartition
 
-            tp = TopicPartition(records[0].topic, records[0].partition)
+            tp = TopicPartition(topic, partition)
         with self._plock:
             lst = self._pending.get(tp)
             if lst is None:
@@ -331,21 +373,22 @@ class TracedConsumer:
         """The broker accepted ``offsets``: every pending message below them is now committed."""
         try:
             group = self.group
-            events = []
+            batches = []
+            pending = self._pending
             with self._plock:
                 for tp, om in offsets.items():
-                    lst = self._pending.get(tp)
+                    lst = pending.get(tp)
                     if not lst:
                         continue
                     pos = getattr(om, "offset", om)
-                    keep = [p for p in lst if p[0] >= pos]
-                    if len(keep) != len(lst):
-                        for off, msg_id, trace_id, span_id in lst:
-                            if off < pos:
-                                events.append((OFFSET_COMMITTED, msg_id, tp.topic, tp.partition, pos, group,
-                                               None, None, trace_id, span_id, {"record_offset": str(off)}))
-                        self._pending[tp] = keep
-            if events:
-                self._emitter.emit_many(events)
+                    part = tp.partition
+                    rows = [(msg_id, part, pos, None, trace_id, span_id, {"record_offset": str(off)})
+                            for off, msg_id, trace_id, span_id in lst if off < pos]
+                    if rows:
+                        pending[tp] = [p for p in lst if p[0] >= pos] if len(rows) != len(lst) else []
+                        batches.append((tp.topic, rows))
+            emit_rows = self._emitter.emit_rows
+            for topic, rows in batches:  # one spool write burst per partition and commit
+                emit_rows(OFFSET_COMMITTED, topic, group, rows)
         except Exception as e:  # runs on kafka-python's IO path: never raise into it
             self._tracer._hook_error(e)

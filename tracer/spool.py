@@ -96,9 +96,12 @@ class SpoolWriter:
         self.seg_size = 0
         self.seg_cap = 0
         self._mm: mmap.mmap | None = None
-        #: (segment, bytes written in it): how far a reader may read
-        self.head = (1, 0)
         self._rotate(0)
+
+    @property
+    def head(self) -> tuple[int, int]:
+        """(segment, bytes written in it): how far a reader may read (read it under the writer's lock)."""
+        return self.segno, self.seg_size
 
     def _rotate(self, need: int) -> None:
         n = self.segno + 1
@@ -111,7 +114,6 @@ class SpoolWriter:
             os.close(fd)
         old, self._mm = self._mm, mm
         self.segno, self.seg_size, self.seg_cap = n, 0, cap
-        self.head = (n, 0)
         if old is not None:
             old.close()
 
@@ -126,7 +128,6 @@ class SpoolWriter:
         mm[pos:end] = memoryview(line)[:-1]
         mm[end] = 10  # the newline last: only now is the line complete
         self.seg_size = end + 1
-        self.head = (self.segno, end + 1)
         if self.fsync_always:
             start = pos - pos % mmap.ALLOCATIONGRANULARITY
             mm.flush(start, end + 1 - start)

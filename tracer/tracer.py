@@ -14,6 +14,7 @@ emitter writes straight to the store.
 from __future__ import annotations
 
 import atexit
+import contextvars
 import itertools
 import logging
 import os
@@ -35,6 +36,8 @@ log = logging.getLogger("msgtrace")
 MAX_INFLIGHT = 100_000
 _EVENT_FIELDS = ("topic", "partition", "offset", "consumer_group", "key", "error", "trace_id", "span_id")
 _LIVE: "weakref.WeakSet[Tracer]" = weakref.WeakSet()
+_randbytes = random.randbytes
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 
 
 def _otel_current() -> Callable[[], Any] | None:
@@ -43,6 +46,20 @@ def _otel_current() -> Callable[[], Any] | None:
     except ImportError:  # pragma: no cover - opentelemetry-api is a dependency
         return None
     return trace.get_current_span
+
+
+def _otel_context_var() -> contextvars.ContextVar | None:
+    """OpenTelemetry's context variable, if it is the stock contextvars runtime context.
+
+    Reading it is one C call; an empty context means no active span, so a send can start a new
+    trace without going through the OTel API (a few Python calls per send). None: always ask the API.
+    """
+    try:
+        from opentelemetry import context
+    except ImportError:  # pragma: no cover
+        return None
+    cv = getattr(getattr(context, "_RUNTIME_CONTEXT", None), "_current_context", None)
+    return cv if isinstance(cv, contextvars.ContextVar) else None
 
 
 class Tracer:
@@ -73,6 +90,7 @@ class Tracer:
         self._mid_prefix = f"{r[:8]}-{r[8:12]}-4{r[13:16]}-{'89ab'[int(r[16], 16) & 3]}{r[17:20]}-"
         self._mid_counter = itertools.count(1)
         self._current_span = _otel_current()
+        self._otel_cv = _otel_context_var()
         self.default_group: str | None = None
         self.otel_spans = otel_spans
         self._otel_tracer = None
@@ -175,6 +193,22 @@ class Tracer:
         return self._emitter
 
     # --- internals used by the hooks ----------------------------------------------
+    def _send_context(self) -> tuple[str, str, bytes]:
+        """(trace_id, span_id, traceparent header value) for a send.
+
+        With no active OpenTelemetry context (the common case) the ids come from one random draw;
+        otherwise the current span's trace is continued (:meth:`_new_span_ids`).
+        """
+        cv = self._otel_cv
+        if (cv.get() if cv is not None else self._current_span is not None):
+            trace_id, span_id = self._new_span_ids()
+            return trace_id, span_id, f"00-{trace_id}-{span_id}-01".encode()
+        h = _randbytes(24).hex()
+        trace_id, span_id = h[:32], h[32:]
+        if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:  # invalid in W3C (p = 2^-64): draw again
+            return self._send_context()
+        return trace_id, span_id, f"00-{trace_id}-{span_id}-01".encode()
+
     def _new_msg_id(self, topic: str, key: Any, value: Any) -> str:
         if self.id_fn is not None:
             try:
