@@ -84,9 +84,12 @@ def decode_profile(per_record: int, n: int = 50_000) -> dict[str, float]:
     out["orjson.loads per line (parse only)"] = rate(lambda: [orjson.loads(l) for r in recs for l in r.split(b"\n")])
     out["tracer.events.decode_batch (strict, per event)"] = rate(lambda: [decode_batch(r, h) for r in recs])
     out["collectors.decode.decode_record (columnar)"] = rate(lambda: [decode_record(r, h) for r in recs])
-    evs = decode_batch(b"\n".join(recs), h).events
+    evs = [e for r in recs for e in decode_batch(r, h).events]
     out["to_columns (Event objects -> columns)"] = rate(lambda: to_columns(evs))
-    cols = decode_record(b"\n".join(recs), h).columns
+    cols = [[] for _ in range(20)]
+    for r in recs:
+        for c, add in zip(cols, decode_record(r, h).columns):
+            c.extend(add)
     d = tempfile.mkdtemp(prefix="bench-chdb-")
     s = Store(f"chdb://{d}")
     s.init_schema()

@@ -45,7 +45,9 @@ class CollectorConfig:
     max_batch_wait_s: float = 1.0
     poll_timeout_ms: int = 200
     max_poll_records: int = 500
-    session_hold_s: float = 1.0
+    session_hold_s: float = 3.0
+    #: write on a worker thread while the next batch is decoded (one batch in flight)
+    threaded_writes: bool = True
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 10.0
     #: give up (raise) after the store has been failing this long; None: retry forever
@@ -89,7 +91,7 @@ class Processor:
         self.write_step = WriteStep(store, self.commit_step, stats, intent=self._intent,
                                     session_hold=cfg.session_hold_s,
                                     backoff=Backoff(cfg.backoff_initial_s, cfg.backoff_max_s),
-                                    give_up_after=cfg.give_up_after_s)
+                                    give_up_after=cfg.give_up_after_s, threaded=cfg.threaded_writes)
         self.batch_step = BatchStep(self.write_step, max_events=cfg.max_batch_events,
                                     max_records=cfg.max_batch_records, max_wait=cfg.max_batch_wait_s,
                                     raw_limit=cfg.raw_limit, in_window=self._in_window)
@@ -177,8 +179,11 @@ class Processor:
             except Exception as e:  # only the duplicate count depends on it
                 log_event(logging.DEBUG, "cannot read committed metadata", partition=str(p), error=str(e))
                 continue
+            if om is None:  # never committed: no collector wrote anything (the intent comes first)
+                self.window_budget.pop(p, None)
+                continue
             meta = getattr(om, "metadata", None)
-            if meta is None:  # nothing committed yet, or a broker that drops metadata (Tansu)
+            if meta is None:  # a broker that drops commit metadata (Tansu)
                 continue
             self.window_budget.pop(p, None)
             if meta.startswith(INTENT_PREFIX):
@@ -298,6 +303,8 @@ class Processor:
                 self._set_paused(False)
                 n = self._poll_kafka(self.cfg.poll_timeout_ms)
                 self._drain_held()
+                if n == 0:
+                    self.write_step.idle()
                 if n == 0 and self.until_idle:
                     if self.assigned and self._idle():
                         break
@@ -389,7 +396,7 @@ def run_collector(bootstrap: str, topic: str, store_url: str | None, group_id: s
     try:
         proc.run()
     finally:
-        proc.write_step.release()
+        proc.strategy.close()
         try:
             consumer.close(autocommit=False)
         except Exception as e:

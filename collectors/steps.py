@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Callable, Mapping
 
 from tracer.errors import MsgtraceError, QueryError, StoreError
@@ -252,17 +254,24 @@ class BatchStep:
 class WriteStep:
     """Writes a batch to ``trace_events`` and ``quarantine``; hands its offsets on after.
 
-    A failing store keeps the batch here (one batch, no more), rejects new ones,
-    and retries with exponential backoff in ``poll``; the state is logged once
-    per change. On chDB a store session is held across back-to-back batches for
-    at most ``session_hold`` seconds and dropped when idle, so other processes
-    (``trace-msg``, the reconciler) get the directory in between.
+    The write runs on one worker thread (``threaded``), so the next batch is read and
+    decoded while ClickHouse inserts this one (chDB and the socket release the GIL);
+    at most one batch is in flight or waiting for a retry -- a second one is rejected.
+    Kafka calls (the write intent, the commit) stay on the caller's thread.
+
+    A failing store keeps the batch here, rejects new ones, and retries with
+    exponential backoff in ``poll``; the state is logged once per change. On chDB a
+    store session is held across back-to-back batches for at most ``session_hold``
+    seconds (opening one costs ~0.1-0.2 s) and dropped as soon as the source is
+    idle, so other processes (``trace-msg``, the reconciler) get the directory in
+    between: after each release the next batch still has to be read and decoded,
+    which leaves them a gap.
     """
 
     def __init__(self, store: Any, next_step: Step[Mapping[Partition, int]], stats: CollectorStats, *,
-                 intent: Callable[[Batch], None] | None = None, session_hold: float = 1.0,
+                 intent: Callable[[Batch], None] | None = None, session_hold: float = 3.0,
                  backoff: Backoff | None = None, give_up_after: float | None = None,
-                 dup_chunk_bytes: int = 100_000) -> None:
+                 dup_chunk_bytes: int = 100_000, threaded: bool = False) -> None:
         self.store = store
         self.next_step = next_step
         self.stats = stats
@@ -272,20 +281,21 @@ class WriteStep:
         self.give_up_after = give_up_after
         self.dup_chunk_bytes = dup_chunk_bytes
         self.state = StateLog("store")
-        self._pending: Batch | None = None
+        self._pending: Batch | None = None  # accepted, not yet written
+        self._future: Future[None] | None = None  # its write, when in flight on the worker
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="msgtrace-writer") if threaded else None
         self._session: Any = None
         self._session_opened = 0.0
         self._last_write = 0.0
 
-    # chDB session lease
+    # --- chDB session lease (only ever touched on the writer's thread) ---------------
     def _open_session(self) -> None:
         if self._session is None:
             cm = self.store.session()
             cm.__enter__()
             self._session, self._session_opened = cm, time.monotonic()
 
-    def release(self) -> None:
-        """Drop the store session (lets other processes open an embedded store)."""
+    def _release_now(self) -> None:
         cm, self._session = self._session, None
         if cm is not None:
             try:
@@ -293,18 +303,22 @@ class WriteStep:
             except Exception as e:  # closing must not lose the batch state
                 log_event(logging.WARNING, "store session close failed", error=str(e))
 
-    def submit(self, batch: Batch) -> None:
-        if self._pending is not None:
-            self._retry()
-            if self._pending is not None:
-                raise MessageRejected()
-        self._pending = batch
-        self._try_write()
+    def release(self, timeout: float = 30.0) -> None:
+        """Drop the store session (lets other processes open an embedded store)."""
+        if self._executor is None:
+            self._release_now()
+        elif self._session is not None:
+            try:
+                self._executor.submit(self._release_now).result(timeout)
+            except Exception as e:
+                log_event(logging.WARNING, "store session release failed", error=str(e))
 
-    def _retry(self) -> None:
-        if self._pending is not None and self.backoff.ready():
-            self._try_write()
+    def idle(self) -> None:
+        """The source has nothing new: give the embedded store back to other processes."""
+        if self._pending is None:
+            self.release()
 
+    # --- the write ----------------------------------------------------------------------
     def _count_redelivered(self, batch: Batch) -> int:
         """Events of the redelivery window that an earlier (killed) collector already stored."""
         pairs = sorted(set(zip(batch.window_ids, batch.window_msg_ids)))
@@ -330,83 +344,138 @@ class WriteStep:
         return found
 
     def _write(self, batch: Batch) -> None:
+        """Runs on the writer thread (or inline). Idempotent per part: a retry skips what went in."""
         from tracer.events import STORE_COLUMNS
 
-        self._open_session()
-        dups = 0
-        if batch.n_events and not batch.events_written:
-            if self.intent is not None:
-                self.intent(batch)
-            try:
-                dups = self._count_redelivered(batch)
-            except QueryError as e:  # only the count suffers; never block the write on it
-                log_event(logging.WARNING, "duplicate lookup failed", error=str(e))
-            ids = batch.columns[_EVENT_ID]
-            dups += len(ids) - len(set(ids))
-            self.store.insert("trace_events", dict(zip(STORE_COLUMNS, batch.columns)))
-            batch.events_written = True
-            self.stats.inserted += batch.n_events
-            self.stats.duplicates += dups
-        if batch.quarantine and not batch.quarantine_written:
-            q = batch.quarantine
-            self.store.insert("quarantine", {f: [getattr(r, f) for r in q] for f in QuarantineRow.__slots__})
-            batch.quarantine_written = True
-            self.stats.quarantined += len(q)
+        try:
+            self._open_session()
+            if batch.n_events and not batch.events_written:
+                dups = 0
+                try:
+                    dups = self._count_redelivered(batch)
+                except QueryError as e:  # only the count suffers; never block the write on it
+                    log_event(logging.WARNING, "duplicate lookup failed", error=str(e))
+                ids = batch.columns[_EVENT_ID]
+                dups += len(ids) - len(set(ids))
+                self.store.insert("trace_events", dict(zip(STORE_COLUMNS, batch.columns)))
+                batch.events_written = True
+                batch.duplicates = dups
+            if batch.quarantine and not batch.quarantine_written:
+                q = batch.quarantine
+                self.store.insert("quarantine", {f: [getattr(r, f) for r in q] for f in QuarantineRow.__slots__})
+                batch.quarantine_written = True
+            self._last_write = time.monotonic()
+            if self._last_write - self._session_opened >= self.session_hold:
+                self._release_now()
+        except StoreError:
+            self._release_now()
+            raise
 
-    def _try_write(self) -> None:
+    def _start(self) -> None:
         batch = self._pending
-        assert batch is not None
+        assert batch is not None and self._future is None
+        if self.intent is not None and batch.n_events and not batch.events_written:
+            self.intent(batch)
+        if self._executor is not None:
+            self._future = self._executor.submit(self._write, batch)
+            return
         try:
             self._write(batch)
         except StoreError as e:
-            self.release()
-            self.stats.store_failures += 1
-            self.backoff.failed()
-            self.state.set("unavailable", error=str(e), retry_in_s=round(self.backoff.delay, 2),
-                           events=batch.n_events)
-            if (self.give_up_after is not None and self.backoff.since is not None
-                    and time.monotonic() - self.backoff.since > self.give_up_after):
-                raise
+            self._failed(e)
             return
-        self._last_write = time.monotonic()
-        if self._session is not None and self._last_write - self._session_opened >= self.session_hold:
-            self.release()
+        self._done()
+
+    def _harvest(self) -> None:
+        f = self._future
+        if f is None or not f.done():
+            return
+        self._future = None
+        e = f.exception()
+        if e is None:
+            self._done()
+        elif isinstance(e, StoreError):
+            self._failed(e)
+        else:
+            raise e
+
+    def _failed(self, e: StoreError) -> None:
+        batch = self._pending
+        assert batch is not None
+        self.stats.store_failures += 1
+        self.backoff.failed()
+        self.state.set("unavailable", error=str(e), retry_in_s=round(self.backoff.delay, 2),
+                       events=batch.n_events)
+        if (self.give_up_after is not None and self.backoff.since is not None
+                and time.monotonic() - self.backoff.since > self.give_up_after):
+            raise e
+
+    def _done(self) -> None:
+        batch = self._pending
+        assert batch is not None
+        self._pending = None
+        self.stats.inserted += batch.n_events
+        self.stats.duplicates += batch.duplicates
+        self.stats.quarantined += len(batch.quarantine)
         if self.backoff.since is not None:
             self.state.set("ok", down_s=round(time.monotonic() - self.backoff.since, 1))
         self.backoff.ok()
         self.stats.batches += 1
-        self._pending = None
         # The rows are in: only now may the offsets be committed.
         try:
             self.next_step.submit(dict(batch.next_offsets))
         except MessageRejected:  # the commit step merges offsets; it never rejects
             raise AssertionError("commit step rejected offsets") from None
 
+    def _retry(self) -> None:
+        self._harvest()
+        if self._pending is not None and self._future is None and self.backoff.ready():
+            self._start()
+
+    def submit(self, batch: Batch) -> None:
+        if self._pending is not None:
+            self._retry()
+            if self._pending is not None:
+                raise MessageRejected()
+        self._pending = batch
+        self._start()
+
     def poll(self) -> None:
         self._retry()
-        if self._session is not None and self._pending is None and time.monotonic() - self._last_write > 0.1:
-            self.release()
         self.next_step.poll()
 
     def join(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while self._pending is not None:
+            if self._future is not None:
+                try:
+                    self._future.exception(timeout=max(0.0, deadline - time.monotonic()))
+                except FutureTimeout:
+                    return False
+                self._harvest()
+                continue
             if not self.backoff.wait(deadline):
                 break
-            self._try_write()
+            self._start()
         self.release()
         if self._pending is not None:
             return False
         return self.next_step.join(max(0.0, deadline - time.monotonic()))
 
     def reset(self) -> None:
+        if self._future is not None:  # let a write in flight finish; its offsets are not committed
+            try:
+                self._future.exception(timeout=60)
+            except FutureTimeout:
+                pass
+            self._future = None
         self._pending = None
         self.release()
         getattr(self.next_step, "reset", lambda: None)()
 
     @property
     def down(self) -> bool:
-        return self._pending is not None
+        return self._pending is not None and self.backoff.since is not None
 
     @property
     def empty(self) -> bool:
@@ -414,6 +483,8 @@ class WriteStep:
 
     def close(self) -> None:
         self.release()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
         self.next_step.close()
 
 

@@ -103,6 +103,7 @@ class Batch:
     window_msg_ids: list[str] = field(default_factory=list)  # parallel to window_ids
     created: float = field(default_factory=time.monotonic)
     events_written: bool = False
+    duplicates: int = 0  # found when the events were written
     quarantine_written: bool = False
 
 

@@ -125,7 +125,7 @@ class FakeStore:
         return [{"n": 0}]
 
 
-def _chain(store, *, max_events=100, max_wait=60.0):
+def _chain(store, *, max_events=100, max_wait=60.0, threaded=False):
     stats = CollectorStats()
     committed: list[dict] = []
 
@@ -134,7 +134,7 @@ def _chain(store, *, max_events=100, max_wait=60.0):
         committed.append(dict(offsets))
 
     c = CommitStep(commit, stats)
-    w = WriteStep(store, c, stats, backoff=Backoff(0.01, 0.02))
+    w = WriteStep(store, c, stats, backoff=Backoff(0.01, 0.02), threaded=threaded)
     b = BatchStep(w, max_events=max_events, max_wait=max_wait)
     d = DecodeStep(b, 1 << 20)
     return d, b, w, c, stats, committed
@@ -167,17 +167,18 @@ def test_batches_close_by_time() -> None:
     assert store.log == ["insert trace_events 10", "commit {'audit/0': 1}"]
 
 
-def test_store_down_pushes_back_keeps_offsets_and_logs_once(caplog) -> None:
+@pytest.mark.parametrize("threaded", [False, True])
+def test_store_down_pushes_back_keeps_offsets_and_logs_once(caplog, threaded) -> None:
     store = FakeStore()
     store.down = True
-    d, b, w, c, stats, committed = _chain(store, max_events=10)
+    d, b, w, c, stats, committed = _chain(store, max_events=10, threaded=threaded)
     caplog.set_level(logging.INFO, logger="msgtrace.collector")
     d.submit(_msg(0))  # batch 1 -> write step (fails, kept)
     d.submit(_msg(1))  # batch 2 -> ready in the batch step
     d.submit(_msg(2))  # decoded record pending in the decode step
     with pytest.raises(MessageRejected):
         d.submit(_msg(3))
-    for _ in range(5):
+    for _ in range(10):
         time.sleep(0.03)
         d.poll()
     assert committed == [] and stats.store_failures >= 3
@@ -188,6 +189,31 @@ def test_store_down_pushes_back_keeps_offsets_and_logs_once(caplog) -> None:
     assert [list(x.values())[0] for x in committed][-1] == 3
     assert stats.inserted == 30
     assert [r.getMessage() for r in caplog.records].count("store ok") == 1
+    w.close()
+
+
+def test_threaded_writes_commit_in_order_after_each_write() -> None:
+    store = FakeStore()
+    d, b, w, c, stats, committed = _chain(store, max_events=10, threaded=True)
+    for off in range(20):
+        while True:
+            try:
+                d.submit(_msg(off))
+                break
+            except MessageRejected:
+                d.poll()
+                time.sleep(0.001)
+    assert d.join(5)
+    w.close()
+    inserts = [x for x in store.log if x.startswith("insert")]
+    commits = [x for x in store.log if x.startswith("commit")]
+    assert len(inserts) == 20 and stats.inserted == 200
+    assert commits[-1] == "commit {'audit/0': 20}"
+    # every commit comes after the insert of the batch it covers
+    for i, line in enumerate(store.log):
+        if line.startswith("commit"):
+            upto = int(line.rsplit(" ", 1)[1].rstrip("}"))
+            assert sum(1 for x in store.log[:i] if x.startswith("insert")) >= upto
 
 
 def test_quarantine_rows_carry_position_reason_and_raw_prefix() -> None:
