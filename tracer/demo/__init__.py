@@ -33,14 +33,11 @@ def _msgtrace(*args: str, check: bool = True, timeout: float = 300) -> subproces
     return p
 
 
-def compare(story, report: dict[str, Any]) -> tuple[Table, bool]:
+def compare(story, report: dict[str, Any]) -> list[dict[str, Any]]:
     """Injected ground truth beside what the reconciler found, per category and group."""
     found = {(m["msg_id"], m["consumer_group"]): (m["verdict"], frozenset(m.get("flags") or ()))
              for m in report.get("messages", [])}
-    t = Table(title="injected vs detected", show_lines=False)
-    for col in ("category (seed case)", "group", "expected", "injected", "detected", ""):
-        t.add_column(col)
-    ok_all = True
+    rows = []
     for cat in story.cats.values():
         for group, (verdict, flags) in cat.expect.items():
             hits, misses = 0, []
@@ -49,14 +46,41 @@ def compare(story, report: dict[str, Any]) -> tuple[Table, bool]:
                 if got[0] == verdict and flags <= got[1]:
                     hits += 1
                 else:
-                    misses.append(f"{oid}={got[0]}{'+' + ','.join(sorted(got[1])) if got[1] else ''}")
-            ok = hits == len(cat.orders)
-            ok_all &= ok
-            label = verdict + (f" +{','.join(sorted(flags))}" if flags else "")
-            t.add_row(f"{cat.name} ({cat.seed_case})" if group == "red-packet" else "", group, label,
-                      str(len(cat.orders)), str(hits) + (f"  [red]{'; '.join(misses[:3])}[/]" if misses else ""),
-                      "[green]✓[/]" if ok else "[red]✗[/]")
-    return t, ok_all
+                    misses.append({"msg_id": f"{oid}:paid", "verdict": got[0], "flags": sorted(got[1])})
+            rows.append({"category": cat.name, "seed_case": cat.seed_case, "consumer_group": group,
+                         "expected": verdict, "expected_flags": sorted(flags), "injected": len(cat.orders),
+                         "detected": hits, "misses": misses, "ok": hits == len(cat.orders)})
+    return rows
+
+
+def comparison_table(rows: list[dict[str, Any]]) -> Table:
+    t = Table(title="injected (ground truth) vs detected (msgtrace reconcile)")
+    for col, kw in (("category", {}), ("group", {}), ("expected verdict", {}), ("injected", {"justify": "right"}),
+                    ("detected", {"justify": "right"}), ("", {})):
+        t.add_column(col, **kw)
+    prev = None
+    for r in rows:
+        label = r["expected"] + "".join(f" +{f}" for f in r["expected_flags"])
+        miss = "; ".join(f"{m['msg_id']}={m['verdict']}" for m in r["misses"][:3])
+        t.add_row(r["category"] if r["category"] != prev else "", r["consumer_group"], label, str(r["injected"]),
+                  str(r["detected"]) + (f" [red]{miss}[/]" if miss else ""), "[green]✓[/]" if r["ok"] else "[red]✗[/]")
+        prev = r["category"]
+    return t
+
+
+def remedies_table(story) -> Table:
+    from ..verdicts import REMEDY
+
+    t = Table(title="what was injected, and the remedy msgtrace points to")
+    t.add_column("verdict")
+    t.add_column("injected as (seeds)")
+    t.add_column("remedy")
+    for cat in story.cats.values():
+        verdict = cat.expect["red-packet"][0] if cat.name != "redelivered" else "delivered +redelivered"
+        remedy = REMEDY.get(cat.name, "") or ("make processing idempotent (it was: no double payment)"
+                                              if cat.name == "redelivered" else "-")
+        t.add_row(verdict, cat.seed_case, remedy)
+    return t
 
 
 @click.command("demo")
@@ -68,12 +92,13 @@ def compare(story, report: dict[str, Any]) -> tuple[Table, bool]:
 @click.option("--sink", type=click.Choice(["collector", "direct"]), default="collector", show_default=True,
               help="Ship audit events through the audit topic and the collector, or straight to the store.")
 @click.option("--keep", is_flag=True, help="Leave the brokers and the store up for exploring; Ctrl-C ends.")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON on stdout (progress on stderr).")
 @handle_errors
-def demo(workdir: Path | None, scale: int, seed: int, sink: str, keep: bool) -> None:
+def demo(workdir: Path | None, scale: int, seed: int, sink: str, keep: bool, as_json: bool) -> None:
     """Run the red-packet story with each seed loss injected, then reconcile and compare."""
     from .story import Story
 
-    console = Console(stderr=False, highlight=False)
+    console = Console(stderr=as_json, highlight=False)
     workdir = (workdir or Path(tempfile.mkdtemp(prefix="msgtrace-demo-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     story = Story(workdir, scale=scale, seed=seed, sink=sink, console=console)
@@ -102,8 +127,11 @@ def demo(workdir: Path | None, scale: int, seed: int, sink: str, keep: bool) -> 
                       "--expected-dsn", f"sqlite:///{workdir / 'orders.db'}")
         report = json.loads(p.stdout)
         story.step(f"reconciled: {report.get('summary')}")
-        table, ok = compare(story, report)
-        console.print(table)
+        rows = compare(story, report)
+        ok = all(r["ok"] for r in rows)
+        console.print(comparison_table(rows))
+        console.print(remedies_table(story))
+        width = str(max(console.width, 150)) if not console.is_terminal else str(console.width)
         for cat in story.cats.values():
             if not cat.orders:
                 continue
@@ -111,8 +139,11 @@ def demo(workdir: Path | None, scale: int, seed: int, sink: str, keep: bool) -> 
             console.rule(f"trace-msg {msg_id}  [dim]({cat.name})")
             tm = subprocess.run([sys.executable, "-c", "from tracer.cli import trace_msg_main; trace_msg_main()",
                                  msg_id, "--store", store], capture_output=True, text=True, timeout=60,
-                                env={**os.environ, "COLUMNS": str(console.width)})
-            console.print(tm.stdout.rstrip(), markup=False, highlight=False)
+                                env={**os.environ, "COLUMNS": width})
+            console.print(tm.stdout.rstrip(), markup=False, highlight=False, soft_wrap=True)
+        if as_json:
+            sys.stdout.write(json.dumps({"ok": ok, "workdir": str(workdir), "summary": report.get("summary"),
+                                         "categories": rows}) + "\n")
         console.rule()
         console.print(f"{'[green]all injected losses found[/]' if ok else '[red]mismatch between injected and detected[/]'}"
                       f" in {time.time() - t0:.0f} s; workdir {workdir}")

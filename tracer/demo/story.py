@@ -29,6 +29,7 @@ from .proxy import FaultProxy
 
 GROUPS = ("red-packet", "points")
 AUDIT_TOPIC = "msgtrace.audit"
+SESSION_TIMEOUT_S = 6.0  # the apps' consumer session timeout
 
 
 @dataclass(slots=True)
@@ -342,7 +343,11 @@ class Story:
         self.pay(r)
         pts.wait_event("points", order_id=r["order_id"], fresh=True)
         pts.kill()
+        killed_at = time.monotonic()
         self.dead_spools.append(self.workdir / "spool" / "points")
+        # One membership change at a time: the dead member's session (6 s) must expire
+        # before a new member joins, or Tansu can wedge the group mid-rebalance.
+        time.sleep(max(0.0, killed_at + SESSION_TIMEOUT_S + 1.5 - time.monotonic()))
         pts = self.start_app("points", "points", "points.db", commit_every="3")
         pts.wait_event("points", order_id=r["order_id"], fresh=False, timeout=60)
         self.step(f"[yellow]fault[/]: points SIGKILLed after processing {r['order_id']}, before committing; "
