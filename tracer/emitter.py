@@ -418,31 +418,33 @@ class Emitter:
             self.last_error = f"{type(e).__name__}: {e}"
             self._log_rate_limited("msgtrace: could not spool events: %s", self.last_error)
 
-    def emit_rows(self, stage: str, topic: str, consumer_group: str | None, rows: Sequence[tuple]) -> None:
+    def emit_rows(self, stage: str, topic: str, consumer_group: str | None, fixed: dict[str, Any],
+                  rows: Sequence[dict[str, Any]]) -> None:
         """Spool one event per row for one (stage, topic, group): a poll batch or a commit in one go.
 
-        Each row is ``(msg_id, partition, offset, key, trace_id, span_id, attrs_or_None)``; all rows
-        get the same timestamp. Never raises.
+        ``fixed`` holds the wire fields equal for every row (e.g. partition, committed offset),
+        each row the rest (msg_id, ...): together with stage/topic/group/ts_us and the emitter's own
+        fields they must be exactly the wire keys. The shared part is encoded once per call, not
+        per event; all rows get the same timestamp. Never raises.
         """
         if not rows:
             return
         try:
-            head = self._heads.get((stage, topic, consumer_group, None)) or self._head(stage, topic,
-                                                                                       consumer_group, None)
             with self._lock:
-                now = _time_ns() // 1000
+                const = {"stage": stage, "mq": self.mq, "topic": topic, "consumer_group": consumer_group,
+                         "ts_us": _time_ns() // 1000}
+                const.update(fixed)
+                head = _dumps(const)[:-1] + self._tail + b',"event_id":"' + self._eid_prefix.encode()
                 w = self._writer
                 limit = self.max_spool_bytes + self._shipped_bytes
                 fsync_always = w.fsync_always
-                for msg_id, partition, offset, key, trace_id, span_id, attrs in rows:
+                for row in rows:
+                    msg_id = row["msg_id"]
                     if type(msg_id) is not str or not msg_id:
                         self._invalid(f"msg_id must be a non-empty string, got {msg_id!r}"[:200])
                         continue
                     seq = self._seq = self._seq + 1
-                    body = head + b'%012x",' % seq + _dumps({
-                        "seq": seq, "ts_us": now, "msg_id": msg_id, "partition": partition, "offset": offset,
-                        "key": key, "error": None, "trace_id": trace_id, "span_id": span_id,
-                        "attrs": attrs or _NO_ATTRS})[1:]
+                    body = head + b'%012x","seq":%d,' % (seq, seq) + _dumps(row)[1:]
                     n = len(body) + 1
                     if self._written + n > limit or self._closed:
                         self._dropped()

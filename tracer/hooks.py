@@ -322,10 +322,11 @@ class TracedConsumer:
                 msg_id = id_fn(r)
             off = r.offset
             k = r.key
-            rows.append((msg_id, partition, off, None if k is None else key_str(k), trace_id, span_id, None))
+            rows.append({"msg_id": msg_id, "offset": off, "key": None if k is None else key_str(k),
+                         "trace_id": trace_id, "span_id": span_id})
             pend.append((off, msg_id, trace_id, span_id))
             inflight[(topic, partition, off)] = (msg_id, group, trace_id, span_id)
-        self._emitter.emit_rows(RECEIVED, topic, group, rows)
+        self._emitter.emit_rows(RECEIVED, topic, group, {"partition": partition, "error": None, "attrs": {}}, rows)
         t._trim_inflight()
         if group is None:
             return
@@ -381,14 +382,15 @@ class TracedConsumer:
                     if not lst:
                         continue
                     pos = getattr(om, "offset", om)
-                    part = tp.partition
-                    rows = [(msg_id, part, pos, None, trace_id, span_id, {"record_offset": str(off)})
+                    rows = [{"msg_id": msg_id, "trace_id": trace_id, "span_id": span_id,
+                             "attrs": {"record_offset": str(off)}}
                             for off, msg_id, trace_id, span_id in lst if off < pos]
                     if rows:
                         pending[tp] = [p for p in lst if p[0] >= pos] if len(rows) != len(lst) else []
-                        batches.append((tp.topic, rows))
+                        batches.append((tp, pos, rows))
             emit_rows = self._emitter.emit_rows
-            for topic, rows in batches:  # one spool write burst per partition and commit
-                emit_rows(OFFSET_COMMITTED, topic, group, rows)
+            for tp, pos, rows in batches:  # one spool write burst per partition and commit
+                emit_rows(OFFSET_COMMITTED, tp.topic, group,
+                          {"partition": tp.partition, "offset": pos, "key": None, "error": None}, rows)
         except Exception as e:  # runs on kafka-python's IO path: never raise into it
             self._tracer._hook_error(e)
