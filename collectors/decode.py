@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import operator
 import re
-from itertools import chain, repeat
+from itertools import chain
 from typing import Any, Sequence
 
 import orjson
@@ -25,7 +25,7 @@ from tracer.events import (COLUMNS, MAX_RECORD_BYTES, SCHEMA, STAGES, STORE_COLU
 
 from .types import Decoded
 
-_COLSET = frozenset(COLUMNS)
+_NKEYS = {len(COLUMNS)}
 _GET = operator.itemgetter(*COLUMNS)
 _NONE = type(None)
 _STR, _INT, _DICT = {str}, {int}, {dict}
@@ -83,9 +83,13 @@ def fast_columns(objs: list[Any]) -> list[list[Any]] | None:
     """Store columns of ``objs`` if every object is a valid event, else None."""
     if not objs or set(map(type, objs)) != _DICT:
         return None
-    if not all(map(operator.eq, map(dict.keys, objs), repeat(_COLSET))):
+    # 19 keys each and every column key present <=> the key set is exactly the columns
+    if set(map(len, objs)) != _NKEYS:
         return None
-    cols = list(zip(*map(_GET, objs)))
+    try:
+        cols = list(zip(*map(_GET, objs)))
+    except KeyError:
+        return None
     for i, kind, nullable, name in _CHECKS:
         if not _check_column(kind, nullable, name, cols[i]):
             return None

@@ -289,3 +289,38 @@ def test_clickhouse_down_20s_no_loss_resumes_by_itself(kafka_bootstrap, own_serv
     assert stats.store_failures >= 2 and stats.stored == 20_000
     c = counts(url)
     assert c["distinct"] == 20_000
+
+
+@pytest.mark.slow
+def test_kafka_down_collector_reconnects(tansu, server_url):
+    """The broker dies and comes back (a memory broker: empty); the collector carries on by itself."""
+    topic, group = _names()
+    create_topic(tansu.bootstrap, topic, 1)
+    stop = threading.Event()
+    seen: dict = {}
+    result: dict = {}
+    cfg = CollectorConfig(max_batch_events=1_000, max_batch_wait_s=0.2, backoff_initial_s=0.2, backoff_max_s=1.0)
+
+    def run() -> None:
+        try:
+            result["stats"] = run_collector(tansu.bootstrap, topic, server_url, group, config=cfg, stop=stop,
+                                            on_status=lambda st, state: seen.update(stats=st))
+        except BaseException as e:
+            result["error"] = e
+
+    n1 = produce_events(tansu.bootstrap, topic, make_events(2_000), per_record=200)
+    t = threading.Thread(target=run, name="collector")
+    t.start()
+    try:
+        wait_until(lambda: committed(tansu.bootstrap, group, topic, 1) == n1, 60, "the first events")
+        tansu.restart()  # everything the broker had is gone, the port stays
+        create_topic(tansu.bootstrap, topic, 1)
+        produce_events(tansu.bootstrap, topic, make_events(2_000), per_record=200)
+        wait_until(lambda: seen.get("stats") is not None and seen["stats"].stored >= 4_000, 120,
+                   "the collector to reconnect and store the new events")
+        assert t.is_alive()
+    finally:
+        stop.set()
+        t.join(60)
+    assert "error" not in result, result.get("error")
+    assert counts(server_url)["distinct"] == 4_000

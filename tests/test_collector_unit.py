@@ -253,3 +253,19 @@ def test_commit_step_merges_offsets_and_retries() -> None:
 def test_batch_columns_match_store_columns() -> None:
     b = Batch(columns=[[] for _ in STORE_COLUMNS])
     assert len(b.columns) == len(COLUMNS) + 1  # attrs split in two arrays
+
+
+def test_logs_are_structured_and_status_line_names_the_figures() -> None:
+    from collectors.cli import LogFormatter, _status_text
+
+    rec = logging.LogRecord("msgtrace.collector", logging.WARNING, __file__, 1, "store unavailable", None, None)
+    rec.fields = {"error": "cannot reach ClickHouse at h:9000: refused", "retry_in_s": 0.5}
+    text = LogFormatter(False).format(rec)
+    assert 'level=warning' in text and 'event="store unavailable"' in text and "retry_in_s=0.5" in text
+    assert 'error="cannot reach ClickHouse at h:9000: refused"' in text
+    js = orjson.loads(LogFormatter(True).format(rec))
+    assert js["event"] == "store unavailable" and js["retry_in_s"] == 0.5
+    stats = CollectorStats(inserted=1000, duplicates=10, quarantined=2, lag=5)
+    line = _status_text(stats, "running", 1234.0)
+    for part in ("1,234 events/s", "stored 990", "lag 5", "quarantined 2", "last commit never"):
+        assert part in line
