@@ -327,3 +327,76 @@ def test_ship_command_to_the_audit_topic(kafka_bootstrap, tmp_path):
     events = read_audit(kafka_bootstrap, topic, expect=30)
     assert sorted(ev.seq for ev in events) == list(range(1, 31))
     assert os.listdir(tmp_path / "spool") == []
+
+
+def test_emit_rows_lines_are_valid_and_share_the_seq(tmp_path):
+    """Batch spooling (a poll's received, a commit's offset_committed): valid wire lines, one gap-free seq."""
+    sink = ListSink()
+    e = Emitter("rows", sink, str(tmp_path))
+    e.emit("sent", "m0", "orders", key="k\"0\n")  # JSON escaping still done by orjson
+    e.emit_rows("received", "orders", "g1", {"partition": 2, "error": None, "attrs": {}},
+                [{"msg_id": f"m{i}", "offset": 10 + i, "key": None, "trace_id": "0af7651916cd43dd8448eb211c80319c",
+                  "span_id": "b7ad6b7169203331"} for i in range(1, 4)])
+    e.emit_rows("offset_committed", "orders", "g1", {"partition": 2, "offset": 13, "key": None, "error": None},
+                [{"msg_id": "", "trace_id": None, "span_id": None, "attrs": {}},  # invalid: counted, no seq used
+                 {"msg_id": "m1", "trace_id": None, "span_id": None, "attrs": {"record_offset": "11"}}])
+    e.emit_rows("received", "orders", "g1", {"partition": 0, "error": None, "attrs": {}}, [])  # nothing to do
+    e.emit_many([("received", "m9", "other", 1, 5, None, "k", None, None, None)])
+    assert e.flush(10)
+    evs = sink.events
+    assert [ev.seq for ev in evs] == [1, 2, 3, 4, 5, 6]
+    assert evs[0].key == "k\"0\n" and evs[0].consumer_group is None
+    rec = evs[1:4]
+    assert [(ev.stage, ev.msg_id, ev.partition, ev.offset, ev.consumer_group) for ev in rec] == [
+        ("received", f"m{i}", 2, 10 + i, "g1") for i in range(1, 4)]
+    assert {ev.trace_id for ev in rec} == {"0af7651916cd43dd8448eb211c80319c"}
+    com = evs[4]
+    assert (com.stage, com.msg_id, com.partition, com.offset, com.attrs) == (
+        "offset_committed", "m1", 2, 13, {"record_offset": "11"})
+    assert evs[5].topic == "other" and evs[5].consumer_group is None
+    assert len({ev.event_id for ev in evs}) == 6 and {ev.emitter_id for ev in evs} == {e.emitter_id}
+    assert e.stats["invalid"] == 1
+    e.close()
+
+
+def test_emit_rows_respects_the_spool_bound(tmp_path):
+    sink = ListSink()
+    sink.down = True
+    e = Emitter("rows-bounded", sink, str(tmp_path), max_spool_bytes=5_000)
+    e.emit_rows("received", "orders", "g", {"partition": 0, "error": None, "attrs": {}},
+                [{"msg_id": f"m{i}", "offset": i, "key": None, "trace_id": None, "span_id": None}
+                 for i in range(100)])
+    s = e.stats
+    assert s["dropped"] > 0 and s["recorded"] + s["dropped"] == 100 and s["spooled_bytes"] <= 5_000
+    sink.down = False
+    assert e.flush(20)
+    assert [ev.seq for ev in sink.events] == list(range(1, s["recorded"] + 1))
+    e.close()
+
+
+def test_line_heads_cache_is_bounded_and_correct(tmp_path):
+    sink = ListSink()
+    e = Emitter("heads", sink, str(tmp_path), max_spool_bytes=1 << 30)
+    for i in range(5000):
+        e.emit("sent", f"m{i}", f"topic-{i}")
+    assert len(e._heads) <= 4096
+    assert e.flush(30)
+    assert [(ev.msg_id, ev.topic) for ev in sink.events] == [(f"m{i}", f"topic-{i}") for i in range(5000)]
+    e.close()
+
+
+def test_shipper_lingers_when_caught_up_but_flush_is_prompt(tmp_path):
+    """Steady traffic ships in few large chunks; flush() still wakes the shipper at once."""
+    sink = ListSink()
+    sink.interval = 3600.0  # lingering forever unless woken
+    e = Emitter("linger", sink, str(tmp_path))
+    e.emit("sent", "m1")
+    assert e.flush(5)  # woken, not waiting an hour
+    for i in range(1000):  # a backlog of several chunks: shipped chunk after chunk
+        e.emit("sent", f"x{i}")
+    assert e.pending_bytes() > 3 * sink.chunk_bytes
+    calls = sink.calls
+    assert e.flush(10) and len(sink.events) == 1001
+    assert sink.calls - calls >= 3
+    assert [ev.seq for ev in sink.events] == list(range(1, 1002))
+    e.close()

@@ -277,3 +277,92 @@ def test_proxies_forward_everything(kafka_bootstrap, tmp_path):
     assert len(sent) == 1 and len(sent[0].msg_id) == 36
     assert t.stats["hook_errors"] == 1
     t.close(0)
+
+
+def test_traceparent_fast_path_agrees_with_the_regex():
+    from tracer.hooks import _TRACEPARENT_RE, parse_traceparent
+
+    def slow(v):
+        if isinstance(v, str):
+            v = v.encode("ascii", "replace")
+        m = _TRACEPARENT_RE.match(v.strip().lower())
+        if m is None or m[1] == b"0" * 32 or m[2] == b"0" * 16:
+            return None, None
+        return m[1].decode(), m[2].decode()
+
+    good = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    cases = [good, good.upper(), good.decode(), b" " + good, good[:-1], good + b"x",
+             b"00-" + b"0" * 32 + b"-b7ad6b7169203331-01", b"00-0af7651916cd43dd8448eb211c80319c-" + b"0" * 16 + b"-01",
+             b"00-0af7651916cd43dd8448eb211c80319g-b7ad6b7169203331-01", b"00+0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+             b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b716920333--01", b"ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"]
+    for v in cases:
+        assert parse_traceparent(v) == slow(v), v
+    assert parse_traceparent(good) == ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
+    assert parse_traceparent(None) == parse_traceparent(b"") == (None, None)
+
+
+def test_send_context_new_trace_or_the_active_otel_span(tmp_path):
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from tracer.hooks import parse_traceparent
+
+    t = Tracer(service="ctx", sink=NullSink(), spool_dir=str(tmp_path))
+    seen = set()
+    for _ in range(200):
+        trace_id, span_id, tp = t._send_context()
+        assert len(trace_id) == 32 and len(span_id) == 16 and int(trace_id, 16) and int(span_id, 16)
+        assert parse_traceparent(tp) == (trace_id, span_id) and tp == f"00-{trace_id}-{span_id}-01".encode()
+        seen.add(trace_id)
+    assert len(seen) == 200  # a new trace per send
+    otel = TracerProvider().get_tracer("test")
+    with otel.start_as_current_span("checkout") as span:
+        trace_id, span_id, tp = t._send_context()
+        assert trace_id == f"{span.get_span_context().trace_id:032x}"  # the business trace is continued
+        assert span_id != f"{span.get_span_context().span_id:016x}"
+    assert t._send_context()[0] != trace_id  # context gone: a new trace again
+    t.close(0)
+
+
+class _FutureProducer:
+    """A stand-in producer handing out kafka-python Futures (resolved by the test)."""
+
+    def __init__(self, done=None):
+        from kafka.future import Future
+
+        self.futures = []
+        self._future, self._done = Future, done
+
+    def send(self, topic, value=None, key=None, headers=None, partition=None, timestamp_ms=None):
+        f = self._future()
+        if self._done is not None:
+            f.failure(self._done)
+        self.futures.append((f, headers))
+        return f
+
+
+def test_one_callback_object_records_ack_or_failure(tmp_path):
+    from kafka.producer.future import RecordMetadata
+
+    t = Tracer(service="cb", sink=NullSink(), spool_dir=str(tmp_path))
+    stub = _FutureProducer()
+    p = t.wrap_producer(stub)
+    f1 = p.send("orders", b"v", key=b"k1", msg_id="m1")
+    f2 = p.send("orders", b"v", key=None, msg_id="m2", partition=3)
+    (fut1, h1), (fut2, h2) = stub.futures
+    assert fut1 is f1 and fut2 is f2  # the caller gets kafka-python's own future
+    assert [k for k, _ in h1] == ["traceparent", MSG_ID_HEADER] and dict(h1)[MSG_ID_HEADER] == b"m1"
+    fut1.success(RecordMetadata("orders", 1, TopicPartition("orders", 1), 42, 0, None, 2, 1, 60))
+    fut2.failure(KafkaTimeoutError("batch expired"))
+    assert f2.exception.__class__ is KafkaTimeoutError  # unchanged for the caller
+    failing = t.wrap_producer(_FutureProducer(done=KafkaTimeoutError("already failed")))
+    failing.send("orders", b"v", msg_id="m3")  # a future already failed when the callbacks are added
+    events = {(e.msg_id, e.stage): e for e in spool_events(t)}
+    ack = events[("m1", "broker_acked")]
+    assert (ack.partition, ack.offset, ack.key) == (1, 42, "k1")
+    assert ack.trace_id == events[("m1", "sent")].trace_id == h1[0][1].decode()[3:35]
+    fail = events[("m2", "send_failed")]
+    assert fail.error == f"KafkaTimeoutError: {f2.exception}" and fail.partition == 3
+    assert fail.attrs == {"error_type": "KafkaTimeoutError"}
+    assert events[("m3", "send_failed")].error.endswith("already failed")
+    assert ("m2", "broker_acked") not in events and t.stats["hook_errors"] == 0
+    t.close(0)

@@ -62,7 +62,7 @@ def parse_traceparent(value: bytes | str | None) -> tuple[str | None, str | None
     if not value:
         return None, None
     if (value.__class__ is bytes and len(value) == 55 and value[2] == 45 and value[35] == 45
-            and value[52] == 45 and not value.translate(None, _HEX_DASH)):
+            and value[52] == 45 and not value.translate(None, _HEX_DASH) and value.count(b"-") == 3):
         # the canonical form every W3C producer writes: slices instead of a regex match
         trace, span = value[3:35], value[36:52]
         if trace == _ZERO_TRACE or span == _ZERO_SPAN:
