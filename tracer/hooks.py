@@ -118,7 +118,8 @@ class TracedProducer:
             if headers is None and t._otel_tracer is None:
                 # the common case, kept short: no caller headers, no OpenTelemetry span to start
                 if msg_id is None:
-                    msg_id = t._new_msg_id(topic, key, value)
+                    msg_id = (f"{t._mid_prefix}{next(t._mid_counter):012x}" if t.id_fn is None
+                              else t._new_msg_id(topic, key, value))
                 elif msg_id.__class__ is not str:
                     msg_id = str(msg_id)
                 trace_id, span_id, traceparent = t._send_context()
@@ -126,7 +127,12 @@ class TracedProducer:
             else:
                 msg_id, out_headers, trace_id, span_id, span = self._send_headers(topic, key, value, headers,
                                                                                    msg_id)
-            k = None if key is None else key_str(key)
+            if key is None:
+                k = None
+            elif key.__class__ is bytes and len(key) <= 1024:
+                k = key.decode("utf-8", "replace")
+            else:
+                k = key_str(key)
             self._emit(SENT, msg_id, topic, partition, None, None, k, None, trace_id, span_id)
         except Exception as e:  # a bug in the hook must not cost the business its send
             t._hook_error(e)
