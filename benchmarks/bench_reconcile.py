@@ -40,7 +40,7 @@ INSERT INTO {db:Identifier}.trace_events
 SELECT
     toString(generateUUIDv4(number)) AS event_id,
     concat('order-', toString(n), ':paid') AS msg_id,
-    multiIf(n % 1000 = 3 AND k >= 2, 'sent', n % 1000 = 7 AND k = 4, 'received',
+    multiIf(n % 1000 = {broken:UInt64} AND k >= 2, 'sent', n % 1000 = 7 AND {lossy:UInt8} = 1 AND k = 4, 'received',
             ['sent', 'broker_acked', 'received', 'offset_committed', 'business_done'][k + 1]) AS stage,
     {t0:UInt64} + n * {step:UInt64} + k * 1500 AS ts_us,
     if(k < 2, 'order-service', 'red-packet-service') AS service,
@@ -48,10 +48,10 @@ SELECT
     'kafka' AS mq,
     toUInt32(1000 + n % 4) AS pid,
     'orders.paid' AS topic,
-    if(k = 0 OR (n % 1000 = 3 AND k >= 2), CAST(NULL AS Nullable(Int32)), toNullable(toInt32(n % 12))) AS partition,
-    if(k = 0 OR (n % 1000 = 3 AND k >= 2), CAST(NULL AS Nullable(Int64)),
+    if(k = 0 OR (n % 1000 = {broken:UInt64} AND k >= 2), CAST(NULL AS Nullable(Int32)), toNullable(toInt32(n % 12))) AS partition,
+    if(k = 0 OR (n % 1000 = {broken:UInt64} AND k >= 2), CAST(NULL AS Nullable(Int64)),
        toNullable(toInt64(intDiv(n, 12) + if(k = 3, 1, 0)))) AS offset,
-    if(k < 2 OR (n % 1000 = 3 AND k >= 2), CAST(NULL AS Nullable(String)), toNullable('red-packet')) AS consumer_group,
+    if(k < 2 OR (n % 1000 = {broken:UInt64} AND k >= 2), CAST(NULL AS Nullable(String)), toNullable('red-packet')) AS consumer_group,
     toNullable(toString(n)) AS key,
     CAST(NULL AS Nullable(String)) AS error,
     toNullable(lower(hex(MD5(toString(n))))) AS trace_id,
@@ -81,11 +81,12 @@ FROM
 """
 
 
-def generate(store: Store, messages: int, chunk: int = 1_000_000) -> float:
+def generate(store: Store, messages: int, chunk: int = 1_000_000, lossy: bool = True) -> float:
     t = time.perf_counter()
     for base in range(0, messages, chunk):
         n = min(chunk, messages - base)
-        store.command(GEN_SQL, {"t0": T0, "step": STEP_US, "base": base, "rows": n * 5})
+        store.command(GEN_SQL, {"t0": T0, "step": STEP_US, "base": base, "rows": n * 5,
+                                "lossy": 1 if lossy else 0, "broken": 3 if lossy else 1000})
     store.command("OPTIMIZE TABLE {db:Identifier}.trace_events FINAL")
     return time.perf_counter() - t
 
@@ -95,10 +96,25 @@ def stats(xs: list[float]) -> str:
             f"n={len(xs)})")
 
 
-def bench_reconcile(root: str, messages: int, repeats: int) -> dict:
-    store = Store(f"chdb://{root}/rec")
+def bench_reconcile(root: str, messages: int, repeats: int, lossy: bool) -> dict:
+    import tracer.reconcile as R
+
+    store = Store(f"chdb://{root}/rec-{'lossy' if lossy else 'clean'}")
     store.init_schema()
-    gen_s = generate(store, messages)
+    gen_s = generate(store, messages, lossy=lossy)
+    steps: dict[str, list[float]] = {}
+    orig_run, orig_qf = R._run, store.query_file
+
+    def timed(key, fn, *args):
+        t = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            steps.setdefault(key, []).append(time.perf_counter() - t)
+
+    R._run = lambda st, sql, params: timed("pass 2 (details)" if "reconcile, pass 2" in sql.lower()
+                                           else "pass 1 (every pair)", orig_run, st, sql, params)
+    store.query_file = lambda name, params=None: timed(name, orig_qf, name, params)
     lo, hi = T0, T0 + messages * STEP_US + 60_000_000
     now = hi + 3600 * 1_000_000
     bare, rec, ratios = [], [], []
@@ -115,11 +131,12 @@ def bench_reconcile(root: str, messages: int, repeats: int) -> dict:
             bare.append(tb)
             rec.append(tr)
             ratios.append(tr / tb)
+    R._run = orig_run
     assert b[0]["messages"] == messages, b
     assert res is not None and res.total == messages, res.total
     store.close()
     return {"gen_s": gen_s, "bare": bare, "reconcile": rec, "ratios": ratios, "summary": res.summary,
-            "rows": len(res.rows)}
+            "rows": len(res.rows), "steps": steps}
 
 
 def bench_trace(root: str, events: int, repeats: int, lookups: int = 60) -> dict:
@@ -161,17 +178,22 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--keep", metavar="DIR", help="work in DIR and keep it")
     ap.add_argument("--skip-trace", action="store_true")
+    ap.add_argument("--skip-reconcile", action="store_true")
     a = ap.parse_args()
     root = a.keep or tempfile.mkdtemp(prefix="msgtrace-bench-")
     os.makedirs(root, exist_ok=True)
     try:
-        r = bench_reconcile(root, a.messages, a.repeats)
-        print(f"generated {a.messages} messages x 5 stages in {r['gen_s']:.1f} s")
-        print(f"bare GROUP BY msg_id: {stats(r['bare'])}")
-        print(f"reconcile:            {stats(r['reconcile'])}")
-        rs = r["ratios"]
-        print(f"ratio reconcile/bare: median {statistics.median(rs):.2f} (min {min(rs):.2f}, max {max(rs):.2f})")
-        print(f"verdicts: {r['summary']}; rows to Python: {r['rows']}")
+        for lossy in (() if a.skip_reconcile else (False, True)):
+            r = bench_reconcile(root, a.messages, a.repeats, lossy)
+            print(f"== {'0.2 % of messages lost (spread over every partition)' if lossy else 'clean window (nothing lost)'}")
+            print(f"generated {a.messages} messages x 5 stages in {r['gen_s']:.1f} s")
+            print(f"bare GROUP BY msg_id: {stats(r['bare'])}")
+            print(f"reconcile:            {stats(r['reconcile'])}")
+            rs = r["ratios"]
+            print(f"ratio reconcile/bare: median {statistics.median(rs):.2f} (min {min(rs):.2f}, max {max(rs):.2f})")
+            print(f"verdicts: {r['summary']}; rows to Python: {r['rows']}")
+            for k, xs in r["steps"].items():
+                print(f"  step {k}: median {statistics.median(xs):.3f} s (n={len(xs)})")
         if not a.skip_trace:
             t = bench_trace(root, a.trace_events, a.repeats)
             ms = [x * 1000 for x in t["lookup"]]

@@ -138,9 +138,15 @@ def test_errors_exit_2(tmp_path):
 
 @pytest.mark.parametrize("m", ["epoch-pending", "brk-lost"])
 def test_broker_verdict_in_trace_msg(store, m):
+    """g1 never received these: trace-msg judges g1 once a reconcile run did, or with --topic-groups."""
+    from tracer.reconcile import reconcile
+
     store.insert_events(scenario_events().events)
+    assert "g1" not in {v["consumer_group"] for v in orjson.loads(run(store, m, "--json").stdout)["verdicts"]}
+    r = run(store, m, "--json", "--topic-groups")
+    got = {v["consumer_group"]: v["verdict"] for v in orjson.loads(r.stdout)["verdicts"]}
+    assert got["g1"] == EXPECT[(m, "g1")][0] and r.exit_code == 1
+    reconcile(store, T0, T0 + HOUR, now_us=T0 + 10 * HOUR)
     r = run(store, m, "--json")
-    doc = orjson.loads(r.stdout)
-    got = {v["consumer_group"]: v["verdict"] for v in doc["verdicts"]}
-    assert got["g1"] == EXPECT[(m, "g1")][0]
-    assert r.exit_code == 1
+    got = {v["consumer_group"]: v["verdict"] for v in orjson.loads(r.stdout)["verdicts"]}
+    assert got["g1"] == EXPECT[(m, "g1")][0] and r.exit_code == 1

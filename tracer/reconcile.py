@@ -1,10 +1,17 @@
 """The reconciler: one verdict per (message, consumer group), with evidence and remedy.
 
-All heavy work is ClickHouse SQL from ``queries/`` (``reconcile_pairs.sql`` aggregates the events per
-message and group and names the verdict; plainly delivered pairs come back as one count per topic and
-group). Python only handles the pairs worth reading: it decides ``lost_in_broker`` versus
-``pending_in_broker`` from evidence that survives offset reuse, flags emitter seq gaps, writes the
-evidence in words, and stores the run and its verdicts back in ClickHouse.
+All heavy work is ClickHouse SQL from ``queries/``, in two passes:
+
+1. ``reconcile_scan*.sql`` judges every (msg_id, group) pair of the window in one lean GROUP BY
+   (packed bitmasks and counts); plainly delivered pairs come back as one count per topic and group,
+   every other pair by its key;
+2. ``reconcile_pairs.sql`` collects the facts that decide those pairs (times, partitions, offsets,
+   errors, exact counts) for their messages only.
+
+Python then handles just those pairs: it decides ``lost_in_broker`` versus ``pending_in_broker`` from
+evidence that survives offset reuse, flags emitter seq gaps, writes the evidence in words, and
+stores the run and its verdicts back in ClickHouse. ``never_sent`` comes from expected ids staged
+in ClickHouse by a columnar insert.
 """
 from __future__ import annotations
 
@@ -26,12 +33,6 @@ _BITS = {"sent": 1, "send_failed": 2, "broker_acked": 4, **_CONSUMER_BITS}
 #: Pipeline order for "the furthest stage reached" (an outcome is further than a commit).
 _ORDER = ("sent", "send_failed", "broker_acked", "received", "offset_committed", "business_failed",
           "dead_lettered", "business_done")
-_FRAG_EXPECTED = """UNION ALL
-                    SELECT
-                        msg_id, '' AS g, toUInt8(0) AS bit, toUInt8(1) AS is_expected, '' AS event_id,
-                        '' AS stage, toUInt64(0) AS ts_us, toInt64(-1) AS part, toInt64(-1) AS off,
-                        '' AS err, '' AS topic, '' AS tid
-                    FROM {db:Identifier}.`%s`"""
 _FRAG_WINDOW = "(msg_time >= {from_us:UInt64} AND msg_time < {to_us:UInt64}) OR expected = 1"
 _FRAG_ONE_MSG = "AND msg_id = {msg_id:String}"
 Progress = Callable[[str], None]
@@ -622,15 +623,17 @@ def _groups_around(store: Store, events: Sequence[Any], window_s: int) -> set[st
 
 def judge_message(store: Store, msg_id: str, groups: Iterable[str] = (), bootstrap: str | None = None,
                   now_us: int | None = None, events: Sequence[Any] | None = None,
-                  topic_groups_window_s: int = 3600) -> list[Verdict]:
-    """Verdicts of one message for every group seen for it, or receiving from its topic within
-    ``topic_groups_window_s`` (0: not looked up), plus ``groups``; no window, no grace."""
+                  topic_groups_window_s: int = 0) -> list[Verdict]:
+    """Verdicts of one message for every group seen for it, every group a reconcile run judged it
+    for, ``groups``, and (``topic_groups_window_s`` > 0; a scan, slower on big stores) every group
+    receiving from its topic within that many seconds of it. No window, no grace."""
     now = now_us if now_us is not None else time.time_ns() // 1000
     if events is None:
         events = store.select_events(msg_id)
     if not events:
         return []
-    groups = set(groups)
+    groups = set(groups) | {r["consumer_group"] for r in store.query_file("trace_msg_stored_groups",
+                                                                          {"msg_id": msg_id})}
     if topic_groups_window_s:
         groups |= _groups_around(store, events, topic_groups_window_s)
     out = [make_verdict(r) for r in judge_events(msg_id, events, groups, now)]

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from .cliutil import EXIT_ERROR, EXIT_LOST, EXIT_OK, EXIT_UNKNOWN, err, handle_errors, json_option, out, store_option
+from .cliutil import EXIT_LOST, EXIT_OK, EXIT_UNKNOWN, err, handle_errors, json_option, out, store_option
 from .events import Event
 
 _SEPARATORS = ":-_./#|@ "
@@ -103,15 +103,20 @@ def print_verdicts(verdicts: list[Any]) -> None:
 @click.option("--group", "groups", multiple=True, metavar="GROUP",
               help="A consumer group expected to process the message (repeatable); judged even if it never "
                    "received it. Default: the groups seen for this message.")
+@click.option("--topic-groups", is_flag=True,
+              help="Also judge the message for every group that received from its topic within an hour of "
+                   "it (scans that hour: slower on big stores).")
 @click.option("--bootstrap", envvar="MSGTRACE_KAFKA_BOOTSTRAP", metavar="HOST:PORT",
               help="Ask Kafka live for committed offsets when deciding lost_in_broker vs pending_in_broker.")
 @store_option
 @json_option
 @handle_errors
-def trace_msg(msg_id: str, groups: tuple[str, ...], bootstrap: str | None, store_url: str | None,
-              as_json: bool) -> None:
+def trace_msg(msg_id: str, groups: tuple[str, ...], topic_groups: bool, bootstrap: str | None,
+              store_url: str | None, as_json: bool) -> None:
     """Show where message MSG_ID went: its timeline, its verdict per consumer group and the remedy.
 
+    The groups judged: those seen for the message, those a `msgtrace reconcile` run judged it for,
+    --group, and with --topic-groups those receiving from its topic around its time.
     Exit status: 0 delivered to every expected group, 1 not, 3 unknown id, 2 error.
     """
     from .reconcile import judge_message
@@ -121,7 +126,8 @@ def trace_msg(msg_id: str, groups: tuple[str, ...], bootstrap: str | None, store
         raise click.UsageError("MSG_ID must not be empty")
     with Store(store_url) as store, store.session():
         events = store.select_events(msg_id)
-        verdicts = judge_message(store, msg_id, groups, bootstrap=bootstrap, events=events) if events else []
+        verdicts = judge_message(store, msg_id, groups, bootstrap=bootstrap, events=events,
+                                 topic_groups_window_s=3600 if topic_groups else 0) if events else []
         similar = similar_ids(store, msg_id) if not events else []
     delivered = bool(verdicts) and all(v.verdict == "delivered" for v in verdicts)
     code = EXIT_UNKNOWN if not events else (EXIT_OK if delivered else EXIT_LOST)
@@ -152,5 +158,3 @@ def trace_msg(msg_id: str, groups: tuple[str, ...], bootstrap: str | None, store
     print_verdicts(verdicts)
     sys.exit(code)
 
-
-__all__ = ["trace_msg", "EXIT_ERROR"]
