@@ -178,20 +178,32 @@ def main() -> None:
 
 
 NOTES = """
-## Notes
+## Where the time goes
 
-- The strict validator `tracer.events.validate_event` (+ an `Event` per line) was the bottleneck.
-  `collectors/decode.py` checks a record column-wise instead (orjson per line, `itemgetter`/`zip`
-  transposition, type sets, min/max, one regex over the joined ids). It only *accepts* records that
-  the strict validator accepts line by line; any record it does not accept goes through
-  `decode_batch` itself, so bad lines, their line numbers and error messages are exactly the strict
-  validator's (tests/test_collector_unit.py compares both on 30+ kinds of bad line).
-- What remains is mostly `orjson.loads` building one dict of 19 keys per event; on this machine that
-  alone is well under the 200k events/s target, so the target is not reached with per-event Python
-  objects. The next step would be parsing NDJSON straight into Arrow columns (pyarrow.json reads
-  these records at ~400k events/s here) with the same strictness checks done on the Arrow columns;
-  the hard part is telling a missing key from a null one and checking `attrs` (free keys), so it is
-  not done yet.
+- The target (>= 200k events/s into chDB on one process) is **not reached**. The collector is
+  CPU-bound in Python on the decode path; the store is not the limit (chDB takes the same
+  columns at ~250k+ events/s, the 18.16 server at a similar rate through clickhouse-driver).
+- The strict validator `tracer.events.validate_event` (+ an `Event` per line, then `to_columns`)
+  was the first bottleneck (~40k events/s alone). `collectors/decode.py` checks a record
+  column-wise instead (orjson per line, `itemgetter`/`zip` transposition, type sets, min/max, one
+  regex over the joined ids): about 2x faster. It only *accepts* records that the strict
+  validator accepts line by line; any record it does not accept goes through `decode_batch`
+  itself, so bad lines, their line numbers and error messages are exactly the strict validator's
+  (tests/test_collector_unit.py compares both on 30+ kinds of bad line).
+- What remains is mostly `orjson.loads` building one dict of 19 keys per event (~5-7 us per event
+  here) plus the transposition and checks (~5 us). Inside the running collector the decode is
+  slower than in isolation (~15-20 us per event) because three threads share the GIL on two
+  cores: kafka-python's IO thread (fetch, record parsing, CRC), the decode on the main thread,
+  and the writer thread's Arrow conversion / clickhouse-driver serialisation. Writing on the
+  worker thread (one batch in flight) still gains ~20% over writing inline.
+- Next step for a large gain: parse NDJSON straight into Arrow columns in C++ (`pyarrow.json`
+  reads these records at ~400k events/s here and releases the GIL) and do the strict checks as
+  Arrow compute kernels, falling back to `decode_batch` for any record that fails. Not done: the
+  Arrow reader cannot tell a missing key from a null one, and `attrs` (free keys) comes out as a
+  struct, so keeping the checks exactly equal needs more care than was available.
+- Commit metadata (the write intent used to count redelivered duplicates precisely) is dropped
+  by Tansu; the fallback looks up the first batch's worth of events after each assignment when
+  the group has committed before (not the case in these runs).
 """
 
 

@@ -53,6 +53,11 @@ def setup_logging(level: str, as_json: bool) -> None:
         lg.handlers[:] = [handler]
         lg.setLevel(level.upper())
         lg.propagate = False
+    # kafka-python logs every failed reconnect; our own logs say it once per state change
+    kafka_log = logging.getLogger("kafka")
+    kafka_log.handlers[:] = [handler]
+    kafka_log.propagate = False
+    kafka_log.setLevel(logging.DEBUG if level == "debug" else logging.CRITICAL)
 
 
 def _status_text(stats: Any, state: str, rate: float) -> str:
@@ -94,8 +99,7 @@ def collect(bootstrap: str | None, audit_topic: str, store_url: str | None, grou
     def on_signal(signum: int, frame: Any) -> None:
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     cfg = CollectorConfig(max_batch_events=batch_events, max_batch_wait_s=batch_wait,
                           startup_timeout_s=startup_timeout)
     live = None
@@ -118,6 +122,8 @@ def collect(bootstrap: str | None, audit_topic: str, store_url: str | None, grou
     finally:
         if live is not None:
             live.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if as_json:
         sys.stdout.write(orjson.dumps(stats.to_dict()).decode() + "\n")
     else:

@@ -269,3 +269,19 @@ def test_logs_are_structured_and_status_line_names_the_figures() -> None:
     line = _status_text(stats, "running", 1234.0)
     for part in ("1,234 events/s", "stored 990", "lag 5", "quarantined 2", "last commit never"):
         assert part in line
+
+
+def test_collect_without_bootstrap_is_one_clear_line(monkeypatch, tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from tracer.cli import main
+
+    monkeypatch.delenv("MSGTRACE_KAFKA_BOOTSTRAP", raising=False)
+    for name in ("msgtrace", "kafka"):  # the command configures these loggers; restore them after
+        lg = logging.getLogger(name)
+        monkeypatch.setattr(lg, "handlers", list(lg.handlers))
+        monkeypatch.setattr(lg, "propagate", lg.propagate)
+        monkeypatch.setattr(lg, "level", lg.level)
+    r = CliRunner().invoke(main, ["collect", "--store", f"chdb://{tmp_path}/s", "--until-idle"])
+    assert r.exit_code == 2
+    assert "no audit Kafka bootstrap servers" in r.stderr and len(r.stderr.strip().splitlines()) == 1
