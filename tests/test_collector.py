@@ -1,6 +1,7 @@
 """The collector end to end: real Tansu broker, real chDB and ClickHouse 18.16.
 
-Audit records are produced in the emitter's wire format (encode_batch +
+The 100k test produces through the real emitter (tracer.emitter, KafkaSink); the others
+produce audit records in the same wire format (encode_batch +
 record_headers) with a plain KafkaProducer (collectors.testing).
 """
 from __future__ import annotations
@@ -54,18 +55,32 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:
         c.close()
 
 
-def test_100k_events_arrive_exactly_once(kafka_bootstrap, store_url):
+def test_100k_events_from_the_emitter_arrive_exactly_once(kafka_bootstrap, store_url, tmp_path):
+    from tracer.emitter import Emitter, KafkaSink
+
     topic, group = _names()
-    create_topic(kafka_bootstrap, topic, 2)
-    events = make_events(100_000)
-    n_records = produce_events(kafka_bootstrap, topic, events, per_record=500, partitions=2)
+    em = Emitter("order-service", KafkaSink(kafka_bootstrap, topic, partitions=2), spool_dir=str(tmp_path / "spool"))
+    em.start()
+    try:
+        for i in range(25_000):
+            msg = f"{topic}-order-{i}:paid"
+            em.emit("sent", msg, topic="orders")
+            em.emit("broker_acked", msg, topic="orders", partition=i % 3, offset=i)
+            em.emit("received", msg, topic="orders", partition=i % 3, offset=i, consumer_group="red-packet")
+            em.emit("business_done", msg, topic="orders", consumer_group="red-packet")
+        assert em.flush(120)
+        assert em.stats["shipped"] == 100_000
+    finally:
+        em.close()
     stats = run_collector(kafka_bootstrap, topic, store_url, group, until_idle=True, config=FAST)
-    assert (stats.records, stats.inserted, stats.stored, stats.duplicates, stats.quarantined) == \
-        (n_records, 100_000, 100_000, 0, 0)
+    assert (stats.inserted, stats.stored, stats.duplicates, stats.quarantined) == (100_000, 100_000, 0, 0)
     c = counts(store_url)
     assert c["distinct"] == c["rows"] == 100_000
     assert c["stages"] == {"broker_acked": 25_000, "business_done": 25_000, "received": 25_000, "sent": 25_000}
-    assert committed(kafka_bootstrap, group, topic, 2) == n_records
+    with Store(store_url) as s:  # the emitter's numbering arrived whole: no gap, no repeat
+        seqs = s.query("SELECT uniqExact(seq) AS n, min(seq) AS lo, max(seq) AS hi FROM {db:Identifier}.trace_events")
+    assert (seqs[0]["n"], seqs[0]["lo"], seqs[0]["hi"]) == (100_000, 1, 100_000)
+    assert committed(kafka_bootstrap, group, topic, 2) == stats.records
     # a second run finds nothing new
     again = run_collector(kafka_bootstrap, topic, store_url, group, until_idle=True, config=FAST)
     assert again.records == 0 and counts(store_url) == c
