@@ -79,7 +79,7 @@ def _check_column(kind: str, nullable: bool, name: str, col: Sequence[Any]) -> b
 _CHECKS = [(i, kind, nullable, name) for i, (name, (kind, nullable, _)) in enumerate(SCHEMA.items())]
 
 
-def fast_columns(objs: list[Any]) -> list[list[Any]] | None:
+def fast_columns(objs: list[Any]) -> list[Sequence[Any]] | None:
     """Store columns of ``objs`` if every object is a valid event, else None."""
     if not objs or set(map(type, objs)) != _DICT:
         return None
@@ -96,7 +96,7 @@ def fast_columns(objs: list[Any]) -> list[list[Any]] | None:
     if not all(cols[1]):  # msg_id must not be empty
         return None
     attrs = cols[_ATTRS_INDEX]
-    out = [list(c) for i, c in enumerate(cols) if i != _ATTRS_INDEX]
+    out: list[Any] = [c for i, c in enumerate(cols) if i != _ATTRS_INDEX]  # tuples: the batch extends lists
     out.append(list(map(list, attrs)))
     out.append(list(map(list, map(dict.values, attrs))))
     return out

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, Sequence, TypeVar
 
 from tracer.errors import MsgtraceError
 
@@ -80,7 +80,7 @@ class Decoded:
     """A decoded audit record: good events as store columns, bad lines for quarantine."""
 
     n_events: int
-    columns: list[list[Any]] | None  # in STORE_COLUMNS order; None when no good event
+    columns: list[Sequence[Any]] | None  # in STORE_COLUMNS order; None when no good event
     bad: list[Any]  # tracer.events.BadLine
     raw_size: int
     fast: bool  # True when the columnar fast path accepted the whole record

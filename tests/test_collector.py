@@ -21,7 +21,7 @@ import pytest
 from collectors import CollectorConfig, run_collector
 from collectors.consumer import Processor
 from collectors.testing import create_topic, make_events, produce_events, produce_records
-from tracer.events import MAX_RECORD_BYTES, Event, encode_batch, record_headers
+from tracer.events import MAX_RECORD_BYTES, encode_batch, record_headers
 from tracer.localsvc import ClickHouseServer, ServiceError, wait_until
 from tracer.store import Store
 
