@@ -400,3 +400,21 @@ def test_shipper_lingers_when_caught_up_but_flush_is_prompt(tmp_path):
     assert sink.calls - calls >= 3
     assert [ev.seq for ev in sink.events] == list(range(1, 1002))
     e.close()
+
+
+def test_emit_rows_with_encoded_members(tmp_path):
+    """The hooks' form of a row: (msg_id, JSON members without braces), encoded once per message."""
+    import orjson
+
+    sink = ListSink()
+    e = Emitter("frag", sink, str(tmp_path))
+    ids = orjson.dumps({"msg_id": 'a "quoted"\nid', "trace_id": None, "span_id": None})[1:-1]
+    e.emit_rows("received", "orders", "g", {"partition": 1, "error": None, "attrs": {}},
+                [('a "quoted"\nid', b'"offset":3,"key":null,' + ids), ("", b'"offset":4,"key":null,' + ids)])
+    e.emit_rows("offset_committed", "orders", "g", {"partition": 1, "offset": 4, "key": None, "error": None},
+                [('a "quoted"\nid', b'"attrs":{"record_offset":"3"},' + ids)])
+    assert e.flush(10)
+    assert [(ev.stage, ev.msg_id, ev.offset, ev.seq) for ev in sink.events] == [
+        ("received", 'a "quoted"\nid', 3, 1), ("offset_committed", 'a "quoted"\nid', 4, 2)]
+    assert sink.events[1].attrs == {"record_offset": "3"} and e.stats["invalid"] == 1
+    e.close()

@@ -366,3 +366,52 @@ def test_one_callback_object_records_ack_or_failure(tmp_path):
     assert events[("m3", "send_failed")].error.endswith("already failed")
     assert ("m2", "broker_acked") not in events and t.stats["hook_errors"] == 0
     t.close(0)
+
+
+def test_consumer_batch_events_from_stub_records(tmp_path):
+    """received per polled record and offset_committed per committed one, encoded once per batch:
+    the fields survive odd ids and keys, legacy records get the id function, nothing for empty polls."""
+    from kafka.consumer.fetcher import ConsumerRecord
+
+    class Coord:
+        def _send_offset_commit_request(self, offsets, *a, **kw):
+            return "sent"
+
+    class Stub:
+        def __init__(self, batches):
+            self.config = {"group_id": "grp"}
+            self._coordinator = Coord()
+            self._batches = batches
+
+        def poll(self, timeout_ms=0, max_records=None, update_offsets=True):
+            return self._batches.pop(0) if self._batches else {}
+
+    tp = TopicPartition("orders", 4)
+    tpc = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    recs = [ConsumerRecord("orders", 4, None, 7, 0, 0, "ключ\"\n".encode(), b"v",
+                           [("traceparent", tpc), (MSG_ID_HEADER, b'order "7"\n')], None, 1, 1, 1),
+            ConsumerRecord("orders", 4, None, 8, 0, 0, None, b"v", [], None, -1, 1, 0),
+            ConsumerRecord("orders", 4, None, 9, 0, 0, b"k", b"v", [("traceparent", b"garbage")], None, 1, 1, 1)]
+    t = Tracer(service="c", sink=NullSink(), spool_dir=str(tmp_path),
+               consumer_id_fn=lambda r: f"legacy-{r.offset}")
+    c = t.wrap_consumer(Stub([{tp: recs}]))
+    assert c.poll() == {tp: recs}
+    assert c.poll() == {}  # empty: nothing recorded
+    coord = c._consumer._coordinator
+    assert coord._send_offset_commit_request({tp: OffsetAndMetadata(9, "", -1)}) == "sent"
+    assert coord._send_offset_commit_request({tp: OffsetAndMetadata(9, "", -1)}) == "sent"  # nothing new
+    with t.processing(recs[0]):
+        pass
+    evs = spool_events(t)
+    assert [(e.stage, e.msg_id) for e in evs] == [
+        ("received", 'order "7"\n'), ("received", "legacy-8"), ("received", "legacy-9"),
+        ("offset_committed", 'order "7"\n'), ("offset_committed", "legacy-8"), ("business_done", 'order "7"\n')]
+    r0, r1, r2, c0, c1, done = evs
+    assert (r0.topic, r0.partition, r0.offset, r0.consumer_group, r0.key) == ("orders", 4, 7, "grp", "ключ\"\n")
+    assert (r0.trace_id, r0.span_id) == ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
+    assert r1.key is None and r1.trace_id is None and r2.trace_id is None and r2.key == "k"
+    assert (c0.offset, c0.attrs, c0.trace_id, c0.consumer_group) == (9, {"record_offset": "7"}, r0.trace_id, "grp")
+    assert (c1.offset, c1.attrs) == (9, {"record_offset": "8"})
+    assert done.trace_id == r0.trace_id and done.offset == 7
+    assert [e.seq for e in evs] == list(range(1, 7))
+    t.close(0)

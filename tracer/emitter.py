@@ -439,7 +439,9 @@ class Emitter:
         ``fixed`` holds the wire fields equal for every row (e.g. partition, committed offset),
         each row the rest (msg_id, ...): together with stage/topic/group/ts_us and the emitter's own
         fields they must be exactly the wire keys. The shared part is encoded once per call, not
-        per event; all rows get the same timestamp. Never raises.
+        per event; all rows get the same timestamp. A row is a dict, or (the hooks' hot path) its
+        JSON members already encoded: ``(msg_id, b'"offset":1,"msg_id":"m",...')`` without braces,
+        so a fragment encoded at receive time serves the commit's event too. Never raises.
         """
         if not rows:
             return
@@ -453,12 +455,18 @@ class Emitter:
                 limit = self.max_spool_bytes + self._shipped_bytes
                 fsync_always = w.fsync_always
                 for row in rows:
-                    msg_id = row["msg_id"]
+                    if row.__class__ is tuple:
+                        msg_id, members = row
+                    else:
+                        msg_id, members = row["msg_id"], None
                     if type(msg_id) is not str or not msg_id:
                         self._invalid(f"msg_id must be a non-empty string, got {msg_id!r}"[:200])
                         continue
                     seq = self._seq = self._seq + 1
-                    body = head + b'%012x","seq":%d,' % (seq, seq) + _dumps(row)[1:]
+                    if members is None:
+                        body = head + b'%012x","seq":%d,' % (seq, seq) + _dumps(row)[1:]
+                    else:
+                        body = head + b'%012x","seq":%d,%b}' % (seq, seq, members)
                     n = len(body) + 1
                     if self._written + n > limit or self._closed:
                         self._dropped()

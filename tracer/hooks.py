@@ -25,6 +25,8 @@ import re
 import threading
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from .events import MSG_ID_HEADER
 
 if TYPE_CHECKING:
@@ -55,6 +57,7 @@ _ZERO_TRACE, _ZERO_SPAN = b"0" * 32, b"0" * 16
 
 
 _HEX_DASH = b"0123456789abcdef-"
+_dumps = orjson.dumps
 
 
 def parse_traceparent(value: bytes | str | None) -> tuple[str | None, str | None]:
@@ -257,7 +260,7 @@ class TracedConsumer:
         sa(self, "_consumer", consumer)
         sa(self, "_tracer", tracer)
         sa(self, "_emitter", tracer._emitter)
-        sa(self, "_pending", {})   # TopicPartition -> [(offset, msg_id, trace_id, span_id)]
+        sa(self, "_pending", {})   # TopicPartition -> [(offset, msg_id, encoded id members)]
         sa(self, "_plock", threading.Lock())
         config = getattr(consumer, "config", None) or {}
         sa(self, "group", config.get("group_id"))
@@ -317,6 +320,7 @@ class TracedConsumer:
         first = records[0]
         topic, partition = first.topic, first.partition
         id_fn = t._consumer_msg_id
+        dumps = _dumps
         for r in records:
             msg_id = trace_id = span_id = None
             for hk, hv in r.headers or ():
@@ -328,9 +332,12 @@ class TracedConsumer:
                 msg_id = id_fn(r)
             off = r.offset
             k = r.key
-            rows.append({"msg_id": msg_id, "offset": off, "key": None if k is None else key_str(k),
-                         "trace_id": trace_id, "span_id": span_id})
-            pend.append((off, msg_id, trace_id, span_id))
+            if k is not None:
+                k = k.decode("utf-8", "replace") if k.__class__ is bytes and len(k) <= 1024 else key_str(k)
+            # the members received and offset_committed share, encoded once
+            ids = dumps({"msg_id": msg_id, "trace_id": trace_id, "span_id": span_id})[1:-1]
+            rows.append((msg_id, b'"offset":%d,"key":%b,%b' % (off, dumps(k), ids)))
+            pend.append((off, msg_id, ids))
             inflight[(topic, partition, off)] = (msg_id, group, trace_id, span_id)
         self._emitter.emit_rows(RECEIVED, topic, group, {"partition": partition, "error": None, "attrs": {}}, rows)
         t._trim_inflight()
@@ -388,9 +395,8 @@ class TracedConsumer:
                     if not lst:
                         continue
                     pos = getattr(om, "offset", om)
-                    rows = [{"msg_id": msg_id, "trace_id": trace_id, "span_id": span_id,
-                             "attrs": {"record_offset": str(off)}}
-                            for off, msg_id, trace_id, span_id in lst if off < pos]
+                    rows = [(msg_id, b'"attrs":{"record_offset":"%d"},%b' % (off, ids))
+                            for off, msg_id, ids in lst if off < pos]
                     if rows:
                         pending[tp] = [p for p in lst if p[0] >= pos] if len(rows) != len(lst) else []
                         batches.append((tp, pos, rows))
