@@ -281,10 +281,16 @@ class _Processing:
     def __enter__(self) -> "_Processing":
         t = self._t
         try:
-            if isinstance(self._target, str):
-                self._ctx = (self._target, ("", None, None, self._group or t.default_group, None, None))
+            target = self._target
+            if isinstance(target, str):
+                self._ctx = (target, ("", None, None, self._group or t.default_group, None, None))
+            elif (known := t._inflight.get((target.topic, target.partition, target.offset))) is not None:
+                # a record this tracer received (the usual case): its identity is already known
+                msg_id, group, trace_id, span_id = known
+                self._ctx = (msg_id, (target.topic, target.partition, target.offset,
+                                      group if self._group is None else self._group, trace_id, span_id))
             else:
-                msg_id, ctx = t._record_identity(self._target)
+                msg_id, ctx = t._record_identity(target)
                 if self._group is not None:
                     ctx = (*ctx[:3], self._group, *ctx[4:])
                 self._ctx = (msg_id, ctx)
