@@ -45,8 +45,18 @@ class LogFormatter(logging.Formatter):
         return " ".join(parts)
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is now (rich's live display swaps it while it runs)."""
+
+    def write(self, s: str) -> int:
+        return sys.stderr.write(s)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def setup_logging(level: str, as_json: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_CurrentStderr())  # type: ignore[arg-type]
     handler.setFormatter(LogFormatter(as_json))
     for name in ("msgtrace",):
         lg = logging.getLogger(name)
@@ -107,7 +117,7 @@ def collect(bootstrap: str | None, audit_topic: str, store_url: str | None, grou
     if err.is_terminal and not as_json:
         from rich.live import Live
 
-        live = Live("starting", console=err, refresh_per_second=4, transient=False)
+        live = Live("starting", console=err, refresh_per_second=4, transient=False, redirect_stderr=True)
         live.start()
         last = {"t": time.monotonic(), "n": 0}
 
