@@ -20,6 +20,7 @@ class FaultProxy:
         self.port = port or free_port()
         self.upstream = (host, upstream_port)
         self._cut = threading.Event()
+        self._drop_responses = threading.Event()
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._closed = False
@@ -44,6 +45,14 @@ class FaultProxy:
 
     def heal(self) -> None:
         self._cut.clear()
+        self._drop_responses.clear()
+
+    def drop_responses(self) -> None:
+        """Requests still reach the broker; its answers are lost on the way back.
+
+        A producer then reports a failure for a message the broker stored: the ack is lost.
+        """
+        self._drop_responses.set()
 
     def reset_all(self) -> None:
         """Drop current connections once (e.g. after the upstream broker restarted)."""
@@ -77,15 +86,17 @@ class FaultProxy:
                 continue
             with self._lock:
                 self._conns.update((client, upstream))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, answers in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pump, args=(a, b, answers), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, answers: bool) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data or self._cut.is_set():
                     break
+                if answers and self._drop_responses.is_set():
+                    continue  # swallowed on the way back
                 dst.sendall(data)
         except OSError:
             pass
