@@ -253,8 +253,9 @@ def main() -> None:
     print(text)
     if args.write:
         out = Path(__file__).resolve().parent / "results" / "hooks.md"
-        if out.exists() and "## Reading the figures" in out.read_text():  # keep the hand-written reading
-            text += "\n" + out.read_text()[out.read_text().index("## Reading the figures"):]
+        old = out.read_text() if out.exists() else ""
+        if "\n## " in old:  # keep the hand-written sections (A/B figures, reading) below the table
+            text += old[old.index("\n## "):]
         out.parent.mkdir(exist_ok=True)
         out.write_text(text)
 
