@@ -204,8 +204,7 @@ def points_service(args: argparse.Namespace) -> None:
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     last: list = [None]
-    last_commit = time.monotonic()
-    pending = False
+    pending_since: float | None = None  # when the oldest uncommitted message was processed
     log("ready", pid=os.getpid())
     while not stopping.is_set():
         batch = _poll(consumer)
@@ -218,18 +217,18 @@ def points_service(args: argparse.Namespace) -> None:
                     fresh = db.execute("INSERT OR IGNORE INTO points VALUES (?, ?, ?, ?)",
                                        (oid, order["user_id"], 10, time.time())).rowcount
                 log("points", order_id=oid, fresh=bool(fresh), partition=record.partition, offset=record.offset)
-                pending = True
-        # commits by hand, every few seconds: a crash in between means redelivery
-        if pending and time.monotonic() - last_commit > args.commit_every:
+                if pending_since is None:
+                    pending_since = time.monotonic()
+        # commits by hand, a few seconds after the work: a crash in between means redelivery
+        if pending_since is not None and time.monotonic() - pending_since > args.commit_every:
             try:
                 consumer.commit()
             except KafkaError as e:  # a network blip: keep the offsets, commit next round
                 log("commit_error", error=repr(e))
-                last_commit = time.monotonic()
                 continue
-            pending, last_commit = False, time.monotonic()
+            pending_since = None
             log("committed")
-    if pending:
+    if pending_since is not None:
         consumer.commit()
     consumer.close()
     tracer.close(timeout=10)

@@ -29,7 +29,6 @@ from .proxy import FaultProxy
 
 GROUPS = ("red-packet", "points")
 AUDIT_TOPIC = "msgtrace.audit"
-SESSION_TIMEOUT_S = 6.0  # the apps' consumer session timeout
 
 
 @dataclass(slots=True)
@@ -233,12 +232,15 @@ class Story:
 
     def done_everywhere(self, orders: list[str], rp_event: str = "paid", timeout: float = 60) -> None:
         """Wait until both groups handled ``orders`` (by the apps' own logs)."""
-        rps = [a for n, a in self.apps.items() if n.startswith("red-packet") and a.proc.poll() is None]
-        pts = self.apps["points"]
+        rps = self.alive("red-packet")
+        pts = self.alive("points")
         for oid in orders:
             wait_until(lambda: any(a.find(rp_event, order_id=oid) for a in rps), timeout,
                        f"red-packet: {rp_event} {oid}")
-            pts.wait_event("points", timeout=timeout, order_id=oid)
+            wait_until(lambda: any(a.find("points", order_id=oid) for a in pts), timeout, f"points: {oid}")
+
+    def alive(self, prefix: str) -> list[App]:
+        return [a for n, a in self.apps.items() if n.startswith(prefix) and a.proc.poll() is None]
 
     # --- the story -------------------------------------------------------------------
     def run(self) -> None:
@@ -281,9 +283,12 @@ class Story:
         rp2 = self.start_app("red-packet-2", "red-packet", "redpacket.db")
         rp2.wait(lambda: rp2.assigned() and rp1.assigned() and len(rp1.assigned()) == 1, 60,
                  "red-packet group split over two instances")
-        pts = self.start_app("points", "points", "points.db", commit_every="3")
-        pts.wait(lambda: pts.assigned() == [0, 1], 60, "points owning both partitions")
-        self.step("consumers ready: red-packet x2 (auto-commit, worker threads), points x1 (manual commit)")
+        pts1 = self.start_app("points-1", "points", "points.db", commit_every="3")
+        pts1.wait(lambda: pts1.assigned() == [0, 1], 60, "points-1 owning both partitions")
+        pts2 = self.start_app("points-2", "points", "points.db", commit_every="3")
+        pts2.wait(lambda: pts2.assigned() and pts1.assigned() and len(pts1.assigned()) == 1, 60,
+                  "points group split over two instances")
+        self.step("consumers ready: red-packet x2 (auto-commit, worker threads), points x2 (manual commit)")
 
         # the normal path
         batch = [self.new_order("delivered") for _ in range(self.scale)]
@@ -341,17 +346,16 @@ class Story:
         wait_until(lambda: self.caught_up("points"), 30, "points caught up")
         r = self.new_order("redelivered")
         self.pay(r)
-        pts.wait_event("points", order_id=r["order_id"], fresh=True)
-        pts.kill()
-        killed_at = time.monotonic()
-        self.dead_spools.append(self.workdir / "spool" / "points")
-        # One membership change at a time: the dead member's session (6 s) must expire
-        # before a new member joins, or Tansu can wedge the group mid-rebalance.
-        time.sleep(max(0.0, killed_at + SESSION_TIMEOUT_S + 1.5 - time.monotonic()))
-        pts = self.start_app("points", "points", "points.db", commit_every="3")
-        pts.wait_event("points", order_id=r["order_id"], fresh=False, timeout=60)
-        self.step(f"[yellow]fault[/]: points SIGKILLed after processing {r['order_id']}, before committing; "
-                  "redelivered after the rebalance (idempotent)")
+        victim = wait_until(lambda: next((a for a in self.alive("points")
+                                          if a.find("points", order_id=r["order_id"], fresh=True)), None),
+                            30, "a points instance to process the order")
+        victim.kill()  # before its next commit (every 3 s)
+        self.dead_spools.append(self.workdir / "spool" / victim.name)
+        survivor = pts2 if victim is pts1 else pts1
+        survivor.wait(lambda: survivor.assigned() == [0, 1], 60, "the surviving points instance to take over")
+        survivor.wait_event("points", order_id=r["order_id"], fresh=False, timeout=60)
+        self.step(f"[yellow]fault[/]: {victim.name} SIGKILLed after processing {r['order_id']}, before "
+                  "committing; redelivered to the survivor after the rebalance (idempotent)")
 
         # traffic after the faults
         batch = [self.new_order("delivered") for _ in range(max(4, self.scale // 4))]
