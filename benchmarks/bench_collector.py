@@ -2,35 +2,41 @@
 kafka-python consume rate of the same topic in the same run (the transport ceiling).
 
     python benchmarks/bench_collector.py [--events 200000] [--per-record 500] [--repeats 3]
+        [--baseline DIR]   # e.g. DIR = `git archive <commit> collectors tracer queries | tar -x -C DIR`
 
-Each repeat drains the same pre-filled topic three ways: a plain assigned
-KafkaConsumer (no group, no decoding), the collector into a fresh chDB dir, the
-collector into a fresh database on a throwaway 18.16 server. Collector rates are
-"sustained": inserted events / (last commit - first record), so the ~3 s group
-join and the idle check at the end are not counted. A decode profile (strict
-per-event validator vs the collector's columnar decoder) follows. Figures go to
-benchmarks/results/collector.md.
+Each repeat drains the same pre-filled topic: a plain assigned KafkaConsumer (no
+group, no decoding), then the collector into a fresh chDB dir and into a fresh
+database on a throwaway 18.16 server -- once with this checkout and, with
+``--baseline``, once with the other checkout (before/after in one run; the order
+alternates between repeats). Every collector runs in its own process (as
+``msgtrace collect`` does). Collector rates are "sustained": inserted events /
+(last commit - first record), so the ~3 s group join and the idle check at the
+end are not counted. A decode profile (strict per-event validator vs the
+collector's columnar decoder) follows. Figures go to benchmarks/results/collector.md.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+if __name__ == "__main__" and "--run-one" in sys.argv:  # child: import the collector of --repo
+    sys.path.insert(0, sys.argv[sys.argv.index("--repo") + 1])
+else:
+    sys.path.insert(0, str(ROOT))
 
 from collectors import CollectorConfig, run_collector  # noqa: E402
-from collectors.decode import decode_record  # noqa: E402
 from collectors.testing import create_topic, make_events, produce_events  # noqa: E402
 from tracer.events import decode_batch, encode_batch, record_headers, to_columns  # noqa: E402
-from tracer.localsvc import ClickHouseServer, TansuBroker  # noqa: E402
-from tracer.store import Store  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "collector.md"
 
@@ -61,15 +67,33 @@ def raw_consume(bootstrap: str, topic: str, partitions: int, n_records: int, per
     return seen * per_record / dt if dt > 0 else 0.0
 
 
-def collect_once(bootstrap: str, topic: str, url: str, threaded: bool = True) -> tuple[float, int]:
-    cfg = CollectorConfig(startup_timeout_s=60, threaded_writes=threaded)
+def run_one(bootstrap: str, topic: str, url: str, options: dict) -> None:
+    """Child process: one collector run; prints its rate as JSON."""
+    import logging
+
+    logging.disable(logging.WARNING)
+    cfg = CollectorConfig(startup_timeout_s=60, **options)
     stats = run_collector(bootstrap, topic, url, f"bench-{uuid.uuid4().hex[:8]}", until_idle=True, config=cfg)
-    return stats.sustained_rate, stats.stored
+    print(json.dumps({"rate": stats.sustained_rate, "stored": stats.stored}))
+
+
+def collect_once(bootstrap: str, topic: str, url: str, repo: Path = ROOT, **options) -> tuple[float, int]:
+    """One collector run of the checkout ``repo`` in a fresh process."""
+    out = subprocess.run([sys.executable, __file__, "--run-one", "--repo", str(repo), "--bootstrap", bootstrap,
+                          "--topic", topic, "--url", url, "--options", json.dumps(options)],
+                         capture_output=True, text=True, timeout=900)
+    if out.returncode != 0:
+        raise RuntimeError(f"collector run failed: {out.stderr[-2000:]}")
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    return r["rate"], r["stored"]
 
 
 def decode_profile(per_record: int, n: int = 50_000) -> dict[str, float]:
-    """Per-event cost of each part of the decode path, in events/s."""
+    """Per-event cost of each part of the decode path, in events/s (one thread, this checkout)."""
     import orjson
+
+    from collectors.decode import decode_record, fast_columns, store_columns
+    from tracer.store import Store
 
     events = make_events(n)
     recs = [encode_batch(events[i:i + per_record]) for i in range(0, n, per_record)]
@@ -77,28 +101,35 @@ def decode_profile(per_record: int, n: int = 50_000) -> dict[str, float]:
     out: dict[str, float] = {}
 
     def rate(fn) -> float:
-        t = time.perf_counter()
-        fn()
-        return n / (time.perf_counter() - t)
+        best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t)
+        return n / best
 
     out["orjson.loads per line (parse only)"] = rate(lambda: [orjson.loads(l) for r in recs for l in r.split(b"\n")])
+    out["orjson.loads once per record (parse only)"] = rate(
+        lambda: [orjson.loads(b"[" + r.replace(b"\n", b",\n") + b"]") for r in recs])
+    objs = [orjson.loads(b"[" + r.replace(b"\n", b",\n") + b"]") for r in recs]
+    out["fast_columns (transpose + column checks)"] = rate(lambda: [fast_columns(o) for o in objs])
     out["tracer.events.decode_batch (strict, per event)"] = rate(lambda: [decode_batch(r, h) for r in recs])
     out["collectors.decode.decode_record (columnar)"] = rate(lambda: [decode_record(r, h) for r in recs])
     evs = [e for r in recs for e in decode_batch(r, h).events]
     out["to_columns (Event objects -> columns)"] = rate(lambda: to_columns(evs))
-    cols = [[] for _ in range(20)]
+    cols: list[list] = [[] for _ in range(len(objs[0][0]))]
     for r in recs:
         for c, add in zip(cols, decode_record(r, h).columns):
             c.extend(add)
+    out["store_columns, attrs as lists of lists (server)"] = rate(lambda: store_columns(cols))
+    out["store_columns, attrs as Arrow list arrays (chDB)"] = rate(lambda: store_columns(cols, arrow=True))
     d = tempfile.mkdtemp(prefix="bench-chdb-")
     s = Store(f"chdb://{d}")
     s.init_schema()
-    from tracer.events import STORE_COLUMNS
-
     with s.session():
-        s.insert("trace_events", dict(zip(STORE_COLUMNS, cols)))  # warm
+        s.insert("trace_events", store_columns(cols, arrow=True))  # warm
         out["chDB insert (columns -> arrow -> trace_events)"] = rate(
-            lambda: s.insert("trace_events", dict(zip(STORE_COLUMNS, cols))))
+            lambda: s.insert("trace_events", store_columns(cols, arrow=True)))
     s.close()
     return out
 
@@ -114,12 +145,25 @@ def main() -> None:
     ap.add_argument("--per-record", type=int, default=500)
     ap.add_argument("--partitions", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--baseline", type=Path, help="Another checkout's root: its collector runs beside this one.")
     ap.add_argument("--no-write", action="store_true", help="Do not write benchmarks/results/collector.md.")
+    ap.add_argument("--run-one", action="store_true", help=argparse.SUPPRESS)
+    for hidden in ("--repo", "--bootstrap", "--topic", "--url", "--options"):
+        ap.add_argument(hidden, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.run_one:
+        run_one(a.bootstrap, a.topic, a.url, json.loads(a.options))
+        return
+    from tracer.localsvc import ClickHouseServer, TansuBroker
 
+    # (label, checkout, collector options)
+    variants: list[tuple[str, Path, dict]] = [("this checkout", ROOT, {})]
+    if a.baseline:
+        variants.append((f"baseline {a.baseline.name}", a.baseline.resolve(), {}))
+    variants.append(("this checkout, gc_threshold=None (default GC)", ROOT, {"gc_threshold": None}))
     broker = TansuBroker().start()
     server = ClickHouseServer().start()
-    rows: dict[str, list[float]] = {"raw": [], "chdb": [], "server": [], "inline": []}
+    rows: dict[str, list[float]] = {"raw": []}
     try:
         topic = f"bench-audit-{uuid.uuid4().hex[:6]}"
         create_topic(broker.bootstrap, topic, a.partitions)
@@ -128,52 +172,45 @@ def main() -> None:
         print(f"pre-filled {a.events:,} events in {n_records} records in {time.perf_counter() - t:.1f} s")
         for i in range(a.repeats):
             rows["raw"].append(raw_consume(broker.bootstrap, topic, a.partitions, n_records, a.per_record))
-            with tempfile.TemporaryDirectory(prefix="bench-chdb-") as d:
-                r, n = collect_once(broker.bootstrap, topic, f"chdb://{d}")
-                assert n == a.events, n
-                rows["chdb"].append(r)
-            r, n = collect_once(broker.bootstrap, topic, server.url(f"bench_{uuid.uuid4().hex[:8]}"))
-            assert n == a.events, n
-            rows["server"].append(r)
-            with tempfile.TemporaryDirectory(prefix="bench-chdb-") as d:
-                r, n = collect_once(broker.bootstrap, topic, f"chdb://{d}", threaded=False)
-                assert n == a.events, n
-                rows["inline"].append(r)
-            print(f"repeat {i + 1}: raw {rows['raw'][-1]:,.0f}  chDB {rows['chdb'][-1]:,.0f}  "
-                  f"18.16 {rows['server'][-1]:,.0f}  chDB inline writes {rows['inline'][-1]:,.0f} events/s")
+            order = variants if i % 2 == 0 else variants[::-1]
+            for engine in ("chDB", "18.16"):
+                for label, repo, opts in order:
+                    if "gc_threshold" in opts and engine != "chDB":
+                        continue
+                    with tempfile.TemporaryDirectory(prefix="bench-chdb-") as d:
+                        url = f"chdb://{d}" if engine == "chDB" else server.url(f"bench_{uuid.uuid4().hex[:8]}")
+                        r, n = collect_once(broker.bootstrap, topic, url, repo, **opts)
+                    assert n == a.events, n
+                    rows.setdefault(f"collector -> {engine}, {label}", []).append(r)
+            print(f"repeat {i + 1}: " + "  ".join(f"{k}: {v[-1]:,.0f}" for k, v in rows.items()), flush=True)
     finally:
         server.stop()
         broker.stop()
     prof = decode_profile(a.per_record)
-    ratio_chdb = [c / r for c, r in zip(rows["chdb"], rows["raw"])]
-    ratio_srv = [c / r for c, r in zip(rows["server"], rows["raw"])]
     lines = [
         "# Collector throughput",
         "",
         f"`python benchmarks/bench_collector.py --events {a.events} --per-record {a.per_record} "
-        f"--partitions {a.partitions} --repeats {a.repeats}` on {platform.node()} "
+        f"--partitions {a.partitions} --repeats {a.repeats}"
+        + (f" --baseline {a.baseline}" if a.baseline else "") + f"` on {platform.node()} "
         f"({os.cpu_count()} cores, shared with other work; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
         "",
         f"Pre-filled audit topic on a local Tansu broker: {a.events:,} events in {n_records} records "
-        f"({a.per_record} events per record, {a.partitions} partitions). One collector process, default "
-        "config (batches of 20,000 events / 1 s). Collector rates are sustained: events / (last commit - first record).",
+        f"({a.per_record} events per record, {a.partitions} partitions). One collector process per run, default "
+        "config (batches of 20,000 events / 1 s). Collector rates are sustained: events / (last commit - first "
+        "record). All rows come from the same run, interleaved repeat by repeat.",
         "",
-        "| path | events/s, median of repeats (min, max, spread) |",
-        "|---|---|",
-        f"| raw kafka-python consume (the ceiling) | {fmt(rows['raw'])} |",
-        f"| collector -> chDB | {fmt(rows['chdb'])} |",
-        f"| collector -> ClickHouse 18.16 server | {fmt(rows['server'])} |",
-        f"| collector -> chDB, writes inline (threaded_writes=False) | {fmt(rows['inline'])} |",
-        "",
-        f"Ratio to the raw consume rate of the same repeat: chDB {statistics.median(ratio_chdb):.0%}, "
-        f"server {statistics.median(ratio_srv):.0%} (median).",
-        "",
-        "## Decode path profile (one thread, same records)",
-        "",
-        "| part | events/s |",
-        "|---|---|",
+        "| path | events/s, median of repeats (min, max, spread) | median ratio to raw consume |",
+        "|---|---|---|",
+        f"| raw kafka-python consume (the ceiling) | {fmt(rows['raw'])} | 100% |",
     ]
-    lines += [f"| {k} | {v:,.0f} |" for k, v in prof.items()]
+    for k, v in rows.items():
+        if k != "raw":
+            ratio = statistics.median(c / r for c, r in zip(v, rows["raw"]))
+            lines.append(f"| {k} | {fmt(v)} | {ratio:.0%} |")
+    lines += ["", "## Decode path profile (one thread, same records, best of 3)", "",
+              "| part | events/s | us/event |", "|---|---|---|"]
+    lines += [f"| {k} | {v:,.0f} | {1e6 / v:.1f} |" for k, v in prof.items()]
     text = "\n".join(lines) + "\n"
     print(text)
     if not a.no_write:

@@ -61,6 +61,11 @@ class CollectorConfig:
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
     status_interval_s: float = 0.5
+    #: cyclic-GC thresholds while collecting (None: leave the process's GC alone). Decoding
+    #: makes ~1,000 container objects per record; with CPython's default (700, 10, 10) the
+    #: young-generation passes alone took ~10% of the run, and freezing start-up objects
+    #: keeps full passes short. Restored when the collector returns.
+    gc_threshold: tuple[int, int, int] | None = (10_000, 20, 20)
     consumer_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -393,9 +398,11 @@ def run_collector(bootstrap: str, topic: str, store_url: str | None, group_id: s
     proc_box.append(proc)
     log_event(logging.INFO, "collector started", topic=topic, group=group_id, store=store.url.redacted(),
               until_idle=until_idle)
+    gc_restore = _tune_gc(cfg.gc_threshold)
     try:
         proc.run()
     finally:
+        gc_restore()
         proc.strategy.close()
         try:
             consumer.close(autocommit=False)
@@ -408,6 +415,23 @@ def run_collector(bootstrap: str, topic: str, store_url: str | None, group_id: s
         raise FlushTimeout(f"stopped with unwritten events after {cfg.shutdown_timeout_s:.0f} s; "
                            "their audit offsets stay uncommitted and the next run reads them again")
     return stats
+
+
+def _tune_gc(threshold: tuple[int, int, int] | None) -> Callable[[], None]:
+    """Set the collection thresholds and freeze what exists now; returns the undo."""
+    import gc
+
+    if threshold is None:
+        return lambda: None
+    old = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(*threshold)
+
+    def restore() -> None:
+        gc.set_threshold(*old)
+        gc.unfreeze()
+
+    return restore
 
 
 def _listener_proxy(box: list[Processor]) -> Any:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 from tracer.errors import MsgtraceError, QueryError, StoreError
 from tracer.events import now_us
 
-from .decode import N_STORE_COLUMNS, decode_record
+from .decode import N_COLUMNS, decode_record, store_columns
 from .types import (Batch, CollectorStats, Decoded, Message, MessageRejected, Partition, QuarantineRow, RawRecord,
                     Step)
 
@@ -27,7 +27,7 @@ log = logging.getLogger("msgtrace.collector")
 
 #: quarantine keeps at most this many bytes of a bad record (raw_size has the full size)
 DEFAULT_RAW_LIMIT = 64 * 1024
-_EVENT_ID, _MSG_ID = 0, 1  # indexes in STORE_COLUMNS
+_EVENT_ID, _MSG_ID = 0, 1  # indexes in COLUMNS (decoded columns)
 
 
 def log_event(level: int, event: str, **fields: Any) -> None:
@@ -173,7 +173,7 @@ class BatchStep:
         self._ready: Batch | None = None
 
     def _new(self) -> Batch:
-        return Batch(columns=[[] for _ in range(N_STORE_COLUMNS)])
+        return Batch(columns=[[] for _ in range(N_COLUMNS)])
 
     def submit(self, message: Message[Decoded]) -> None:
         if self._ready is not None:
@@ -287,6 +287,8 @@ class WriteStep:
         self._session: Any = None
         self._session_opened = 0.0
         self._last_write = 0.0
+        # chDB's insert takes Arrow arrays as they are: attrs go in flattened, not as a list per event
+        self._arrow = getattr(store, "engine", None) == "chdb"
 
     # --- chDB session lease (only ever touched on the writer's thread) ---------------
     def _open_session(self) -> None:
@@ -345,8 +347,6 @@ class WriteStep:
 
     def _write(self, batch: Batch) -> None:
         """Runs on the writer thread (or inline). Idempotent per part: a retry skips what went in."""
-        from tracer.events import STORE_COLUMNS
-
         try:
             self._open_session()
             if batch.n_events and not batch.events_written:
@@ -357,7 +357,7 @@ class WriteStep:
                     log_event(logging.WARNING, "duplicate lookup failed", error=str(e))
                 ids = batch.columns[_EVENT_ID]
                 dups += len(ids) - len(set(ids))
-                self.store.insert("trace_events", dict(zip(STORE_COLUMNS, batch.columns)))
+                self.store.insert("trace_events", store_columns(batch.columns, arrow=self._arrow))
                 batch.events_written = True
                 batch.duplicates = dups
             if batch.quarantine and not batch.quarantine_written:

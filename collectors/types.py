@@ -80,7 +80,7 @@ class Decoded:
     """A decoded audit record: good events as store columns, bad lines for quarantine."""
 
     n_events: int
-    columns: list[Sequence[Any]] | None  # in STORE_COLUMNS order; None when no good event
+    columns: list[Sequence[Any]] | None  # in COLUMNS order (attrs: the dicts); None when no good event
     bad: list[Any]  # tracer.events.BadLine
     raw_size: int
     fast: bool  # True when the columnar fast path accepted the whole record

@@ -9,7 +9,7 @@ import time
 import orjson
 import pytest
 
-from collectors.decode import decode_record
+from collectors.decode import decode_record, store_columns
 from collectors.steps import Backoff, BatchStep, CommitStep, DecodeStep, WriteStep
 from collectors.testing import make_events
 from collectors.types import Batch, CollectorStats, Message, MessageRejected, Partition, RawRecord
@@ -53,6 +53,15 @@ def _as_columns(events) -> list[list]:
     return [cols[c] for c in STORE_COLUMNS]
 
 
+def _stored(columns) -> list[list]:
+    """Decoded columns as the store gets them (both forms: lists and Arrow arrays)."""
+    lists = store_columns(columns)
+    arrow = store_columns(columns, arrow=True)
+    for c in ("attr_keys", "attr_values"):
+        assert arrow[c].to_pylist() == lists[c]
+    return [list(lists[c]) for c in STORE_COLUMNS]
+
+
 @pytest.mark.parametrize("bad", BAD_LINES, ids=range(len(BAD_LINES)))
 def test_fast_decoder_matches_the_strict_validator(bad: bytes) -> None:
     good = _good_lines(4)
@@ -62,7 +71,7 @@ def test_fast_decoder_matches_the_strict_validator(bad: bytes) -> None:
     assert not got.fast
     assert [(b.line, b.error, b.field, b.raw) for b in got.bad] == [(b.line, b.error, b.field, b.raw) for b in ref.bad]
     assert got.n_events == len(ref.events) == 4
-    assert got.columns == _as_columns(ref.events)
+    assert _stored(got.columns) == _as_columns(ref.events)
 
 
 def test_fast_path_accepts_valid_records_with_the_same_columns() -> None:
@@ -72,7 +81,7 @@ def test_fast_path_accepts_valid_records_with_the_same_columns() -> None:
     raw = encode_batch(events)
     got = decode_record(raw, H)
     assert got.fast and not got.bad
-    assert [list(c) for c in got.columns] == _as_columns(decode_batch(raw, H).events)
+    assert _stored(got.columns) == _as_columns(decode_batch(raw, H).events)
 
 
 @pytest.mark.parametrize("value,headers,reason", [
@@ -250,9 +259,12 @@ def test_commit_step_merges_offsets_and_retries() -> None:
     assert stats.kafka_failures == 2
 
 
-def test_batch_columns_match_store_columns() -> None:
-    b = Batch(columns=[[] for _ in STORE_COLUMNS])
-    assert len(b.columns) == len(COLUMNS) + 1  # attrs split in two arrays
+def test_batch_columns_become_store_columns() -> None:
+    from collectors.steps import BatchStep as _B
+
+    b = _B(None)._new()  # type: ignore[arg-type]
+    assert len(b.columns) == len(COLUMNS)  # attrs kept as dicts until the write
+    assert list(store_columns(b.columns)) == list(STORE_COLUMNS)
 
 
 def test_logs_are_structured_and_status_line_names_the_figures() -> None:
@@ -285,3 +297,53 @@ def test_collect_without_bootstrap_is_one_clear_line(monkeypatch, tmp_path) -> N
     r = CliRunner().invoke(main, ["collect", "--store", f"chdb://{tmp_path}/s", "--until-idle"])
     assert r.exit_code == 2
     assert "no audit Kafka bootstrap servers" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def _adversarial_records() -> list[bytes]:
+    """Records whose lines are not one event each but whose lines, joined, parse to the right
+    number of valid-looking events: the one-call parse must not accept them."""
+    a, b, c, d = _good_lines(4)
+    # a string value spanning a line break: "x}\n{y" (each line invalid alone)
+    i = a.index(b'"msg_id":"') + len(b'"msg_id":"')
+    split_in_string = a[:i] + b"x}\n{y" + a[i:]
+    # an object spanning a line break between two members, plus a line holding two events
+    j = a.index(b',"ts_us"')
+    split_between_members = a[:j] + b"\n" + a[j + 1:]
+    two_on_one_line = c + b"," + d
+    arr = orjson.loads(a)
+    arr["attrs"] = {"k": "v"}
+    nested = orjson.dumps(arr).replace(b'"v"}', b'["v",\n{"z":"w"}]}')
+    return [
+        split_in_string + b"\n" + two_on_one_line,
+        split_between_members + b"\n" + two_on_one_line,
+        b + b"\n" + two_on_one_line + b"\n" + b"{" + c[1:],
+        c + b"," + d + b"\n" + b,  # two on the first line
+        b"[" + c + b"," + d + b"]\n" + b,
+        b + b"\n " + c,  # leading blank on a line (valid per line)
+        b + b"\r\n" + c,  # CR before the break (valid per line)
+        nested + b"\n" + two_on_one_line,
+        a + b"\n" + b"{}" + b"\n" + b,
+        a + b"\n" + b + b"]",
+        a + b"\n" + b + b"\n" + b"{" + b"\n" + b"}",
+    ]
+
+
+@pytest.mark.parametrize("raw", _adversarial_records(), ids=range(len(_adversarial_records())))
+def test_one_call_parse_equals_a_parse_per_line(raw: bytes) -> None:
+    ref = decode_batch(raw, H)
+    got = decode_record(raw, H)
+    assert [(b.line, b.error, b.field, b.raw) for b in got.bad] == [(b.line, b.error, b.field, b.raw) for b in ref.bad]
+    assert got.n_events == len(ref.events)
+    if ref.events:
+        assert _stored(got.columns) == _as_columns(ref.events)
+    else:
+        assert got.columns is None
+
+
+def test_fast_path_takes_a_single_line_record_and_unicode() -> None:
+    events = make_events(3)
+    events[0].attrs = {"ключ": "значение, \u2028 \"q\" \\ }\n{"}
+    events[1].msg_id = "order-\u00e9:paid},{"
+    for raw in (encode_batch(events[:1]), encode_batch(events)):
+        got = decode_record(raw, H)
+        assert got.fast and _stored(got.columns) == _as_columns(decode_batch(raw, H).events)
