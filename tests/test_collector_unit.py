@@ -347,3 +347,35 @@ def test_fast_path_takes_a_single_line_record_and_unicode() -> None:
     for raw in (encode_batch(events[:1]), encode_batch(events)):
         got = decode_record(raw, H)
         assert got.fast and _stored(got.columns) == _as_columns(decode_batch(raw, H).events)
+
+
+def _edge_lines() -> list[bytes]:
+    """Lines at the edges of JSON and of the contract: each record must decode exactly as the
+    strict validator decodes it, whether the fast path takes it or not."""
+    g = _good_lines(1)[0]
+    return [
+        g[:-1] + b',"stage":"received"}',  # duplicate key: orjson keeps the last, both paths agree
+        g.replace(b'"pid":4242', b'"pid":NaN'), g.replace(b'"pid":4242', b'"pid":4.242e3'),
+        g.replace(b'"msg_id":"', b'"msg_id":"\\ud800'),  # lone surrogate
+        g.replace(b'"msg_id":"', b'"msg_id":"\\u0000\\n\\t'),  # escapes are fine
+        g[:-1] + b",}", b"{" + g[1:].replace(b",", b" ,", 1), b" " + g, g + b" ",
+        g.replace(b'"attrs":{', b'"attrs":{"n":["x"],'), g.replace(b'"attrs":{', b'"attrs":{"n":{"x":"y"},'),
+        _mutate("offset", -(2**63)), _mutate("offset", 7).replace(b'"offset":7', b'"offset":-9223372036854775809'), _mutate("partition", -(2**31)),
+        _mutate("seq", 0), _mutate("ts_us", 2**64 - 1), _mutate("event_id", "9501EC62-47DA-435D-91B5-EDFDD0E0F42A"),
+        _mutate("stage", "SENT"), _mutate("msg_id", " "), _mutate("attrs", {}), _mutate("attrs", {"": ""}),
+        g.replace(b"{", b"{\n", 1), b"\t", g + b"\x00", "{\"é\":1}".encode("latin-1"),
+    ]
+
+
+@pytest.mark.parametrize("line", _edge_lines(), ids=range(len(_edge_lines())))
+def test_edge_lines_decode_as_the_strict_validator_does(line: bytes) -> None:
+    good = _good_lines(3)
+    for raw in (line, b"\n".join(good[:1] + [line] + good[1:]), b"\n".join(good + [line])):
+        ref = decode_batch(raw, H)
+        got = decode_record(raw, H)
+        assert [(b.line, b.error, b.field, b.raw) for b in got.bad] == \
+            [(b.line, b.error, b.field, b.raw) for b in ref.bad]
+        assert got.n_events == len(ref.events)
+        if ref.events:
+            assert _stored(got.columns) == _as_columns(ref.events)
+        assert not (got.fast and ref.bad)  # the fast path only takes records the validator takes whole
