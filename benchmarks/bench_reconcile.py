@@ -112,9 +112,16 @@ def bench_reconcile(root: str, messages: int, repeats: int, lossy: bool) -> dict
         finally:
             steps.setdefault(key, []).append(time.perf_counter() - t)
 
-    R._run = lambda st, sql, params: timed("pass 2 (details)" if "reconcile, pass 2" in sql.lower()
-                                           else "pass 1 (every pair)", orig_run, st, sql, params)
-    store.query_file = lambda name, params=None: timed(name, orig_qf, name, params)
+    def step(sql: str) -> str:
+        low = sql.lower()
+        if "reconcile, pass 2" in low:
+            return "pass 2 (details)"
+        if "seq numbers show gaps" in low:
+            return "reconcile_seq_gaps"
+        return "pass 1 (every pair)"
+
+    R._run = lambda st, sql, params, small=False: timed(step(sql), orig_run, st, sql, params, small)
+    store.query_file = lambda name, params=None, **kw: timed(name, orig_qf, name, params, **kw)
     lo, hi = T0, T0 + messages * STEP_US + 60_000_000
     now = hi + 3600 * 1_000_000
     bare, rec, ratios = [], [], []

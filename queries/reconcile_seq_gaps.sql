@@ -1,4 +1,5 @@
 -- Emitters whose seq numbers show gaps in the window: the audit lost some of their events.
+-- On chDB reconcile.py swaps uniqExact(seq) for groupBitmap(seq) (exact too, cheaper; not on 18.16).
 SELECT emitter_id, lo, hi, n, hi - lo + 1 - n AS missing
 FROM
 (

@@ -203,7 +203,8 @@ class Backend:
 
     engine = ""
 
-    def execute(self, sql: str, params: Mapping[str, Any] | None) -> tuple[list[str], list[tuple]]:
+    def execute(self, sql: str, params: Mapping[str, Any] | None,
+                small: bool = False) -> tuple[list[str], list[tuple]]:
         raise NotImplementedError
 
     def insert(self, table: str, columns: Mapping[str, Sequence[Any]], types: Mapping[str, str]) -> None:
@@ -287,9 +288,7 @@ class ChdbBackend(Backend):
     def _open(self) -> None:
         self._acquire_file_lock()
         try:
-            from chdb import session as chdb_session
-
-            self._sess = chdb_session.Session(self.url.path)
+            self._sess = _chdb_connect(self.url.path)
         except Exception as e:  # chDB raises RuntimeError on a foreign lock
             self._release_file_lock()
             raise StoreLocked(f"cannot open chDB store {self.url.path}: {_first_line(str(e))} "
@@ -303,17 +302,22 @@ class ChdbBackend(Backend):
         finally:
             self._release_file_lock()
 
-    def execute(self, sql: str, params: Mapping[str, Any] | None) -> tuple[list[str], list[tuple]]:
+    def execute(self, sql: str, params: Mapping[str, Any] | None,
+                small: bool = False) -> tuple[list[str], list[tuple]]:
+        fmt = "JSONCompact" if small else "Arrow"
         with self.session():
             try:
                 # "Arrow" (IPC bytes) read with pyarrow: the same table as "ArrowTable" without chDB
-                # importing pandas (~0.35 s), which trace-msg's start-up cannot afford.
+                # importing pandas (~0.35 s), which trace-msg's start-up cannot afford. Small results
+                # (small=True) come as JSONCompact, read with orjson: no pyarrow import (~0.2 s).
                 if params:
-                    res = self._sess.query(sql, "Arrow", params={k: _chdb_param(v) for k, v in params.items()})
+                    res = self._sess.query(sql, fmt, params={k: _chdb_param(v) for k, v in params.items()})
                 else:
-                    res = self._sess.query(sql, "Arrow")
+                    res = self._sess.query(sql, fmt)
             except Exception as e:
                 raise _query_error(e) from None
+        if small:
+            return _json_rows(res)
         tbl = _arrow_table(res)
         if tbl is None or not hasattr(tbl, "column_names"):
             return [], []
@@ -339,6 +343,58 @@ class ChdbBackend(Backend):
         with _CHDB_PROCESS_LOCK:
             if self._sess is not None and self._depth == 0:
                 self._shut()
+
+
+def _chdb_connect(path: str) -> Any:
+    """A chDB connection to ``path``: what ``chdb.session.Session`` opens, without importing
+    ``chdb.session`` (it imports pyarrow and numpy, ~0.2 s of trace-msg's start-up)."""
+    try:
+        from chdb import _chdb
+
+        connect = _chdb.connect
+    except (ImportError, AttributeError):  # another chDB layout: the public API
+        from chdb import session as chdb_session
+
+        return chdb_session.Session(path)
+    conn = connect(path)
+    # JSON results (small=True): NaN and infinities as strings, so they read back as floats
+    conn.query("SET output_format_json_quote_denormals = 1, output_format_json_validate_utf8 = 1")
+    return conn
+
+
+def _json_conv(t: str) -> Any:
+    """Python value from a JSONCompact value of ClickHouse type ``t`` (as the Arrow path gives it)."""
+    if t.startswith("Nullable(") and t.endswith(")"):
+        inner = _json_conv(t[9:-1])
+        return None if inner is None else (lambda v: None if v is None else inner(v))
+    if t.startswith("LowCardinality(") and t.endswith(")"):
+        return _json_conv(t[15:-1])
+    if t.startswith("Array(") and t.endswith(")"):
+        inner = _json_conv(t[6:-1])
+        return None if inner is None else (lambda v: [inner(x) for x in v])
+    if t.startswith(("UInt", "Int")):
+        return int  # 64-bit integers may come quoted
+    if t.startswith("Float"):
+        return float  # "nan", "inf" quoted (see _chdb_connect)
+    return None  # strings, and anything else, as JSON gives it
+
+
+def _json_rows(res: Any) -> tuple[list[str], list[tuple]]:
+    data = res.bytes() if res is not None and hasattr(res, "bytes") else b""
+    if not data:
+        return [], []
+    import orjson
+
+    doc = orjson.loads(data)
+    meta = doc.get("meta") or []
+    names = [m["name"] for m in meta]
+    convs = [(i, c) for i, c in enumerate(_json_conv(m["type"]) for m in meta) if c is not None]
+    rows = doc.get("data") or []
+    if convs:
+        for r in rows:
+            for i, c in convs:
+                r[i] = c(r[i])
+    return names, [tuple(r) for r in rows]
 
 
 def _arrow_table(res: Any):  # -> pa.Table | None
@@ -392,7 +448,8 @@ class ClickHouseBackend(Backend):
                 self._client.disconnect()
                 raise StoreError(f"ClickHouse client error: {_first_line(str(e))}") from None
 
-    def execute(self, sql: str, params: Mapping[str, Any] | None) -> tuple[list[str], list[tuple]]:
+    def execute(self, sql: str, params: Mapping[str, Any] | None,
+                small: bool = False) -> tuple[list[str], list[tuple]]:
         if params:
             sql = self._render(sql, params)
         rows, cols = self._call(self._client.execute, sql, with_column_types=True)
@@ -464,19 +521,23 @@ class Store:
     def render_identifiers(self, sql: str) -> str:
         return sql.replace("{db:Identifier}", f"`{self.database}`")
 
-    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
-        """Run a statement; return (column names, row tuples)."""
-        return self.backend.execute(self.render_identifiers(sql), params)
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None, *,
+             small: bool = False) -> tuple[list[str], list[tuple]]:
+        """Run a statement; return (column names, row tuples). ``small``: a result of a few rows, read
+        without pyarrow on chDB (start-up of short commands)."""
+        return self.backend.execute(self.render_identifiers(sql), params, small)
 
-    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    def query(self, sql: str, params: Mapping[str, Any] | None = None, *,
+              small: bool = False) -> list[dict[str, Any]]:
         """Run a statement; return rows as dicts."""
-        names, rows = self.rows(sql, params)
+        names, rows = self.rows(sql, params, small=small)
         return [dict(zip(names, r)) for r in rows]
 
-    def query_file(self, name: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    def query_file(self, name: str, params: Mapping[str, Any] | None = None, *,
+                   small: bool = False) -> list[dict[str, Any]]:
         """Run ``queries/<name>.sql`` (one statement)."""
         try:
-            return self.query(load_sql(name), params)
+            return self.query(load_sql(name), params, small=small)
         except QueryError as e:
             e.query_name = name
             raise
@@ -535,7 +596,7 @@ class Store:
         rows = self.query(
             f"SELECT {cols} FROM {{db:Identifier}}.trace_events WHERE msg_id = {{msg_id:String}} "
             "ORDER BY ts_us, seq, event_id LIMIT 1 BY event_id",
-            {"msg_id": msg_id})
+            {"msg_id": msg_id}, small=True)
         return [from_row(r) for r in rows]
 
 

@@ -70,7 +70,7 @@ def similar_prefix(msg_id: str) -> str:
 def similar_ids(store: Any, msg_id: str, limit: int = 10) -> list[str]:
     """Ids sharing the longest prefix (up to a separator) with an unknown id."""
     for prefix in similar_prefixes(msg_id):
-        rows = store.query_file("trace_msg_similar", {"prefix": prefix})
+        rows = store.query_file("trace_msg_similar", {"prefix": prefix}, small=True)
         found = [r["msg_id"] for r in rows if r["msg_id"] != msg_id][:limit]
         if found:
             return found
