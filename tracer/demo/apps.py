@@ -142,8 +142,15 @@ def red_packet_service(args: argparse.Namespace) -> None:
     db = open_db(args.db, "CREATE TABLE IF NOT EXISTS red_packets (order_id TEXT PRIMARY KEY, "
                           "user_id TEXT, amount TEXT, paid_at REAL)")
     tracer = make_tracer(args, "red-packet-service")
+    def commit_done(offsets, result) -> None:  # kafka-python calls this after each auto-commit
+        if isinstance(result, Exception):
+            log("commit_error", error=repr(result))
+        else:
+            log("auto_committed", offsets={str(tp.partition): om.offset for tp, om in offsets.items()})
+
     consumer = tracer.wrap_consumer(_consumer(args, "red-packet", enable_auto_commit=True,
-                                              auto_commit_interval_ms=300))
+                                              auto_commit_interval_ms=300,
+                                              default_offset_commit_callback=commit_done))
     consumer.subscribe([TOPIC])
     dlq = KafkaProducer(bootstrap_servers=args.bootstrap, acks="all")
     # The seeds' trap: work handed to threads while auto-commit keeps committing.

@@ -206,17 +206,6 @@ class Story:
         finally:
             admin.close()
 
-    def committed_past(self, group: str, partition: int, offset: int) -> bool:
-        """Has ``group`` committed beyond ``offset`` on ``partition``? (asks the broker)"""
-        from kafka import KafkaConsumer, TopicPartition
-
-        probe = KafkaConsumer(bootstrap_servers=self.proxy.address, group_id=group, enable_auto_commit=False)
-        try:
-            c = probe.committed(TopicPartition(TOPIC, partition))
-            return c is not None and c > offset
-        finally:
-            probe.close()
-
     def caught_up(self, group: str) -> bool:
         """Has ``group`` committed everything that is in the topic?"""
         from kafka import KafkaConsumer, TopicPartition
@@ -333,8 +322,10 @@ class Story:
                                           and a.find("slow_payment", order_id=slow["order_id"])), None),
                             30, "a red-packet instance to start the slow payment")
         rec = victim.find("processing", order_id=slow["order_id"])[-1]
-        wait_until(lambda: self.committed_past("red-packet", rec["partition"], rec["offset"]), 30,
-                   "auto-commit to pass the in-flight message")
+        # the victim's own auto-commit (confirmed to it by the broker) has passed the in-flight message
+        victim.wait(lambda: any(int(c["offsets"].get(str(rec["partition"]), -1)) > rec["offset"]
+                                for c in victim.find("auto_committed")), 30,
+                    "auto-commit to pass the in-flight message")
         victim.kill()
         self.dead_spools.append(self.workdir / "spool" / victim.name)
         survivor = rp2 if victim is rp1 else rp1
