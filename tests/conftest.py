@@ -7,6 +7,7 @@ Overrides: ``MSGTRACE_KAFKA_BOOTSTRAP`` (a real Kafka), ``MSGTRACE_TEST_CLICKHOU
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from typing import Iterator
 
@@ -44,6 +45,7 @@ def kafka_bootstrap() -> Iterator[str]:
         yield broker.bootstrap
     finally:
         broker.stop()
+        shutil.rmtree(broker.workdir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -58,6 +60,7 @@ def tansu() -> Iterator[TansuBroker]:
         yield broker
     finally:
         broker.stop()
+        shutil.rmtree(broker.workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +79,7 @@ def clickhouse_server() -> Iterator[ClickHouseServer | None]:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(server.workdir, ignore_errors=True)
 
 
 def _server_url(server: ClickHouseServer | None, database: str) -> str:
