@@ -301,7 +301,10 @@ class Processor:
             self._drain_held()
             if self.held:
                 self._set_paused(True)
-                self._poll_kafka(50)  # keeps the group session and rebalances going; returns nothing
+                # Wake as soon as the write in flight is done (not a fixed 50 ms later: that
+                # idled the decode ~10% of a run); Kafka is still polled every round, which
+                # keeps the group session and rebalances going (paused: returns nothing).
+                self._poll_kafka(0 if self.write_step.wait_in_flight(0.05) else 50)
                 self.strategy.poll()
                 self._drain_held()
             else:

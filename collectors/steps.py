@@ -289,6 +289,8 @@ class WriteStep:
         self._last_write = 0.0
         # chDB's insert takes Arrow arrays as they are: attrs go in flattened, not as a list per event
         self._arrow = getattr(store, "engine", None) == "chdb"
+        if self._arrow:  # import now (~0.5 s), not on the writer thread with the first batch waiting
+            import pyarrow  # noqa: F401
 
     # --- chDB session lease (only ever touched on the writer's thread) ---------------
     def _open_session(self) -> None:
@@ -431,6 +433,17 @@ class WriteStep:
         self._harvest()
         if self._pending is not None and self._future is None and self.backoff.ready():
             self._start()
+
+    def wait_in_flight(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the write on the worker thread; False if none is in flight."""
+        f = self._future
+        if f is None:
+            return False
+        try:
+            f.exception(timeout=timeout)
+        except FutureTimeout:
+            pass
+        return True
 
     def submit(self, batch: Batch) -> None:
         if self._pending is not None:
