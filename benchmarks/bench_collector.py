@@ -220,30 +220,58 @@ def main() -> None:
 
 
 NOTES = """
-## Where the time goes
+## Reading
 
-- The target (>= 200k events/s into chDB on one process) is **not reached**. The collector is
-  CPU-bound in Python on the decode path; the store is not the limit (chDB takes the same
-  columns at ~250k+ events/s, the 18.16 server at a similar rate through clickhouse-driver).
-- The strict validator `tracer.events.validate_event` (+ an `Event` per line, then `to_columns`)
-  was the first bottleneck (~40k events/s alone). `collectors/decode.py` checks a record
-  column-wise instead (orjson per line, `itemgetter`/`zip` transposition, type sets, min/max, one
-  regex over the joined ids): about 2x faster. It only *accepts* records that the strict
-  validator accepts line by line; any record it does not accept goes through `decode_batch`
-  itself, so bad lines, their line numbers and error messages are exactly the strict validator's
-  (tests/test_collector_unit.py compares both on 30+ kinds of bad line).
-- What remains is mostly `orjson.loads` building one dict of 19 keys per event (~5-7 us per event
-  here) plus the transposition and checks (~5 us). Inside the running collector the decode is
-  slower than in isolation (~15-20 us per event) because three threads share the GIL on two
-  cores: kafka-python's IO thread (fetch, record parsing, CRC), the decode on the main thread,
-  and the writer thread's Arrow conversion / clickhouse-driver serialisation. Writing on the
-  worker thread (one batch in flight) still beats writing inline (table above: the chDB rows
-  with and without `threaded_writes`).
-- Next step for a large gain: parse NDJSON straight into Arrow columns in C++ (`pyarrow.json`
-  reads these records at ~400k events/s here and releases the GIL) and do the strict checks as
-  Arrow compute kernels, falling back to `decode_batch` for any record that fails. Not done: the
-  Arrow reader cannot tell a missing key from a null one, and `attrs` (free keys) comes out as a
-  struct, so keeping the checks exactly equal needs more care than was available.
+- The target (>= 200k events/s into chDB on one process) is **still not reached**: about 45k
+  events/s into chDB and 40-45k into 18.16 here, ~1.3x (chDB) and ~1.1-1.4x (18.16) the previous
+  collector in the same run (median of the per-repeat ratios: chDB 1.30, 18.16 1.13), at 13-15% of
+  the raw consume rate. The machine is shared with other helpers' test runs; compare rows of one
+  run, not runs.
+- What changed (collectors/decode.py, steps.py, consumer.py):
+  1. One `orjson.loads` per record instead of one per line: the record is parsed as
+     `[line1,\\nline2,...]`. Equivalent to a per-line parse because every line must start with `{`
+     (a comma inside an object must be followed by a key, and a raw line break cannot sit inside
+     a JSON string, so every inserted comma separates array elements), no accepted event contains
+     an array, and the element count must equal the line count. Tests feed records built to fool
+     it (a string spanning a line break, an object split between members, two events on one line,
+     nested arrays) and ~25 JSON/contract edge lines; all decode exactly as `decode_batch`.
+  2. `attrs` stays a column of the parsed dicts until the write: for chDB it becomes two Arrow
+     list arrays built from the flattened keys/values (0.9 us/event instead of a Python list per
+     event and key/value, then `pa.array` over lists of lists); for the server, lists of lists.
+  3. Cyclic GC: thresholds (10000, 20, 20) and `gc.freeze()` while the collector runs
+     (`CollectorConfig.gc_threshold`, restored at return). Decoding makes ~1,000 container objects
+     per record; with the default thresholds the young-generation passes took ~10% of a run.
+     Row "gc_threshold=None" shows the collector with the default GC.
+  4. Under backpressure the main thread waited in a paused 50 ms Kafka poll even when the write
+     it waited for had finished; it now waits on the write itself (then polls Kafka with 0 ms).
+     In one profiled run that was 0.6 s of a 4.5 s run.
+  5. pyarrow is imported when the collector starts on chDB, not on the writer thread with the
+     first batch waiting (~0.5 s of a ~4 s benchmark run; a one-off in a long-running collector).
+- What did not help (measured, not kept): batches of 50,000 events instead of 20,000 (slower in an
+  interleaved run: 27.6k vs 33.1k events/s, less overlap of decode and write at the end); RE2
+  regexes over the raw lines to recognise the emitter's canonical layout (`pyarrow.compute`:
+  full-line match 4.5 us/event, extract_regex 23-33 us/event, both no cheaper than orjson);
+  transposing with `dict.values` plus a key-order check instead of `itemgetter` (same cost);
+  bigger fetches (the collector already fetches 32 MiB per partition and up to 500 records =
+  250k events per poll).
+- Not done: (c) letting Arrow/ClickHouse parse the JSON. `pyarrow.json.read_json` with an explicit
+  schema reads these records at ~3 us/event without the GIL and is strict about types, unknown
+  fields, duplicate keys and surrogates (checked), but it turns a *missing* nullable key into null
+  and has no map type for `attrs` (free keys), so a sound pre-check would still need per-line
+  Python work or a careful byte-level scan; not safe to finish in the time. (d) decoding in a
+  worker process: the main process then still parses Kafka records (~3 us/event) and must get
+  columns back (unpickling ~2 us/event, or Arrow IPC built in the worker); on 2 cores the
+  estimated ceiling is ~100-140k events/s, below the target, for a large change to the
+  commit-after-insert pipeline.
+- What limits it now: everything per event runs in Python under one GIL on 2 cores: kafka-python's
+  poll and record parsing (~3 us/event; the raw consume ceiling), the orjson parse (~5-6 us), the
+  transposition and column checks (~4 us), the batch extend, and the writer's conversion of
+  Python lists to Arrow (~1.5 us; chDB's insert itself mostly releases the GIL). Inside the running
+  collector the decode costs ~12 us/event instead of ~10 in isolation (GIL handovers with the
+  writer and kafka-python threads). That caps one process at roughly 60-75k events/s here. The
+  target needs the per-event work out of Python: a C/C++/Rust parser that checks the contract as
+  strictly as `validate_event` and writes Arrow columns (a new dependency, e.g. a small extension
+  built for this), with `decode_batch` kept as the fallback for any record it does not accept.
 - Commit metadata (the write intent used to count redelivered duplicates precisely) is dropped
   by Tansu; the fallback looks up the first batch's worth of events after each assignment when
   the group has committed before (not the case in these runs).
