@@ -105,10 +105,10 @@ def bench_reconcile(root: str, messages: int, repeats: int, lossy: bool) -> dict
     steps: dict[str, list[float]] = {}
     orig_run, orig_qf = R._run, store.query_file
 
-    def timed(key, fn, *args):
+    def timed(key, fn, *args, **kwargs):
         t = time.perf_counter()
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         finally:
             steps.setdefault(key, []).append(time.perf_counter() - t)
 

@@ -4,8 +4,7 @@ All heavy work is ClickHouse SQL from ``queries/``, in two passes:
 
 1. ``reconcile_scan*.sql`` judges every (msg_id, group) pair of the window in one lean GROUP BY
    (packed bitmasks and counts); plainly delivered pairs come back as one count per topic and group,
-   every other pair by its key (or, with at most one group per topic, ``reconcile_scan_msg.sql``
-   aggregates per msg_id alone and returns every other message by its id);
+   every other pair by its key;
 2. ``reconcile_pairs.sql`` collects the facts that decide those pairs (times, partitions, offsets,
    errors, exact counts) for their messages only.
 
@@ -155,46 +154,6 @@ def scan_sql(single: bool, expected_table: str | None) -> str:
     if expected_table:
         extra = "OR msg_id IN (SELECT msg_id FROM {db:Identifier}.`%s`)" % check_identifier(expected_table, "table name")
     return sql.replace("/*JUDGE_EXTRA*/", extra)
-
-
-def scan_msg_sql(expected_table: str | None) -> str:
-    """Pass 1 with the default groups: ``reconcile_scan_msg.sql`` (one scan, per message)."""
-    sql = load_sql("reconcile_scan_msg")
-    extra = ""
-    if expected_table:
-        extra = "OR msg_id IN (SELECT msg_id FROM {db:Identifier}.`%s`)" % check_identifier(expected_table, "table name")
-    return sql.replace("/*JUDGE_EXTRA*/", extra)
-
-
-def _scan_by_message(store: Store, params: dict[str, Any], expected_table: str | None,
-                     counts: dict[tuple[str, str, str], int]) -> tuple[list[str], list[list[str]], set[str],
-                                                                        set[tuple[str, str]]]:
-    """Pass 1 with the default groups (those seen receiving from each topic in the window): count the
-    plainly delivered pairs into ``counts``; return the groups per topic and what pass 2 judges: whole
-    messages (every pair of theirs), or, after the general scan, single pairs.
-
-    With at most one group per topic (the common case) the scan aggregates per message alone
-    (``reconcile_scan_msg.sql``); with fan-out, per (message, group) pair (``reconcile_scan.sql``).
-    """
-    topics, tgroups = _topic_groups(store, params["from_us"], params["cut"])
-    p = {**params, "topics": topics, "topic_groups": tgroups, "first_groups": [g[0] if g else "" for g in tgroups]}
-    msgs: set[str] = set()
-    pairs: set[tuple[str, str]] = set()
-    if all(len(g) <= 1 for g in tgroups):
-        for r in _run(store, scan_msg_sql(expected_table), p):
-            if r["mid"]:
-                msgs.add(r["mid"])
-            else:
-                key = (V.DELIVERED, r["topic"], r["consumer_group"])
-                counts[key] = counts.get(key, 0) + r["n"]
-        return topics, tgroups, msgs, pairs
-    for r in _run(store, scan_sql(False, expected_table), p):
-        if r["mid"]:
-            pairs.add((r["mid"], r["consumer_group"]))
-        else:
-            key = (V.VERDICTS[r["vcode"]], r["topic"], r["consumer_group"])
-            counts[key] = counts.get(key, 0) + r["n"]
-    return topics, tgroups, msgs, pairs
 
 
 def _topic_groups(store: Store, from_us: int, cut: int) -> tuple[list[str], list[list[str]]]:
@@ -454,35 +413,33 @@ def reconcile(store: Store, window_from_us: int, window_to_us: int, grace_s: int
                 tables.append(table)
             if progress:
                 progress("judging every message and group (pass 1)")
-            topics, tgroups = _nonempty([], [])
+            if groups:
+                topics, tgroups = _nonempty([], [])
+            else:
+                topics, tgroups = _topic_groups(store, window_from_us, cut)
+            single = len(groups) == 1 if groups else all(len(g) <= 1 for g in tgroups)
             params = {"scan_from": scan_from, "cut": cut, "from_us": window_from_us, "to_us": window_to_us,
                       "restrict_groups": 1 if groups else 0, "groups": list(groups or []),
                       "group": groups[0] if groups else "", "topics": topics, "topic_groups": tgroups,
                       "first_groups": [g[0] if g else "" for g in tgroups], "collapse": 0}
+            scanned = _run(store, scan_sql(single, table), params)
             cand: set[tuple[str, str]] = set()
-            cand_msgs: set[str] = set()
-            if groups:
-                scanned = _run(store, scan_sql(len(groups) == 1, table), params)
-                for r in scanned:
-                    if r["mid"]:
-                        cand.add((r["mid"], r["consumer_group"]))
-                    else:
-                        key = (V.VERDICTS[r["vcode"]], r["topic"], r["consumer_group"])
-                        res.counts[key] = res.counts.get(key, 0) + r["n"]
-            else:
-                topics, tgroups, cand_msgs, cand = _scan_by_message(store, params, table, res.counts)
-                params.update(topics=topics, topic_groups=tgroups)
+            for r in scanned:
+                if r["mid"]:
+                    cand.add((r["mid"], r["consumer_group"]))
+                else:
+                    key = (V.VERDICTS[r["vcode"]], r["topic"], r["consumer_group"])
+                    res.counts[key] = res.counts.get(key, 0) + r["n"]
             details: list[dict[str, Any]] = []
-            if cand or cand_msgs:
-                ids = sorted({m for m, _ in cand} | cand_msgs)
+            if cand:
                 if progress:
-                    progress(f"collecting evidence for {len(ids)} messages (pass 2)")
+                    progress(f"collecting evidence for {len(cand)} pairs (pass 2)")
                 from .expected import load_expected
 
-                ctable, _ = load_expected(store, _IdList(ids), "c" + res.run_id)
+                ctable, _ = load_expected(store, _IdList(sorted({m for m, _ in cand})), "c" + res.run_id)
                 tables.append(ctable)
                 details = [r for r in _run(store, pairs_sql(cand_table=ctable), params)
-                           if r["mid"] in cand_msgs or (r["mid"], r["consumer_group"]) in cand]
+                           if (r["mid"], r["consumer_group"]) in cand]
             never = []
             if table:
                 never = [r["msg_id"] for r in store.query(
@@ -497,9 +454,7 @@ def reconcile(store: Store, window_from_us: int, window_to_us: int, grace_s: int
             r["cut"] = cut
         found = {(r["mid"], r["consumer_group"]) for r in details}
         res.rows = [make_verdict(r) for r in details]
-        # cannot happen unless events changed between the passes
-        lost_cands = sorted(cand - found) + [(m, "") for m in sorted(cand_msgs - {m for m, _ in found})]
-        for m, g in lost_cands:
+        for m, g in sorted(cand - found):  # cannot happen unless events changed between the passes
             res.rows.append(Verdict(m, g, "", V.AUDIT_GAP, "none", [], evidence="events changed during the run"))
         for m in never:
             for g in (groups or [""]):
