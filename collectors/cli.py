@@ -93,7 +93,7 @@ def _status_text(stats: Any, state: str, rate: float) -> str:
 @click.option("--startup-timeout", type=click.FloatRange(1), default=60.0, show_default=True,
               help="With --until-idle: give up when Kafka or the partitions do not come within this time.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
-              show_default=True)
+              show_default=True, help="Least severe log level written to stderr.")
 @click.option("--log-json", is_flag=True, help="Log JSON lines instead of logfmt.")
 @json_option
 @handle_errors
