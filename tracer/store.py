@@ -35,14 +35,14 @@ _PARAM_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*):([^{}]+)\}")
 _CODE_RE = re.compile(r"Code: (\d+)\.")
 
 
-def _queries_dir() -> Path:
-    """``queries/`` beside the package in a checkout, else the installed copy."""
+def _queries_dir() -> Any:
+    """``queries/`` beside the package in a checkout, else the installed copy (a Traversable)."""
     here = Path(__file__).resolve().parent.parent / "queries"
     if here.is_dir():
         return here
     import importlib.resources
 
-    return Path(str(importlib.resources.files("msgtrace_queries")))
+    return importlib.resources.files("msgtrace_queries")
 
 
 QUERIES_DIR = _queries_dir()
@@ -117,7 +117,7 @@ def load_sql(name: str) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise StoreError(f"no query file {path}") from None
+        raise StoreError(f"no query file {name}.sql in {QUERIES_DIR}") from None
 
 
 def split_statements(sql: str) -> list[str]:
