@@ -51,3 +51,9 @@ def test_store_errors_are_one_line(url, words):
     assert words in text
     assert "secret" not in text and "Traceback" not in text
     assert len(text.strip().splitlines()) == 1
+
+
+def test_markup_in_an_error_is_printed_literally():
+    r = CliRunner().invoke(main, ["db", "init", "--store", "clickhouse://h:9000/a[/b]"])
+    assert r.exit_code == 2
+    assert r.stderr.startswith("error: ") and "Traceback" not in r.stderr

@@ -114,3 +114,13 @@ def test_not_an_object():
         decode_event_line(b"[1,2]")
     with pytest.raises(DecodeError, match="must be a JSON object"):
         validate_event("x")
+
+
+@pytest.mark.parametrize("field_name, value", [
+    ("event_id", "0af76519-16cd-43dd-8448-eb211c80319c\n"),
+    ("trace_id", "0af7651916cd43dd8448eb211c80319c\n"),
+    ("span_id", "b7ad6b7169203331\n"),
+])
+def test_ids_with_a_trailing_newline_are_refused(field_name, value):
+    batch = decode_batch(_line(**{field_name: value}), record_headers())
+    assert batch.events == [] and batch.bad[0].field == field_name

@@ -161,3 +161,10 @@ def test_chdb_cli_cannot_open_a_dir_that_is_a_file(tmp_path):
     with pytest.raises(Exception) as ei:
         Store(f"chdb://{f}").query("SELECT 1")
     assert "\n" not in str(ei.value)
+
+
+def test_unencoded_password_never_leaks_through_a_url_error():
+    with pytest.raises(ConfigError) as ei:
+        parse_store_url("clickhouse://bob:s3cr/et@db:9000/x")
+    assert "s3cr" not in str(ei.value) and "percent-encode" in str(ei.value)
+    assert "hunter2" not in repr(parse_store_url("clickhouse://alice:hunter2@h:9000/db"))

@@ -25,7 +25,10 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def fail(message: str, code: int = EXIT_ERROR) -> None:
     """Print one line to stderr and exit."""
-    err.print(f"[bold red]error:[/] {message}", markup=True)
+    from rich.markup import escape
+
+    line = " ".join(str(message).split())  # one line, whatever the library said
+    err.print(f"[bold red]error:[/] {escape(line)}", markup=True)
     sys.exit(code)
 
 
@@ -43,6 +46,10 @@ def handle_errors(fn: F) -> F:
         except KeyboardInterrupt:
             err.print("interrupted")
             sys.exit(130)
+        except (SystemExit, click.exceptions.Exit, click.ClickException):
+            raise
+        except Exception as e:  # never exit 1 ("lost") because msgtrace itself broke
+            fail(f"unexpected error: {type(e).__name__}: {e}")
 
     return wrapper  # type: ignore[return-value]
 

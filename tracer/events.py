@@ -176,11 +176,11 @@ def validate_event(obj: Any, line: int | None = None) -> Event:
                 raise DecodeError(f"field {name!r} must be a string, got {_type_name(v)}", field=name, line=line)
             if kind == "stage" and v not in STAGES:
                 raise DecodeError(f"unknown stage {v!r}", field=name, line=line)
-            if kind == "uuid" and not _UUID_RE.match(v):
+            if kind == "uuid" and not _UUID_RE.fullmatch(v):
                 raise DecodeError(f"field 'event_id' is not a UUID: {v[:60]!r}", field=name, line=line)
-            if kind == "hex32" and not _HEX32_RE.match(v):
+            if kind == "hex32" and not _HEX32_RE.fullmatch(v):
                 raise DecodeError(f"field {name!r} must be 32 lowercase hex digits", field=name, line=line)
-            if kind == "hex16" and not _HEX16_RE.match(v):
+            if kind == "hex16" and not _HEX16_RE.fullmatch(v):
                 raise DecodeError(f"field {name!r} must be 16 lowercase hex digits", field=name, line=line)
     if not obj["msg_id"]:
         raise DecodeError("field 'msg_id' must not be empty", field="msg_id", line=line)

@@ -79,9 +79,14 @@ def parse_traceparent(value: bytes | str | None) -> tuple[str | None, str | None
     return m[1].decode(), m[2].decode()
 
 
+#: Longest error text kept in an event: an audit line must stay far below the audit topic's record limit.
+MAX_ERROR_CHARS = 4096
+
+
 def error_text(e: BaseException) -> str:
     text = str(e)
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+    out = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return out if len(out) <= MAX_ERROR_CHARS else out[:MAX_ERROR_CHARS] + "..."
 
 
 class TracedProducer:

@@ -41,6 +41,8 @@ def wait_until(cond: Callable[[], T], timeout: float, what: str, interval: float
             v = cond()
             if v:
                 return v
+        except ServiceError:
+            raise  # the service is gone: waiting longer cannot help
         except Exception as e:  # the condition may fail while a service starts
             last_exc = e
         if time.monotonic() >= deadline:

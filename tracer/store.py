@@ -21,7 +21,7 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -65,7 +65,7 @@ class StoreURL:
     host: str = ""
     port: int = 9000
     user: str = "default"
-    password: str = ""
+    password: str = field(default="", repr=False)
     secure: bool = False
 
     def redacted(self) -> str:
@@ -90,8 +90,9 @@ def parse_store_url(url: str) -> StoreURL:
     try:
         parts = urlsplit(url)
         port = parts.port
-    except ValueError as e:
-        raise ConfigError(f"invalid store URL: {e}") from None
+    except ValueError:  # the text may quote part of the password: say what to do instead
+        raise ConfigError("invalid store URL: bad host or port (percent-encode '/', '#', '?' and '@' "
+                          "in the user name and password)") from None
     scheme = parts.scheme.lower()
     query = parse_qs(parts.query)
     if scheme == "chdb":

@@ -265,8 +265,8 @@ class Tracer:
 
     def _hook_error(self, e: BaseException) -> None:
         self._counters["hook_errors"] += 1
-        self._emitter.last_error = error_text(e)
-        log.warning("msgtrace hook error (the business call was not affected): %s", error_text(e))
+        text = self._emitter.last_error = error_text(e)
+        self._emitter._log_rate_limited("msgtrace hook error (the business call was not affected): %s", text)
 
 
 class _Processing:

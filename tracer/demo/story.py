@@ -237,9 +237,10 @@ class Story:
         for d in ("logs", "spool"):
             (w / d).mkdir(parents=True, exist_ok=True)
         proxy_port = free_port()
-        self.business = TansuBroker(workdir=str(w / "logs"), advertised_port=proxy_port).start()
-        self.audit = TansuBroker(workdir=str(w / "logs")).start()
-        self.brokers = [self.business, self.audit]
+        self.business = TansuBroker(workdir=str(w / "logs"), advertised_port=proxy_port)
+        self.brokers.append(self.business.start())  # tracked at once: cleanup() stops what started
+        self.audit = TansuBroker(workdir=str(w / "logs"))
+        self.brokers.append(self.audit.start())
         self.proxy = FaultProxy(self.business.port, port=proxy_port)
         self.step(f"brokers up: business {self.proxy.address} (through a fault proxy), "
                   f"audit {self.audit.bootstrap}; store {self.store_url}")
