@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
-# Creates .venv with msgtrace and its dependencies (idempotent). Sourced by demo.sh and test.sh.
+# Creates .venv with msgtrace and its dependencies (idempotent). Used by demo.sh and test.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
+if ! "$PY" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  # Debian's python3 needs python3-venv for `python3 -m venv`
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  echo "installing python3-venv (Debian package) ..." >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+fi
+if [ ! -x .venv/bin/pip ]; then
+  rm -rf .venv  # a half-made venv from an earlier failed run
   "$PY" -m venv .venv
 fi
 extras=${MSGTRACE_EXTRAS:-}
