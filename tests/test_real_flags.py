@@ -16,7 +16,7 @@ import time
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from tracer import verdicts as V
 from tracer.demo.proxy import FaultProxy
@@ -53,6 +53,8 @@ def create_topic(bootstrap: str, name: str = TOPIC) -> None:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
         admin.create_topics([NewTopic(name, 1, 1)])
+    except TopicAlreadyExistsError:
+        pass  # a client's metadata request auto-created it first
     finally:
         admin.close()
 
