@@ -418,3 +418,19 @@ def test_emit_rows_with_encoded_members(tmp_path):
         ("received", 'a "quoted"\nid', 3, 1), ("offset_committed", 'a "quoted"\nid', 4, 2)]
     assert sink.events[1].attrs == {"record_offset": "3"} and e.stats["invalid"] == 1
     e.close()
+
+
+def test_record_caps_huge_fields_so_every_audit_line_stays_shippable(tmp_path):
+    from tracer.emitter import NullSink
+    from tracer.tracer import MAX_ATTR_CHARS, Tracer
+    from tracer.hooks import MAX_ERROR_CHARS
+
+    t = Tracer(service="svc", sink=NullSink(), spool_dir=str(tmp_path / "spool"))
+    try:
+        t.record("business_failed", "order-1:paid", error="x" * 5_000_000, note="y" * 5_000_000)
+        assert t.stats["recorded"] == 1 and t.stats["hook_errors"] == 0
+        data = b"".join(p.read_bytes() for p in (tmp_path / "spool").rglob("*") if p.is_file())
+        assert b"x" * MAX_ERROR_CHARS in data and b"x" * (MAX_ERROR_CHARS + 1) not in data
+        assert b"y" * MAX_ATTR_CHARS in data and b"y" * (MAX_ATTR_CHARS + 1) not in data
+    finally:
+        t.close(timeout=5)

@@ -28,7 +28,11 @@ from typing import Any, Callable
 
 from .emitter import Emitter, KafkaSink, Sink, StoreSink
 from .events import MSG_ID_HEADER, STAGES
-from .hooks import TRACEPARENT, TracedConsumer, TracedProducer, error_text, key_str, parse_traceparent
+from .hooks import (MAX_ERROR_CHARS, TRACEPARENT, TracedConsumer, TracedProducer, error_text, key_str,
+                    parse_traceparent)
+
+#: Longest attribute value kept from record(): audit lines must stay small.
+MAX_ATTR_CHARS = 4096
 
 log = logging.getLogger("msgtrace")
 
@@ -155,10 +159,15 @@ class Tracer:
                 kw["key"] = key_str(kw["key"])
             if isinstance(kw.get("error"), BaseException):
                 kw["error"] = error_text(kw["error"])
+            elif isinstance(kw.get("error"), str) and len(kw["error"]) > MAX_ERROR_CHARS:
+                kw["error"] = kw["error"][:MAX_ERROR_CHARS] + "..."
             mq = fields.pop("mq", None)
             ts_us = int(fields.pop("ts_us", 0) or 0)
             for k, v in fields.items():
                 attrs[str(k)] = str(v)
+            # one audit line must always fit an audit record: cap what callers hand us
+            attrs = {k[:256]: v if len(v) <= MAX_ATTR_CHARS else v[:MAX_ATTR_CHARS] + "..."
+                     for k, v in attrs.items()}
             if kw.get("topic") is None:
                 kw["topic"] = ""
             self._emitter.emit(stage, msg_id, attrs=attrs, mq=mq, ts_us=ts_us, **kw)
