@@ -129,11 +129,17 @@ def _poll(consumer) -> dict:
         return {}
 
 
-def _watch_assignment(consumer, last: list) -> None:
-    current = sorted(tp.partition for tp in consumer.assignment())
-    if current != last[0]:
-        last[0] = current
-        log("assigned", partitions=current)
+def _poll_loop(consumer, stopping: threading.Event):
+    """Until SIGTERM: poll, log assignment changes, yield each poll's records (maybe none)."""
+    last = None
+    log("ready", pid=os.getpid())
+    while not stopping.is_set():
+        batch = _poll(consumer)
+        current = sorted(tp.partition for tp in consumer.assignment())
+        if current != last:
+            last = current
+            log("assigned", partitions=current)
+        yield [record for records in batch.values() for record in records]
 
 
 def red_packet_service(args: argparse.Namespace) -> None:
@@ -185,14 +191,9 @@ def red_packet_service(args: argparse.Namespace) -> None:
         except Exception as e:  # swallowed: the offset is committed anyway
             log("handler_error", order_id=oid, error=repr(e))
 
-    last: list = [None]
-    log("ready", pid=os.getpid())
-    while not stopping.is_set():
-        batch = _poll(consumer)
-        _watch_assignment(consumer, last)
-        for records in batch.values():
-            for record in records:
-                pool.submit(handle, record)
+    for records in _poll_loop(consumer, stopping):
+        for record in records:
+            pool.submit(handle, record)
     pool.shutdown(wait=True)
     consumer.close()
     dlq.close()
@@ -210,22 +211,17 @@ def points_service(args: argparse.Namespace) -> None:
     consumer.subscribe([TOPIC])
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    last: list = [None]
     pending_since: float | None = None  # when the oldest uncommitted message was processed
-    log("ready", pid=os.getpid())
-    while not stopping.is_set():
-        batch = _poll(consumer)
-        _watch_assignment(consumer, last)
-        for records in batch.values():
-            for record in records:
-                order = json.loads(record.value)
-                oid = order["order_id"]
-                with tracer.processing(record):
-                    fresh = db.execute("INSERT OR IGNORE INTO points VALUES (?, ?, ?, ?)",
-                                       (oid, order["user_id"], 10, time.time())).rowcount
-                log("points", order_id=oid, fresh=bool(fresh), partition=record.partition, offset=record.offset)
-                if pending_since is None:
-                    pending_since = time.monotonic()
+    for records in _poll_loop(consumer, stopping):
+        for record in records:
+            order = json.loads(record.value)
+            oid = order["order_id"]
+            with tracer.processing(record):
+                fresh = db.execute("INSERT OR IGNORE INTO points VALUES (?, ?, ?, ?)",
+                                   (oid, order["user_id"], 10, time.time())).rowcount
+            log("points", order_id=oid, fresh=bool(fresh), partition=record.partition, offset=record.offset)
+            if pending_since is None:
+                pending_since = time.monotonic()
         # commits by hand, a few seconds after the work: a crash in between means redelivery
         if pending_since is not None and time.monotonic() - pending_since > args.commit_every:
             try:
