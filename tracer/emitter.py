@@ -340,24 +340,6 @@ class Emitter:
             self._heads[key] = head
         return head
 
-    def _append(self, body: bytes) -> None:
-        """Copy one line (without its newline) into the spool, then the newline. Caller holds the lock."""
-        w = self._writer
-        n = len(body) + 1
-        pos = w.seg_size
-        if pos + n > w.seg_cap:
-            w._rotate(n)
-            pos = 0
-        end = pos + n - 1
-        mm = w._mm
-        mm[pos:end] = body
-        mm[end] = 10  # the newline last: only now is the line complete
-        w.seg_size = end + 1
-        if w.fsync_always:
-            start = pos - pos % mmap.ALLOCATIONGRANULARITY
-            mm.flush(start, end + 1 - start)
-        self._written += n
-
     def emit(self, stage: str, msg_id: str, topic: str = "", partition: int | None = None,
              offset: int | None = None, consumer_group: str | None = None, key: str | None = None,
              error: str | None = None, trace_id: str | None = None, span_id: str | None = None,
@@ -378,7 +360,7 @@ class Emitter:
                 if self._written - self._shipped_bytes + n > self.max_spool_bytes or self._closed:
                     self._dropped()
                     return
-                w = self._writer  # _append, inlined: this runs twice per message sent
+                w = self._writer  # the spool append, inlined: this runs twice per message sent
                 pos = w.seg_size
                 if pos + n > w.seg_cap:
                     w._rotate(n)
@@ -404,33 +386,9 @@ class Emitter:
         Each tuple is ``(stage, msg_id, topic, partition, offset, consumer_group, key, error,
         trace_id, span_id[, attrs])``. Never raises.
         """
-        if not events:
-            return
-        try:
-            heads = self._heads
-            with self._lock:
-                now = _time_ns() // 1000
-                append = self._append
-                for ev in events:
-                    msg_id = ev[1]
-                    if type(msg_id) is not str or not msg_id:
-                        self._invalid(f"msg_id must be a non-empty string, got {msg_id!r}"[:200])
-                        continue
-                    head = heads.get((ev[0], ev[2], ev[5], None)) or self._head(ev[0], ev[2], ev[5], None)
-                    seq = self._seq = self._seq + 1
-                    body = head + b'%012x",' % seq + _dumps({
-                        "seq": seq, "ts_us": now, "msg_id": msg_id, "partition": ev[3], "offset": ev[4],
-                        "key": ev[6], "error": ev[7], "trace_id": ev[8], "span_id": ev[9],
-                        "attrs": ev[10] if len(ev) > 10 else _NO_ATTRS})[1:]
-                    if self._written - self._shipped_bytes + len(body) >= self.max_spool_bytes or self._closed:
-                        self._dropped()
-                        continue
-                    append(body)
-                    self._recorded += 1
-        except Exception as e:
-            self.counters["errors"] += 1
-            self.last_error = f"{type(e).__name__}: {e}"
-            self._log_rate_limited("msgtrace: could not spool events: %s", self.last_error)
+        for ev in events:  # test and tooling helper; the hooks use emit / emit_rows
+            self.emit(ev[0], ev[1], topic=ev[2], partition=ev[3], offset=ev[4], consumer_group=ev[5], key=ev[6],
+                      error=ev[7], trace_id=ev[8], span_id=ev[9], attrs=ev[10] if len(ev) > 10 else None)
 
     def emit_rows(self, stage: str, topic: str, consumer_group: str | None, fixed: dict[str, Any],
                   rows: Sequence[dict[str, Any]]) -> None:

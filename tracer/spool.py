@@ -8,8 +8,10 @@ Layout, one directory per emitter (= per process and Tracer) under the spool dir
     <spool>/<emitter_id>/shipped       "<segment> <offset>": what has been shipped
 
 Lines are exactly the audit wire format (NDJSON), so shipping is a read and a
-join, never a re-encode. Writes are unbuffered ``os.write`` calls on an
-``O_APPEND`` descriptor: a SIGKILL cannot lose a returned write. A dead owner
+join, never a re-encode. Writes are copies into preallocated, shared mmap
+segments (the kernel's page cache): a SIGKILL cannot lose a returned write,
+and each line's newline is written last, so a line cut by the kill is skipped
+on reading. A dead owner
 is detected by its released flock (the kernel drops it on any death), so a
 new process can adopt the directory and ship what is left.
 """
@@ -98,11 +100,6 @@ class SpoolWriter:
         self._mm: mmap.mmap | None = None
         self._rotate(0)
 
-    @property
-    def head(self) -> tuple[int, int]:
-        """(segment, bytes written in it): how far a reader may read (read it under the writer's lock)."""
-        return self.segno, self.seg_size
-
     def _rotate(self, need: int) -> None:
         n = self.segno + 1
         cap = max(self.segment_bytes, need)
@@ -116,21 +113,6 @@ class SpoolWriter:
         self.segno, self.seg_size, self.seg_cap = n, 0, cap
         if old is not None:
             old.close()
-
-    def write(self, line: bytes) -> None:
-        """Append one newline-terminated line (caller serialises calls)."""
-        n = len(line)
-        if self.seg_size + n > self.seg_cap:
-            self._rotate(n)
-        pos = self.seg_size
-        mm = self._mm
-        end = pos + n - 1
-        mm[pos:end] = memoryview(line)[:-1]
-        mm[end] = 10  # the newline last: only now is the line complete
-        self.seg_size = end + 1
-        if self.fsync_always:
-            start = pos - pos % mmap.ALLOCATIONGRANULARITY
-            mm.flush(start, end + 1 - start)
 
     def sync(self) -> None:
         """msync the current segment (the ``batch`` policy calls this from the shipper)."""
