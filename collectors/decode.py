@@ -18,6 +18,12 @@ Acceptance is sound: whenever the fast path accepts a record, ``validate_event``
 accepts each of its lines with the same values. When any check fails the record
 goes through ``decode_batch`` itself, so the events kept, the lines rejected and
 the error messages are exactly the strict validator's.
+
+Faster still, when it is built: ``collectors._fastjson`` (C) parses and checks a
+whole record without the GIL and returns Arrow buffers (:func:`arrow_batch`), so
+no Python object is made per event. It obeys the same rule (accept only what
+``validate_event`` accepts, with the same values; otherwise the paths above run).
+Without a C compiler the package still installs and uses the Python paths.
 """
 from __future__ import annotations
 
@@ -33,6 +39,16 @@ from tracer.events import COLUMNS, MAX_RECORD_BYTES, SCHEMA, STAGES, STORE_COLUM
     decode_batch
 
 from .types import Decoded
+
+try:
+    from . import _fastjson
+except ImportError:  # not built (no compiler at install time): the Python paths below
+    _fastjson = None
+if _fastjson is not None and tuple(_fastjson.columns()) != COLUMNS:  # a stale build
+    _fastjson = None
+
+#: True when the C decoder is in use (reported by the collector at start-up).
+FAST_C = _fastjson is not None
 
 _NKEYS = {len(COLUMNS)}
 _GET = operator.itemgetter(*COLUMNS)
@@ -162,8 +178,82 @@ def store_columns(columns: Sequence[Sequence[Any]], *, arrow: bool = False) -> d
     return out
 
 
+_ARROW: dict[str, Any] = {}
+
+
+def _arrow_types() -> dict[str, Any]:
+    """Arrow type of each storage column, as ``Store.insert`` makes them (built once)."""
+    if not _ARROW:
+        import pyarrow as pa
+
+        from tracer.store import _arrow_type
+
+        for name, (_, _, ch_type) in SCHEMA.items():
+            if name != "attrs":
+                _ARROW[name] = _arrow_type(ch_type)
+        _ARROW["attr_keys"] = _ARROW["attr_values"] = pa.list_(pa.string())
+        _ARROW["__schema__"] = pa.schema([(c, _ARROW[c]) for c in STORE_COLUMNS])
+    return _ARROW
+
+
+def arrow_batch(n: int, buffers: Sequence[tuple]) -> Any:  # -> pa.RecordBatch
+    """A ``trace_events`` record batch over the buffers ``_fastjson.decode`` returned (no copy)."""
+    import pyarrow as pa
+
+    types = _arrow_types()
+    buf = pa.py_buffer
+    arrays = []
+    for name, bufs in zip(COLUMNS, buffers):
+        if name == "attrs":
+            _, loff, koff, kdata, voff, vdata = bufs
+            nk = len(koff) // 4 - 1
+            keys = pa.Array.from_buffers(pa.string(), nk, [None, buf(koff), buf(kdata)])
+            vals = pa.Array.from_buffers(pa.string(), nk, [None, buf(voff), buf(vdata)])
+            offsets = buf(loff)
+            arrays.append(pa.Array.from_buffers(types["attr_keys"], n, [None, offsets], children=[keys]))
+            arrays.append(pa.Array.from_buffers(types["attr_values"], n, [None, offsets], children=[vals]))
+        else:
+            arrays.append(pa.Array.from_buffers(types[name], n, [None if b is None else buf(b) for b in bufs]))
+    return pa.RecordBatch.from_arrays(arrays, schema=types["__schema__"])
+
+
+def python_batch(columns: Sequence[Sequence[Any]]) -> Any:  # -> pa.RecordBatch
+    """Decoded Python columns (attrs as dicts) as a ``trace_events`` record batch."""
+    import pyarrow as pa
+
+    types = _arrow_types()
+    cols = store_columns(columns, arrow=True)
+    arrays = [c if isinstance(c, pa.Array) else pa.array(c, type=types[name]) for name, c in cols.items()]
+    return pa.RecordBatch.from_arrays(arrays, schema=types["__schema__"])
+
+
+def batch_store_columns(columns: Sequence[Sequence[Any]], arrow_batches: Sequence[Any], *,
+                        arrow: bool) -> tuple[dict[str, Any], int]:
+    """A batch's events as ``Store.insert`` columns, and how many distinct event ids they hold.
+
+    Without C-decoded record batches this is :func:`store_columns` as before; with them, the
+    Python-decoded events join them as one more record batch and each column is an Arrow
+    chunked array (chDB reads it as is; the server store turns it into a list).
+    """
+    if not arrow_batches:
+        ids = columns[_EVENT_ID_INDEX]
+        return store_columns(columns, arrow=arrow), len(set(ids))
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    batches = list(arrow_batches)
+    if columns and columns[0]:
+        batches.append(python_batch(columns))
+    table = pa.Table.from_batches(batches, schema=_arrow_types()["__schema__"])
+    distinct = pc.count_distinct(table.column("event_id"), mode="only_valid").as_py()
+    return {name: table.column(name) for name in STORE_COLUMNS}, distinct
+
+
+_EVENT_ID_INDEX = COLUMNS.index("event_id")
+
+
 def decode_record(value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None,
-                  max_record_bytes: int = MAX_RECORD_BYTES) -> Decoded:
+                  max_record_bytes: int = MAX_RECORD_BYTES, *, use_c: bool = True) -> Decoded:
     """Decode one audit record (same outcome as ``tracer.events.decode_batch``)."""
     raw = value or b""
     size = len(raw)
@@ -175,6 +265,10 @@ def decode_record(value: bytes | None, headers: Sequence[tuple[str, bytes | None
             raise DecodeError("empty record")
     except DecodeError as e:
         return Decoded(0, None, [BadLine(None, str(e), e.field, raw)], size, False)
+    if use_c and _fastjson is not None:
+        got = _fastjson.decode(raw)
+        if got is not None:
+            return Decoded(got[0], None, [], size, True, arrow_batch(*got))
     if not (raw.endswith(b"\n") or b"\n\n" in raw):
         objs = _parse_lines(raw)
         if objs is not None:

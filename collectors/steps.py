@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 from tracer.errors import MsgtraceError, QueryError, StoreError
 from tracer.events import now_us
 
-from .decode import N_COLUMNS, decode_record, store_columns
+from .decode import N_COLUMNS, batch_store_columns, decode_record
 from .types import (Batch, CollectorStats, Decoded, Message, MessageRejected, Partition, QuarantineRow, RawRecord,
                     Step)
 
@@ -185,7 +185,12 @@ class BatchStep:
             b = self._building = self._new()
         d = message.payload
         p = message.partition
-        if d.columns is not None:
+        if d.arrow is not None:
+            b.arrow.append(d.arrow)
+            if self.in_window(p, message.offset, d.n_events):
+                b.window_ids.extend(d.arrow.column(_EVENT_ID).to_pylist())
+                b.window_msg_ids.extend(d.arrow.column(_MSG_ID).to_pylist())
+        elif d.columns is not None:
             for col, add in zip(b.columns, d.columns):
                 col.extend(add)
             if self.in_window(p, message.offset, d.n_events):
@@ -357,9 +362,9 @@ class WriteStep:
                     dups = self._count_redelivered(batch)
                 except QueryError as e:  # only the count suffers; never block the write on it
                     log_event(logging.WARNING, "duplicate lookup failed", error=str(e))
-                ids = batch.columns[_EVENT_ID]
-                dups += len(ids) - len(set(ids))
-                self.store.insert("trace_events", store_columns(batch.columns, arrow=self._arrow))
+                columns, distinct = batch_store_columns(batch.columns, batch.arrow, arrow=self._arrow)
+                dups += batch.n_events - distinct
+                self.store.insert("trace_events", columns)
                 batch.events_written = True
                 batch.duplicates = dups
             if batch.quarantine and not batch.quarantine_written:

@@ -83,14 +83,16 @@ class Decoded:
     columns: list[Sequence[Any]] | None  # in COLUMNS order (attrs: the dicts); None when no good event
     bad: list[Any]  # tracer.events.BadLine
     raw_size: int
-    fast: bool  # True when the columnar fast path accepted the whole record
+    fast: bool  # True when a fast path (C or columnar Python) accepted the whole record
+    arrow: Any = None  # pa.RecordBatch of the events when the C decoder made them (then columns is None)
 
 
 @dataclass(slots=True)
 class Batch:
     """Events and quarantine rows of several records, with the offsets they cover."""
 
-    columns: list[list[Any]]
+    columns: list[list[Any]]  # events decoded in Python (COLUMNS order, attrs as dicts)
+    arrow: list[Any] = field(default_factory=list)  # record batches from the C decoder
     quarantine: list[QuarantineRow] = field(default_factory=list)
     n_events: int = 0
     n_records: int = 0

@@ -4,6 +4,7 @@ end-to-end tests in test_collector.py."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import orjson
@@ -53,8 +54,26 @@ def _as_columns(events) -> list[list]:
     return [cols[c] for c in STORE_COLUMNS]
 
 
-def _stored(columns) -> list[list]:
-    """Decoded columns as the store gets them (both forms: lists and Arrow arrays)."""
+@pytest.fixture(params=["c", "python"], autouse=True)
+def decoder(request, monkeypatch) -> str:
+    """Every test runs with the C decoder (collectors._fastjson) and with the Python paths alone."""
+    import collectors.decode as dec
+
+    if request.param == "python":
+        monkeypatch.setattr(dec, "_fastjson", None)
+    elif dec._fastjson is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("collectors._fastjson is not built: `pip install -e .` compiles it (needs gcc)")
+        pytest.skip("collectors._fastjson is not built")
+    return request.param
+
+
+def _stored(got) -> list[list]:
+    """Decoded events as the store gets them (every form: lists, Arrow arrays, C-decoded batches)."""
+    if got.arrow is not None:
+        assert got.columns is None
+        return [got.arrow.column(c).to_pylist() for c in STORE_COLUMNS]
+    columns = got.columns
     lists = store_columns(columns)
     arrow = store_columns(columns, arrow=True)
     for c in ("attr_keys", "attr_values"):
@@ -71,7 +90,7 @@ def test_fast_decoder_matches_the_strict_validator(bad: bytes) -> None:
     assert not got.fast
     assert [(b.line, b.error, b.field, b.raw) for b in got.bad] == [(b.line, b.error, b.field, b.raw) for b in ref.bad]
     assert got.n_events == len(ref.events) == 4
-    assert _stored(got.columns) == _as_columns(ref.events)
+    assert _stored(got) == _as_columns(ref.events)
 
 
 def test_fast_path_accepts_valid_records_with_the_same_columns() -> None:
@@ -81,7 +100,7 @@ def test_fast_path_accepts_valid_records_with_the_same_columns() -> None:
     raw = encode_batch(events)
     got = decode_record(raw, H)
     assert got.fast and not got.bad
-    assert _stored(got.columns) == _as_columns(decode_batch(raw, H).events)
+    assert _stored(got) == _as_columns(decode_batch(raw, H).events)
 
 
 @pytest.mark.parametrize("value,headers,reason", [
@@ -335,9 +354,9 @@ def test_one_call_parse_equals_a_parse_per_line(raw: bytes) -> None:
     assert [(b.line, b.error, b.field, b.raw) for b in got.bad] == [(b.line, b.error, b.field, b.raw) for b in ref.bad]
     assert got.n_events == len(ref.events)
     if ref.events:
-        assert _stored(got.columns) == _as_columns(ref.events)
+        assert _stored(got) == _as_columns(ref.events)
     else:
-        assert got.columns is None
+        assert got.columns is None and got.arrow is None
 
 
 def test_fast_path_takes_a_single_line_record_and_unicode() -> None:
@@ -346,7 +365,7 @@ def test_fast_path_takes_a_single_line_record_and_unicode() -> None:
     events[1].msg_id = "order-\u00e9:paid},{"
     for raw in (encode_batch(events[:1]), encode_batch(events)):
         got = decode_record(raw, H)
-        assert got.fast and _stored(got.columns) == _as_columns(decode_batch(raw, H).events)
+        assert got.fast and _stored(got) == _as_columns(decode_batch(raw, H).events)
 
 
 def _edge_lines() -> list[bytes]:
@@ -377,5 +396,44 @@ def test_edge_lines_decode_as_the_strict_validator_does(line: bytes) -> None:
             [(b.line, b.error, b.field, b.raw) for b in ref.bad]
         assert got.n_events == len(ref.events)
         if ref.events:
-            assert _stored(got.columns) == _as_columns(ref.events)
+            assert _stored(got) == _as_columns(ref.events)
         assert not (got.fast and ref.bad)  # the fast path only takes records the validator takes whole
+
+
+def test_c_decoder_agrees_with_the_strict_validator_on_mutated_records(decoder: str) -> None:
+    """Differential fuzz: thousands of one-byte-edited records; whatever the C decoder accepts must
+    be exactly what decode_batch accepts, with the same values (it may only refuse more)."""
+    import random
+
+    if decoder != "c":
+        pytest.skip("about the C decoder")
+    from collectors import _fastjson
+
+    events = make_events(3)
+    events[0].attrs = {"k\u00e9y": "v\u2028\"\\/\u00ff\U0001f600", "": ""}
+    events[1].trace_id, events[1].span_id, events[1].error = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", "x\ty"
+    base = encode_batch(events).replace(b"\\u2028", "\u2028".encode())  # also raw multi-byte UTF-8
+    alphabet = b'"\\{}[],:-.eE+0123456789 \t\r\nnultrfa/\x00\x1f\x7f\x80\xbf\xc3\xe2\xed\xf0\xf4\xff'
+    rng = random.Random(20261122)
+    accepted = 0
+    for _ in range(20000):
+        raw = bytearray(base)
+        for _ in range(rng.choice((1, 1, 1, 2, 3))):
+            i = rng.randrange(len(raw))
+            op = rng.random()
+            if op < 0.4:
+                raw[i:i + 1] = b""
+            elif op < 0.8:
+                raw[i:i] = bytes([rng.choice(alphabet)])
+            else:
+                raw[i] = rng.choice(alphabet)
+        raw = bytes(raw)
+        ref = decode_batch(raw, H)
+        fast = _fastjson.decode(raw)
+        if fast is None:
+            continue
+        accepted += 1
+        got = decode_record(raw, H)
+        assert not ref.bad, f"C decoder accepted a record the validator refuses: {raw!r}"
+        assert _stored(got) == _as_columns(ref.events), raw
+    assert accepted > 100  # the mutations also hit values the decoder must take (digits, text)

@@ -330,7 +330,8 @@ class ChdbBackend(Backend):
         import pyarrow as pa
 
         names = list(columns)
-        arrays = [pa.array(columns[n], type=_arrow_type(types[n])) for n in names]
+        arrays = [columns[n] if isinstance(columns[n], (pa.Array, pa.ChunkedArray))  # already Arrow: as is
+                  else pa.array(columns[n], type=_arrow_type(types[n])) for n in names]
         _msgtrace_rows = pa.Table.from_arrays(arrays, names=names)  # noqa: F841 (read by chDB by name)
         cols = ", ".join(f"`{n}`" for n in names)
         sql = f"INSERT INTO {table} ({cols}) SELECT {cols} FROM Python(_msgtrace_rows)"
@@ -344,6 +345,12 @@ class ChdbBackend(Backend):
         with _CHDB_PROCESS_LOCK:
             if self._sess is not None and self._depth == 0:
                 self._shut()
+
+
+def _pylist(values: Any) -> list[Any]:
+    """A column as a Python list (Arrow arrays, e.g. from the collector's decoder, included)."""
+    to_pylist = getattr(values, "to_pylist", None)
+    return to_pylist() if to_pylist is not None else list(values)
 
 
 def _chdb_connect(path: str) -> Any:
@@ -473,7 +480,7 @@ class ClickHouseBackend(Backend):
         names = list(columns)
         cols = ", ".join(f"`{n}`" for n in names)
         self._call(self._client.execute, f"INSERT INTO {table} ({cols}) VALUES",
-                   [list(columns[n]) for n in names], columnar=True, types_check=False)
+                   [_pylist(columns[n]) for n in names], columnar=True, types_check=False)
 
     def close(self) -> None:
         with self._lock:
