@@ -114,12 +114,21 @@ def decode_profile(per_record: int, n: int = 50_000) -> dict[str, float]:
     objs = [orjson.loads(b"[" + r.replace(b"\n", b",\n") + b"]") for r in recs]
     out["fast_columns (transpose + column checks)"] = rate(lambda: [fast_columns(o) for o in objs])
     out["tracer.events.decode_batch (strict, per event)"] = rate(lambda: [decode_batch(r, h) for r in recs])
-    out["collectors.decode.decode_record (columnar)"] = rate(lambda: [decode_record(r, h) for r in recs])
+    out["collectors.decode.decode_record (columnar Python)"] = rate(
+        lambda: [decode_record(r, h, use_c=False) for r in recs])
     evs = [e for r in recs for e in decode_batch(r, h).events]
     out["to_columns (Event objects -> columns)"] = rate(lambda: to_columns(evs))
+    from collectors import _fastjson
+    from collectors.decode import arrow_batch, batch_store_columns
+
+    out["C decoder: collectors._fastjson.decode (parse + checks)"] = rate(lambda: [_fastjson.decode(r) for r in recs])
+    raw_cols = [_fastjson.decode(r) for r in recs]
+    out["C decoder: Arrow record batches over its buffers"] = rate(lambda: [arrow_batch(*c) for c in raw_cols])
+    out["collectors.decode.decode_record (C decoder)"] = rate(lambda: [decode_record(r, h) for r in recs])
+    batches = [decode_record(r, h).arrow for r in recs]
     cols: list[list] = [[] for _ in range(len(objs[0][0]))]
     for r in recs:
-        for c, add in zip(cols, decode_record(r, h).columns):
+        for c, add in zip(cols, decode_record(r, h, use_c=False).columns):
             c.extend(add)
     out["store_columns, attrs as lists of lists (server)"] = rate(lambda: store_columns(cols))
     out["store_columns, attrs as Arrow list arrays (chDB)"] = rate(lambda: store_columns(cols, arrow=True))
@@ -128,8 +137,10 @@ def decode_profile(per_record: int, n: int = 50_000) -> dict[str, float]:
     s.init_schema()
     with s.session():
         s.insert("trace_events", store_columns(cols, arrow=True))  # warm
-        out["chDB insert (columns -> arrow -> trace_events)"] = rate(
+        out["chDB insert (Python columns -> arrow -> trace_events)"] = rate(
             lambda: s.insert("trace_events", store_columns(cols, arrow=True)))
+        out["chDB insert (C-decoded batches -> one table -> trace_events)"] = rate(
+            lambda: s.insert("trace_events", batch_store_columns([], batches, arrow=True)[0]))
     s.close()
     return out
 
@@ -141,10 +152,10 @@ def fmt(vals: list[float]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--per-record", type=int, default=500)
     ap.add_argument("--partitions", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--baseline", type=Path, help="Another checkout's root: its collector runs beside this one.")
     ap.add_argument("--no-write", action="store_true", help="Do not write benchmarks/results/collector.md.")
     ap.add_argument("--run-one", action="store_true", help=argparse.SUPPRESS)
@@ -160,7 +171,7 @@ def main() -> None:
     variants: list[tuple[str, Path, dict]] = [("this checkout", ROOT, {})]
     if a.baseline:
         variants.append((f"baseline {a.baseline.name}", a.baseline.resolve(), {}))
-    variants.append(("this checkout, gc_threshold=None (default GC)", ROOT, {"gc_threshold": None}))
+    variants.append(("this checkout, Python decoder only (c_decoder=False)", ROOT, {"c_decoder": False}))
     broker = TansuBroker().start()
     server = ClickHouseServer().start()
     rows: dict[str, list[float]] = {"raw": []}
@@ -175,7 +186,7 @@ def main() -> None:
             order = variants if i % 2 == 0 else variants[::-1]
             for engine in ("chDB", "18.16"):
                 for label, repo, opts in order:
-                    if "gc_threshold" in opts and engine != "chDB":
+                    if opts and engine != "chDB":
                         continue
                     with tempfile.TemporaryDirectory(prefix="bench-chdb-") as d:
                         url = f"chdb://{d}" if engine == "chDB" else server.url(f"bench_{uuid.uuid4().hex[:8]}")
@@ -197,7 +208,7 @@ def main() -> None:
         "",
         f"Pre-filled audit topic on a local Tansu broker: {a.events:,} events in {n_records} records "
         f"({a.per_record} events per record, {a.partitions} partitions). One collector process per run, default "
-        "config (batches of 20,000 events / 1 s). Collector rates are sustained: events / (last commit - first "
+        "config (batches of up to 100,000 events / 1 s). Collector rates are sustained: events / (last commit - first "
         "record). All rows come from the same run, interleaved repeat by repeat.",
         "",
         "| path | events/s, median of repeats (min, max, spread) | median ratio to raw consume |",

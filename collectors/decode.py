@@ -244,7 +244,8 @@ def batch_store_columns(columns: Sequence[Sequence[Any]], arrow_batches: Sequenc
     batches = list(arrow_batches)
     if columns and columns[0]:
         batches.append(python_batch(columns))
-    table = pa.Table.from_batches(batches, schema=_arrow_types()["__schema__"])
+    # one chunk per column: chDB reads a table of many small chunks ~0.4 us/event slower
+    table = pa.Table.from_batches(batches, schema=_arrow_types()["__schema__"]).combine_chunks()
     distinct = pc.count_distinct(table.column("event_id"), mode="only_valid").as_py()
     return {name: table.column(name) for name in STORE_COLUMNS}, distinct
 

@@ -105,9 +105,10 @@ def _deadline_poll(step: Step[Any], item: Any, deadline: float) -> bool:
 class DecodeStep:
     """Raw audit record -> :class:`Decoded` (good event columns + bad lines)."""
 
-    def __init__(self, next_step: Step[Message[Decoded]], max_record_bytes: int) -> None:
+    def __init__(self, next_step: Step[Message[Decoded]], max_record_bytes: int, *, use_c: bool = True) -> None:
         self.next_step = next_step
         self.max_record_bytes = max_record_bytes
+        self.use_c = use_c
         self._pending: Message[Decoded] | None = None
 
     def submit(self, message: Message[RawRecord]) -> None:
@@ -116,7 +117,7 @@ class DecodeStep:
             if self._pending is not None:
                 raise MessageRejected()
         rec = message.payload
-        decoded = decode_record(rec.value, rec.headers, self.max_record_bytes)
+        decoded = decode_record(rec.value, rec.headers, self.max_record_bytes, use_c=self.use_c)
         self._pending = Message(message.partition, message.offset, decoded)
         self._forward()
 
