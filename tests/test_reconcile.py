@@ -390,3 +390,111 @@ def test_seq_gap_hidden_by_a_duplicate_is_still_found(store):
     res = reconcile(store, T0, T0 + HOUR, now_us=T0 + 2 * HOUR, write=False)
     assert [g["emitter_id"] for g in res.seq_gaps] == ["E9"] and res.seq_gaps[0]["missing"] == 1
     assert all(V.EMITTER_SEQ_GAP in r.flags for r in res.rows)
+
+
+# --- pass 1 by message (reconcile_scan_msg.sql) against the per-pair path -------------------------
+
+def _view(res):
+    rows = sorted((r.msg_id, r.consumer_group, r.topic, r.verdict, r.stopped_at, tuple(r.flags), r.evidence,
+                   r.remedy, r.decided_by) for r in res.rows)
+    return dict(res.counts), rows
+
+
+def _both_paths(store, monkeypatch, **kw):
+    """reconcile() by message (the default) and by pair (reconcile_topic_groups + reconcile_scan*.sql),
+    and how often the topic-groups scan ran in the first."""
+    import tracer.reconcile as R
+
+    calls = []
+    orig = R._topic_groups
+    monkeypatch.setattr(R, "_topic_groups", lambda *a: calls.append(1) or orig(*a))
+    args = dict(grace_s=600, now_us=T0 + 10 * HOUR, write=False)
+    args.update(kw)
+    fast = reconcile(store, T0, T0 + HOUR, **args)
+    n_tg = len(calls)
+    monkeypatch.setattr(R, "_MSG_SCAN", False)
+    slow = reconcile(store, T0, T0 + HOUR, **args)
+    monkeypatch.setattr(R, "_MSG_SCAN", True)
+    return fast, slow, n_tg
+
+
+def single_group_events() -> Builder:
+    """The scenarios with g1 as the only group of orders.paid, plus a topic whose consumers name no
+    group and a topic nobody consumes."""
+    b = scenario_events()
+    b.events = [e for e in b.events if e.consumer_group != "g2"]
+    b.produced("nog-ok", 100, 0, 0)
+    for e in b.events[-2:]:
+        e.topic = "points.paid"
+    b.add("nog-ok", "received", 110, topic="points.paid", p=0, o=0)
+    b.add("nog-ok", "business_done", 111, topic="points.paid")
+    b.add("nog-ok", "offset_committed", 112, topic="points.paid", p=0, o=1)
+    b.add("nog-lost", "sent", 200, topic="points.paid")
+    b.add("nog-lost", "broker_acked", 201, topic="points.paid", p=0, o=1)
+    b.add("nog-lost", "received", 210, topic="points.paid", p=0, o=1)
+    b.add("nog-lost", "offset_committed", 212, topic="points.paid", p=0, o=2)
+    b.add("nobody", "sent", 300, topic="audit.only")
+    b.add("nobody", "broker_acked", 301, topic="audit.only", p=0, o=0)
+    return b
+
+
+def test_message_pass_agrees_with_pair_pass_single_group(store, monkeypatch):
+    store.insert_events(single_group_events().events)
+    fast, slow, n_tg = _both_paths(store, monkeypatch)
+    assert n_tg == 0  # the topic-groups scan was folded into pass 1
+    assert _view(fast) == _view(slow)
+    got = {(r.msg_id, r.consumer_group): r.verdict for r in fast.rows}
+    assert got[("nog-lost", "(no group)")] == V.LOST_IN_CONSUMER and ("nog-ok", "(no group)") not in got
+    assert got[("nobody", "")] == V.PENDING_IN_BROKER
+    assert fast.counts[(V.DELIVERED, TOPIC, "g1")] > 0
+    # restricted to one group: the same path, the same verdicts as by pair
+    fast1, slow1, _ = _both_paths(store, monkeypatch, groups=["g1"])
+    assert _view(fast1) == _view(slow1)
+
+
+def test_message_pass_falls_back_when_its_shape_does_not_hold(store, monkeypatch):
+    b = single_group_events()
+    # a topic changing between the stages of one message: the per-pair path judges the window
+    b.add("mixed", "sent", 400)
+    b.add("mixed", "broker_acked", 401, p=0, o=30)
+    b.add("mixed", "received", 410, group="g1", p=0, o=30, topic="orders.other")
+    store.insert_events(b.events)
+    fast, slow, n_tg = _both_paths(store, monkeypatch)
+    assert n_tg == 1 and _view(fast) == _view(slow)
+
+
+def test_message_pass_fan_out_uses_the_per_pair_scan(store, monkeypatch):
+    """Each message seen by one group, the topic by two: both groups judge every message."""
+    b = Builder()
+    b.produced("f1", 0, 0, 0)
+    b.consumed("f1", 5, "g1", 0, 0)
+    b.produced("f2", 10, 0, 1)
+    b.consumed("f2", 15, "g2", 0, 1)
+    b.produced("f3", 20, 0, 2)
+    store.insert_events(b.events)
+    fast, slow, n_tg = _both_paths(store, monkeypatch)
+    assert n_tg == 0 and _view(fast) == _view(slow)
+    assert {(r.msg_id, r.consumer_group) for r in fast.rows} == {("f1", "g2"), ("f2", "g1"), ("f3", "g1"),
+                                                                  ("f3", "g2")}
+
+
+def test_message_pass_counts_duplicates_and_producer_groups_exactly(store, monkeypatch):
+    b = Builder()
+    b.produced("d1", 0, 0, 0)
+    b.consumed("d1", 5, "g1", 0, 0)
+    b.events.extend([Event(**e.to_dict()) for e in b.events if e.msg_id == "d1"])  # same event_ids
+    b.produced("d2", 10, 0, 1)
+    b.consumed("d2", 15, "g1", 0, 1)
+    b.add("d2", "business_done", 16, group="g1")  # a second, distinct business_done
+    b.produced("pg", 20, 0, 2)
+    b.consumed("pg", 25, "g1", 0, 2)
+    store.insert_events(b.events)
+    fast, slow, _ = _both_paths(store, monkeypatch)
+    assert _view(fast) == _view(slow)
+    got = {(r.msg_id, r.consumer_group): (r.verdict, r.flags) for r in fast.rows}
+    assert got == {("d2", "g1"): (V.DELIVERED, [V.DUPLICATE_PROCESSING])}
+    # a producer stage naming a consumer group: the per-pair path decides
+    store.insert_events([Event(msg_id="pg", stage="sent", ts_us=T0 + 30 * MS, topic=TOPIC, consumer_group="g1",
+                               service="producer", host="h1", pid=7)])
+    fast, slow, n_tg = _both_paths(store, monkeypatch)
+    assert n_tg == 1 and _view(fast) == _view(slow)

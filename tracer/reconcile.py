@@ -35,6 +35,8 @@ _ORDER = ("sent", "send_failed", "broker_acked", "received", "offset_committed",
           "dead_lettered", "business_done")
 _FRAG_WINDOW = "(msg_time >= {from_us:UInt64} AND msg_time < {to_us:UInt64}) OR expected = 1"
 _FRAG_ONE_MSG = "AND msg_id = {msg_id:String}"
+#: try pass 1 by message (reconcile_scan_msg.sql) first; tests switch it off to compare with the per-pair path
+_MSG_SCAN = True
 Progress = Callable[[str], None]
 
 
@@ -154,6 +156,67 @@ def scan_sql(single: bool, expected_table: str | None) -> str:
     if expected_table:
         extra = "OR msg_id IN (SELECT msg_id FROM {db:Identifier}.`%s`)" % check_identifier(expected_table, "table name")
     return sql.replace("/*JUDGE_EXTRA*/", extra)
+
+
+def scan_msg_sql(expected_table: str | None) -> str:
+    """Pass 1 by message (``reconcile_scan_msg.sql``), with the expected ids judged too if given."""
+    extra = ""
+    if expected_table:
+        extra = "OR msg_id IN (SELECT msg_id FROM {db:Identifier}.`%s`)" % check_identifier(expected_table, "table name")
+    return load_sql("reconcile_scan_msg").replace("/*JUDGE_EXTRA*/", extra)
+
+
+@dataclass(slots=True)
+class _MsgScan:
+    """What pass 1 by message found: the groups expected per topic, plainly delivered counts per
+    (topic, group), and the messages pass 2 must judge. ``fan_out``: some topic has more than one
+    group, so the per-pair pass 1 (reconcile_scan.sql) must judge the window instead."""
+
+    topics: list[str]
+    groups: list[list[str]]
+    counts: dict[tuple[str, str, str], int]
+    cand_msgs: list[str]
+    fan_out: bool
+
+
+def _scan_by_message(store: Store, params: dict[str, Any], table: str | None,
+                     restrict: str | None) -> _MsgScan | None:
+    """Run ``reconcile_scan_msg.sql``; None when its shape does not hold (kind 4 rows): the caller then
+    uses the topic-groups scan and the per-pair pass 1."""
+    rows = _run(store, scan_msg_sql(table), params)
+    if any(r["kind"] == 4 for r in rows):
+        return None
+    # names of the hashes: one sample message per (topic, group) pair, read by primary key
+    need = {}
+    for r in rows:
+        if r["kind"] == 0 or r["recvwin"]:
+            need.setdefault((r["th"], r["gh"]), r["sample"])
+    tname: dict[int, str] = {}
+    gname: dict[int, str] = {0: ""}
+    if need:
+        for r in store.query_file("reconcile_names", {"ids": sorted(set(need.values())),
+                                                      "scan_from": params["scan_from"], "cut": params["cut"]},
+                                  small=True):
+            tname.setdefault(r["th"], r["topic"])
+            gname.setdefault(r["gh"], r["g"])
+        if any(th not in tname or gh not in gname for th, gh in need):
+            return None
+    tg: dict[str, set[str]] = {}
+    for r in rows:
+        if r["recvwin"]:
+            tg.setdefault(tname[r["th"]], set()).add(gname[r["gh"]])
+    topics = sorted(tg)
+    groups = [sorted(tg[t]) for t in topics]
+    fan_out = restrict is None and any(len(g) > 1 for g in groups)
+    counts: dict[tuple[str, str, str], int] = {}
+    cand: list[str] = []
+    for r in rows:
+        if r["kind"] == 0:
+            key = (V.DELIVERED, tname[r["th"]], restrict or gname[r["gh"]])
+            counts[key] = counts.get(key, 0) + r["n"]
+        elif r["kind"] == 1:
+            cand.append(r["mid"])
+    return _MsgScan(topics, groups, counts, cand, fan_out)
 
 
 def _topic_groups(store: Store, from_us: int, cut: int) -> tuple[list[str], list[list[str]]]:
@@ -413,33 +476,48 @@ def reconcile(store: Store, window_from_us: int, window_to_us: int, grace_s: int
                 tables.append(table)
             if progress:
                 progress("judging every message and group (pass 1)")
-            if groups:
-                topics, tgroups = _nonempty([], [])
-            else:
-                topics, tgroups = _topic_groups(store, window_from_us, cut)
-            single = len(groups) == 1 if groups else all(len(g) <= 1 for g in tgroups)
             params = {"scan_from": scan_from, "cut": cut, "from_us": window_from_us, "to_us": window_to_us,
                       "restrict_groups": 1 if groups else 0, "groups": list(groups or []),
-                      "group": groups[0] if groups else "", "topics": topics, "topic_groups": tgroups,
-                      "first_groups": [g[0] if g else "" for g in tgroups], "collapse": 0}
-            scanned = _run(store, scan_sql(single, table), params)
+                      "group": groups[0] if groups else "", "collapse": 0}
+            # usual case first: one GROUP BY msg_id that also finds the groups expected per topic
+            ms = _scan_by_message(store, params, table, groups[0] if groups else None) \
+                if _MSG_SCAN and (not groups or len(groups) == 1) else None
             cand: set[tuple[str, str]] = set()
-            for r in scanned:
-                if r["mid"]:
-                    cand.add((r["mid"], r["consumer_group"]))
+            cand_msgs: set[str] = set()
+            if ms is not None and not ms.fan_out:
+                topics, tgroups = _nonempty(ms.topics, ms.groups) if not groups else _nonempty([], [])
+                res.counts.update(ms.counts)
+                cand_msgs = set(ms.cand_msgs)
+            else:
+                if groups:
+                    topics, tgroups = _nonempty([], [])
+                elif ms is not None:  # fan-out: the groups per topic are known already
+                    topics, tgroups = _nonempty(ms.topics, ms.groups)
                 else:
-                    key = (V.VERDICTS[r["vcode"]], r["topic"], r["consumer_group"])
-                    res.counts[key] = res.counts.get(key, 0) + r["n"]
+                    topics, tgroups = _topic_groups(store, window_from_us, cut)
+                single = len(groups) == 1 if groups else all(len(g) <= 1 for g in tgroups)
+                params.update(topics=topics, topic_groups=tgroups,
+                              first_groups=[g[0] if g else "" for g in tgroups])
+                scanned = _run(store, scan_sql(single, table), params)
+                for r in scanned:
+                    if r["mid"]:
+                        cand.add((r["mid"], r["consumer_group"]))
+                    else:
+                        key = (V.VERDICTS[r["vcode"]], r["topic"], r["consumer_group"])
+                        res.counts[key] = res.counts.get(key, 0) + r["n"]
+                cand_msgs = {m for m, _ in cand}
+            params.update(topics=topics, topic_groups=tgroups, first_groups=[g[0] if g else "" for g in tgroups])
             details: list[dict[str, Any]] = []
-            if cand:
+            if cand_msgs:
                 if progress:
-                    progress(f"collecting evidence for {len(cand)} pairs (pass 2)")
+                    progress(f"collecting evidence for {len(cand_msgs)} messages (pass 2)")
                 from .expected import load_expected
 
-                ctable, _ = load_expected(store, _IdList(sorted({m for m, _ in cand})), "c" + res.run_id)
+                ctable, _ = load_expected(store, _IdList(sorted(cand_msgs)), "c" + res.run_id)
                 tables.append(ctable)
+                # pass 1 by message hands over whole messages: every pair of them is judged here
                 details = [r for r in _run(store, pairs_sql(cand_table=ctable), params)
-                           if (r["mid"], r["consumer_group"]) in cand]
+                           if not cand or (r["mid"], r["consumer_group"]) in cand]
             never = []
             if table:
                 never = [r["msg_id"] for r in store.query(
@@ -454,7 +532,8 @@ def reconcile(store: Store, window_from_us: int, window_to_us: int, grace_s: int
             r["cut"] = cut
         found = {(r["mid"], r["consumer_group"]) for r in details}
         res.rows = [make_verdict(r) for r in details]
-        for m, g in sorted(cand - found):  # cannot happen unless events changed between the passes
+        missing = sorted(cand - found) if cand else [(m, "") for m in sorted(cand_msgs - {m for m, _ in found})]
+        for m, g in missing:  # cannot happen unless events changed between the passes
             res.rows.append(Verdict(m, g, "", V.AUDIT_GAP, "none", [], evidence="events changed during the run"))
         for m in never:
             for g in (groups or [""]):
