@@ -11,6 +11,10 @@
 -- collapses plainly delivered pairs into one count per (topic, group) so that only pairs worth
 -- reading travel to Python.
 -- {groups}: with restrict_groups = 1 exactly the groups judged, else groups added to every message's.
+-- unsure = 1 only in the variant reconcile.py makes by replacing the COUNTS..END_COUNTS fragment
+-- (_FRAG_ROW_COUNTS): received / business_done counted by rows, which needs no read of event_id
+-- (the widest column); a count that duplicated audit events could inflate (more than two rows, or
+-- two with one ts_us) sets unsure, and reconcile.py judges those messages again with this text.
 -- Markers replaced by reconcile.py with fixed fragments (never user input):
 --   EVENT_FILTER marker:    extra predicate on trace_events (e.g. one msg_id for trace-msg)
 --   EXPECTED_UNION marker:  UNION ALL of the run's expected-id staging table, or nothing
@@ -47,7 +51,8 @@ SELECT
     any(v_p_error) AS p_error,
     any(v_c_error) AS c_error,
     any(v_trace_id) AS trace_id,
-    any(v_expected) AS expected
+    any(v_expected) AS expected,
+    any(v_unsure) AS unsure
 FROM
 (
     SELECT
@@ -79,7 +84,8 @@ FROM
         p_error AS v_p_error,
         c_error AS v_c_error,
         trace_id AS v_trace_id,
-        expected AS v_expected
+        expected AS v_expected,
+        unsure AS v_unsure
     FROM
     (
         SELECT
@@ -90,6 +96,7 @@ FROM
             pmask,
             any_cmask,
             expected,
+            unsure,
             sent_ts,
             sfail_ts,
             ack_ts,
@@ -139,6 +146,7 @@ FROM
                 groupBitOrIf(mask1, g = '') AS pmask,
                 groupBitOrIf(mask1, g != '') AS any_cmask,
                 max(e1) AS expected,
+                max(unsure1) AS unsure,
                 maxIf(sent1, g = '') AS sent_ts,
                 maxIf(sfail1, g = '') AS sfail_ts,
                 maxIf(ack1, g = '') AS ack_ts,
@@ -169,8 +177,9 @@ FROM
                     g,
                     groupBitOr(bit) AS mask1,
                     max(is_expected) AS e1,
-                    uniqExactIf(event_id, stage = 'received') AS nrecv1,
+                    /*COUNTS*/uniqExactIf(event_id, stage = 'received') AS nrecv1,
                     uniqExactIf(event_id, stage = 'business_done') AS ndone1,
+                    toUInt8(0) AS unsure1,/*END_COUNTS*/
                     minIf(ts_us, stage = 'sent') AS sent1,
                     maxIf(ts_us, stage = 'send_failed') AS sfail1,
                     minIf(ts_us, bit != 0) AS first1,

@@ -489,12 +489,56 @@ def test_message_pass_counts_duplicates_and_producer_groups_exactly(store, monke
     b.produced("pg", 20, 0, 2)
     b.consumed("pg", 25, "g1", 0, 2)
     store.insert_events(b.events)
+    import tracer.reconcile as R
+
+    made = []
+    orig = R.pairs_sql
+    monkeypatch.setattr(R, "pairs_sql", lambda **kw: made.append(kw) or orig(**kw))
     fast, slow, _ = _both_paths(store, monkeypatch)
     assert _view(fast) == _view(slow)
     got = {(r.msg_id, r.consumer_group): (r.verdict, r.flags) for r in fast.rows}
     assert got == {("d2", "g1"): (V.DELIVERED, [V.DUPLICATE_PROCESSING])}
+    # pass 2 by rows first, then d1 (two rows of one received, one ts_us) again with event_id
+    assert [k.get("row_counts", False) for k in made] == [True, False, False]  # fast: 2 queries, per pair: 1
     # a producer stage naming a consumer group: the per-pair path decides
     store.insert_events([Event(msg_id="pg", stage="sent", ts_us=T0 + 30 * MS, topic=TOPIC, consumer_group="g1",
                                service="producer", host="h1", pid=7)])
     fast, slow, n_tg = _both_paths(store, monkeypatch)
     assert n_tg == 1 and _view(fast) == _view(slow)
+
+
+def test_frontier_from_the_latest_acks_agrees_with_the_full_query(store, monkeypatch):
+    """lost_in_broker evidence (1) found from the latest ack per partition, checked, or else by
+    reconcile_frontier.sql: the same verdicts and evidence either way."""
+    import tracer.reconcile as R
+
+    b = Builder()
+    b.produced("lost-a", 0, 0, 0)  # p0: passed over, a later message received
+    b.produced("next-a", 10, 0, 1)
+    b.consumed("next-a", 15, "g1", 0, 1)
+    # a day later (a second window): p1's latest ack is a message sent after the window, in flight;
+    # p2's latest ack's message was received from another partition
+    day = 24 * HOUR // MS
+    b.produced("lost-b", day + 20, 1, 0)
+    b.produced("next-b", day + 30, 1, 1)
+    b.consumed("next-b", day + 35, "g1", 1, 1)
+    b.produced("tail-b", day + 3_600_000 + 10, 1, 2)
+    b.produced("lost-c", day + 40, 2, 0)
+    b.produced("odd-c", day + 50, 2, 1)
+    b.consumed("odd-c", day + 55, "g1", 3, 1)
+    store.insert_events(b.events)
+    calls = []
+    orig = store.query_file
+    monkeypatch.setattr(store, "query_file", lambda name, *a, **k: calls.append(name) or orig(name, *a, **k))
+    for start, lost, fell_back in ((T0, {"lost-a"}, False), (T0 + 24 * HOUR, {"lost-b"}, True)):
+        args = dict(grace_s=600, now_us=start + 10 * HOUR, write=False, lookback_s=3600)
+        calls.clear()
+        fast = reconcile(store, start, start + HOUR, **args)
+        used = list(calls)
+        monkeypatch.setattr(R, "_MSG_SCAN", False)
+        slow = reconcile(store, start, start + HOUR, **args)
+        monkeypatch.setattr(R, "_MSG_SCAN", True)
+        assert _view(fast) == _view(slow)
+        assert {r.msg_id for r in fast.rows if r.decided_by == "later_acked_received"} == lost
+        assert "reconcile_frontier_latest" in used and "reconcile_frontier_check" in used
+        assert ("reconcile_frontier" in used) == fell_back, used

@@ -133,10 +133,23 @@ def _count_key(item: tuple[tuple[str, str, str], int]) -> tuple[int, str, str]:
 
 # --- SQL -------------------------------------------------------------------------
 
-def pairs_sql(*, one_msg: bool = False, cand_table: str | None = None) -> str:
+#: reconcile_pairs.sql's receipt / outcome counts by rows (no event_id read); exact unless ``unsure1``
+_FRAG_ROW_COUNTS = """countIf(stage = 'received') AS nrecv1,
+                    countIf(stage = 'business_done') AS ndone1,
+                    toUInt8(nrecv1 > 2 OR (nrecv1 = 2 AND minIf(ts_us, stage = 'received') = maxIf(ts_us, stage = 'received'))
+                            OR ndone1 > 2 OR (ndone1 = 2 AND minIf(ts_us, stage = 'business_done')
+                                                             = maxIf(ts_us, stage = 'business_done'))) AS unsure1,"""
+
+
+def pairs_sql(*, one_msg: bool = False, cand_table: str | None = None, row_counts: bool = False) -> str:
     """``reconcile_pairs.sql`` (pass 2) with its fixed fragments filled in: for one message, for the
-    candidate messages in a staging table, or (neither) for a whole window."""
+    candidate messages in a staging table, or (neither) for a whole window. ``row_counts``: count
+    receipts and outcomes by rows (exact where ``unsure`` = 0: one event is one row, and two rows
+    with different ts_us are two events, as a duplicated audit event repeats its ts_us)."""
     sql = load_sql("reconcile_pairs")
+    if row_counts:
+        a, b = sql.index("/*COUNTS*/"), sql.index("/*END_COUNTS*/") + len("/*END_COUNTS*/")
+        sql = sql[:a] + _FRAG_ROW_COUNTS + sql[b:]
     if one_msg:
         filt = _FRAG_ONE_MSG
     elif cand_table:
@@ -158,12 +171,18 @@ def scan_sql(single: bool, expected_table: str | None) -> str:
     return sql.replace("/*JUDGE_EXTRA*/", extra)
 
 
-def scan_msg_sql(expected_table: str | None) -> str:
-    """Pass 1 by message (``reconcile_scan_msg.sql``), with the expected ids judged too if given."""
+_FRAG_ONE_GROUP = ("AND (stage IN ('sent', 'send_failed', 'broker_acked') "
+                   "OR ifNull(consumer_group, '') = {group:String})")
+
+
+def scan_msg_sql(expected_table: str | None, one_group: bool = False) -> str:
+    """Pass 1 by message (``reconcile_scan_msg.sql``), with the expected ids judged too if given, and
+    only the producer stages and the named group's stages with ``one_group``."""
     extra = ""
     if expected_table:
         extra = "OR msg_id IN (SELECT msg_id FROM {db:Identifier}.`%s`)" % check_identifier(expected_table, "table name")
-    return load_sql("reconcile_scan_msg").replace("/*JUDGE_EXTRA*/", extra)
+    sql = load_sql("reconcile_scan_msg").replace("/*JUDGE_EXTRA*/", extra)
+    return sql.replace("/*GROUP_FILTER*/", _FRAG_ONE_GROUP if one_group else "")
 
 
 @dataclass(slots=True)
@@ -183,7 +202,7 @@ def _scan_by_message(store: Store, params: dict[str, Any], table: str | None,
                      restrict: str | None) -> _MsgScan | None:
     """Run ``reconcile_scan_msg.sql``; None when its shape does not hold (kind 4 rows): the caller then
     uses the topic-groups scan and the per-pair pass 1."""
-    rows = _run(store, scan_msg_sql(table), params)
+    rows = _run(store, scan_msg_sql(table, restrict is not None), params)
     if any(r["kind"] == 4 for r in rows):
         return None
     # names of the hashes: one sample message per (topic, group) pair, read by primary key
@@ -315,6 +334,9 @@ class BrokerEvidence:
     cut: int
     bootstrap: str | None = None
     max_partitions: int = 500
+    #: messages known not to be received by their topic's group (pending_in_broker after pass 1 by
+    #: message): lets the frontier be found from the latest acks (see _frontier); None: the full query
+    skip: frozenset[str] | None = None
 
 
 def _cand_ts(r: dict[str, Any]) -> int:
@@ -342,9 +364,7 @@ def decide_broker(store: Store, rows: list[Verdict], ev: BrokerEvidence, progres
     topics = sorted({r.topic for r in cands})
     groups = sorted({r.consumer_group for r in cands})
     parts = sorted({int(r.facts["loc_p"]) for r in cands})
-    frontier = {(f["topic"], f["part"], f["consumer_group"]): f for f in store.query_file(
-        "reconcile_frontier", {"scan_from": ev.scan_from, "cut": ev.cut, "topics": topics, "groups": groups,
-                               "parts": parts}, small=True)}
+    frontier = _frontier(store, cands, ev, topics, groups, parts)
     undecided: list[Verdict] = []
     for r in cands:
         f = frontier.get((r.topic, r.facts["loc_p"], r.consumer_group))
@@ -394,6 +414,59 @@ def decide_broker(store: Store, rows: list[Verdict], ev: BrokerEvidence, progres
                 else "the group has not reached this offset yet"
             r.decided_by = "no_evidence_of_passing"
             r.evidence += f"; {why}"
+
+
+def _frontier(store: Store, cands: list[Verdict], ev: BrokerEvidence, topics: list[str], groups: list[str],
+              parts: list[int]) -> dict[tuple[str, int, str], dict[str, Any]]:
+    """``reconcile_frontier.sql``'s answer: per (topic, partition, group), the latest ack among the
+    messages the group received on the given partitions.
+
+    With ``ev.skip`` and one group per topic, first from the latest ack per partition among the other
+    messages (``reconcile_frontier_latest.sql``), checked against that message's own events: if the
+    group received it on these partitions and its latest ack is that one, every message acked later
+    on the partition is in ``skip`` (never received by the group), so it is the answer. Any answer
+    that fails the check sends the whole question to ``reconcile_frontier.sql``.
+    """
+    base = {"scan_from": ev.scan_from, "cut": ev.cut, "topics": topics, "parts": parts}
+    group_of: dict[str, set[str]] = {}
+    for r in cands:
+        group_of.setdefault(r.topic, set()).add(r.consumer_group)
+    if ev.skip is not None and all(len(g) == 1 for g in group_of.values()):
+        latest = store.query_file("reconcile_frontier_latest", {**base, "skip": sorted(ev.skip)}, small=True)
+        ids = sorted({x["msg"] for x in latest})
+        evs: dict[str, list[dict[str, Any]]] = {}
+        if ids:
+            for e in store.query_file("reconcile_frontier_check", {**base, "ids": ids}, small=True):
+                if e["topic"] in topics and e["part"] in parts:  # reconcile_frontier.sql's row filter
+                    evs.setdefault(e["msg_id"], []).append(e)
+        out: dict[tuple[str, int, str], dict[str, Any]] = {}
+        for x in latest:
+            (g,) = group_of.get(x["topic"], {""})
+            f = _message_frontier(evs.get(x["msg"], []))
+            if f is None or f[0] != x["topic"] or f[1] != x["part"] or f[2] != x["ack_ts"] or g not in f[4]:
+                break
+            out[(x["topic"], x["part"], g)] = {"topic": x["topic"], "part": x["part"], "consumer_group": g,
+                                               "frontier_ack_ts": f[2], "frontier_msg": x["msg"],
+                                               "frontier_off": f[3]}
+        else:
+            return out
+    return {(f["topic"], f["part"], f["consumer_group"]): f for f in store.query_file(
+        "reconcile_frontier", {**base, "groups": groups}, small=True)}
+
+
+def _message_frontier(events: list[dict[str, Any]]) -> tuple[str, int, int, int, set[str]] | None:
+    """(topic, partition, ack time, ack offset, groups that received it) of one message as
+    reconcile_frontier.sql sees it; None when it has no ack or the SQL's pick would be arbitrary."""
+    acks = [e for e in events if e["stage"] == "broker_acked"]
+    if not acks:
+        return None
+    ack = max(e["ts_us"] for e in acks)
+    top = {(e["part"], e["off"]) for e in acks if e["ts_us"] == ack}
+    named = {e["topic"] for e in events if e["topic"] != ""}
+    if len(top) != 1 or len(named) > 1:
+        return None
+    (part, off), = top
+    return (next(iter(named), ""), part, ack, off, {e["g"] for e in events if e["stage"] == "received"})
 
 
 def _mark_lost(r: Verdict, by: str, text: str) -> None:
@@ -484,7 +557,8 @@ def reconcile(store: Store, window_from_us: int, window_to_us: int, grace_s: int
                 if _MSG_SCAN and (not groups or len(groups) == 1) else None
             cand: set[tuple[str, str]] = set()
             cand_msgs: set[str] = set()
-            if ms is not None and not ms.fan_out:
+            by_msg = ms is not None and not ms.fan_out
+            if by_msg:
                 topics, tgroups = _nonempty(ms.topics, ms.groups) if not groups else _nonempty([], [])
                 res.counts.update(ms.counts)
                 cand_msgs = set(ms.cand_msgs)
@@ -515,9 +589,17 @@ def reconcile(store: Store, window_from_us: int, window_to_us: int, grace_s: int
 
                 ctable, _ = load_expected(store, _IdList(sorted(cand_msgs)), "c" + res.run_id)
                 tables.append(ctable)
-                # pass 1 by message hands over whole messages: every pair of them is judged here
-                details = [r for r in _run(store, pairs_sql(cand_table=ctable), params)
+                # pass 1 by message hands over whole messages: every pair of them is judged here,
+                # counted by rows first; messages whose counts duplicated rows may inflate again exactly
+                details = [r for r in _run(store, pairs_sql(cand_table=ctable, row_counts=by_msg), params)
                            if not cand or (r["mid"], r["consumer_group"]) in cand]
+                unsure = sorted({r["mid"] for r in details if r["unsure"]})
+                if unsure:
+                    utable, _ = load_expected(store, _IdList(unsure), "u" + res.run_id)
+                    tables.append(utable)
+                    again = set(unsure)
+                    details = [r for r in details if r["mid"] not in again] + \
+                        _run(store, pairs_sql(cand_table=utable), params)
             never = []
             if table:
                 never = [r["msg_id"] for r in store.query(
@@ -545,7 +627,8 @@ def reconcile(store: Store, window_from_us: int, window_to_us: int, grace_s: int
             key = (v.verdict, v.topic, v.consumer_group)
             res.counts[key] = res.counts.get(key, 0) + 1
         if res.rows:
-            decide_broker(store, res.rows, BrokerEvidence(scan_from, cut, bootstrap), progress)
+            skip = frozenset(v.msg_id for v in res.rows if v.verdict == V.PENDING_IN_BROKER) if by_msg else None
+            decide_broker(store, res.rows, BrokerEvidence(scan_from, cut, bootstrap, skip=skip), progress)
             if progress:
                 progress("checking emitter seq gaps")
             res.seq_gaps = flag_seq_gaps(store, res.rows, scan_from, cut)
