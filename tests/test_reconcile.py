@@ -542,3 +542,13 @@ def test_frontier_from_the_latest_acks_agrees_with_the_full_query(store, monkeyp
         assert {r.msg_id for r in fast.rows if r.decided_by == "later_acked_received"} == lost
         assert "reconcile_frontier_latest" in used and "reconcile_frontier_check" in used
         assert ("reconcile_frontier" in used) == fell_back, used
+
+
+def test_run_row_of_an_empty_window_is_written(store):
+    """The run row is an INSERT ... SELECT of parameters: an empty summary and odd text are stored as is."""
+    res = reconcile(store, T0, T0 + HOUR, now_us=T0 + 2 * HOUR, groups=["it's \\ \"g\""])
+    [run] = store.query("SELECT run_id, grace_s, params, verdict_names, verdict_counts "
+                        "FROM {db:Identifier}.reconcile_runs")
+    assert run["run_id"] == res.run_id and run["grace_s"] == res.grace_s
+    assert run["verdict_names"] == [] and run["verdict_counts"] == []
+    assert "it's \\\\ \\\"g\\\"" in run["params"]

@@ -440,8 +440,11 @@ def _frontier(store: Store, cands: list[Verdict], ev: BrokerEvidence, topics: li
                 if e["topic"] in topics and e["part"] in parts:  # reconcile_frontier.sql's row filter
                     evs.setdefault(e["msg_id"], []).append(e)
         out: dict[tuple[str, int, str], dict[str, Any]] = {}
+        asked = {(r.topic, r.facts["loc_p"]) for r in cands}
         for x in latest:
-            (g,) = group_of.get(x["topic"], {""})
+            if (x["topic"], x["part"]) not in asked:  # another topic's partition: not in question
+                continue
+            (g,) = group_of[x["topic"]]
             f = _message_frontier(evs.get(x["msg"], []))
             if f is None or f[0] != x["topic"] or f[1] != x["part"] or f[2] != x["ack_ts"] or g not in f[4]:
                 break
@@ -658,11 +661,11 @@ def write_result(store: Store, res: ReconcileResult) -> None:
             "stopped_at": [r.stopped_at for r in rows], "flags": [list(r.flags) for r in rows],
             "evidence": [r.evidence for r in rows]})
     summary = res.summary
-    store.insert("reconcile_runs", {
-        "run_id": [res.run_id], "started_us": [res.started_us], "finished_us": [judged],
-        "window_from_us": [res.window_from_us], "window_to_us": [res.window_to_us], "grace_s": [res.grace_s],
-        "params": [orjson.dumps(res.params).decode()], "verdict_names": [list(summary)],
-        "verdict_counts": [list(summary.values())]})
+    store.command(load_sql("reconcile_write_run"), {
+        "run_id": res.run_id, "started_us": res.started_us, "finished_us": judged,
+        "window_from_us": res.window_from_us, "window_to_us": res.window_to_us, "grace_s": res.grace_s,
+        "params": orjson.dumps(res.params).decode(), "verdict_names": list(summary),
+        "verdict_counts": list(summary.values())})
 
 
 # --- one message (trace-msg) ---------------------------------------------------------
