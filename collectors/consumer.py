@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from tracer.errors import ConfigError, MsgtraceError
+from tracer.errors import ConfigError, MsgtraceError, describe
 from tracer.events import MAX_RECORD_BYTES
 
 from .steps import DEFAULT_RAW_LIMIT, Backoff, BatchStep, CommitStep, DecodeStep, StateLog, WriteStep, log_event
@@ -106,8 +106,6 @@ class Processor:
                                     raw_limit=cfg.raw_limit, in_window=self._in_window)
         self.strategy = DecodeStep(self.batch_step, cfg.max_record_bytes, use_c=cfg.c_decoder)
         self._last_status = 0.0
-        self._rate_mark = (time.monotonic(), 0)
-        self.rate = 0.0
 
     # --- kafka glue ------------------------------------------------------------------
     @staticmethod
@@ -116,11 +114,13 @@ class Processor:
 
         return TopicPartition(p.topic, p.index)
 
-    def _commit(self, offsets: Mapping[Partition, int], metadata: str = "") -> None:
+    def _commit(self, offsets: Mapping[Partition, int], metadata: Mapping[Partition, str] | None = None) -> None:
         from kafka.errors import CommitFailedError, IllegalStateError, KafkaError
         from kafka.structs import OffsetAndMetadata
 
-        live = {self._tp(p): OffsetAndMetadata(o, metadata, -1) for p, o in offsets.items() if p in self.assigned}
+        meta = metadata or {}
+        live = {self._tp(p): OffsetAndMetadata(o, meta.get(p, ""), -1)
+                for p, o in offsets.items() if p in self.assigned}
         if not live:
             return
         try:
@@ -130,13 +130,13 @@ class Processor:
             # stored; the new owner re-reads from the last commit and the store de-duplicates.
             log_event(logging.WARNING, "commit refused after rebalance", error=str(e).splitlines()[0][:200])
         except (KafkaError, OSError, RuntimeError) as e:
-            raise AuditSourceUnavailable(f"cannot commit audit offsets: {type(e).__name__}: {e}") from None
+            raise AuditSourceUnavailable(f"cannot commit audit offsets: {describe(e)}") from None
 
     def _intent(self, batch: Batch) -> None:
         """Write intent: commit the batch's first offsets with metadata naming its end."""
-        try:
-            for p, first in batch.first_offsets.items():
-                self._commit({p: first}, f"{INTENT_PREFIX}{batch.next_offsets[p]}")
+        try:  # one commit request for all partitions of the batch
+            self._commit(dict(batch.first_offsets),
+                         {p: f"{INTENT_PREFIX}{batch.next_offsets[p]}" for p in batch.first_offsets})
         except MsgtraceError:
             pass  # only the duplicate count of a later restart depends on it
 
@@ -242,7 +242,7 @@ class Processor:
         except KafkaError as e:
             self.stats.kafka_failures += 1
             self.kafka_backoff.failed()
-            self.kafka_state.set("unavailable", error=f"{type(e).__name__}: {e}"[:300])
+            self.kafka_state.set("unavailable", error=f"{describe(e)}"[:300])
             self.kafka_backoff.wait(time.monotonic() + self.kafka_backoff.delay)
             self._after_rebalance()
             return 0
@@ -276,10 +276,6 @@ class Processor:
         now = time.monotonic()
         if not force and now - self._last_status < self.cfg.status_interval_s:
             return
-        t0, n0 = self._rate_mark
-        if now > t0:
-            self.rate = (self.stats.inserted - n0) / (now - t0)
-        self._rate_mark = (now, self.stats.inserted)
         self._last_status = now
         self.stats.lag = self._lag()
         if self.on_status is not None:
@@ -352,7 +348,7 @@ def _make_consumer(bootstrap: str, topic: str, group_id: str, cfg: CollectorConf
         consumer = KafkaConsumer(**opts)
         consumer.subscribe([topic], listener=listener)
     except KafkaError as e:
-        raise AuditSourceUnavailable(f"cannot reach the audit Kafka at {bootstrap}: {type(e).__name__}: {e}") from None
+        raise AuditSourceUnavailable(f"cannot reach the audit Kafka at {bootstrap}: {describe(e)}") from None
     return consumer
 
 
