@@ -437,3 +437,13 @@ def test_c_decoder_agrees_with_the_strict_validator_on_mutated_records(decoder: 
         assert not ref.bad, f"C decoder accepted a record the validator refuses: {raw!r}"
         assert _stored(got) == _as_columns(ref.events), raw
     assert accepted > 100  # the mutations also hit values the decoder must take (digits, text)
+
+
+def test_client_errors_name_their_class_once() -> None:
+    from kafka.errors import KafkaTimeoutError
+
+    from tracer.errors import describe
+
+    assert describe(KafkaTimeoutError("no broker")) == "KafkaTimeoutError: no broker"
+    assert describe(ConnectionRefusedError("refused")) == "ConnectionRefusedError: refused"
+    assert describe(KafkaTimeoutError()) == "KafkaTimeoutError"

@@ -12,7 +12,7 @@ from typing import Any, Callable, TypeVar
 import click
 from rich.console import Console
 
-from .errors import MsgtraceError
+from .errors import MsgtraceError, describe
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -49,7 +49,7 @@ def handle_errors(fn: F) -> F:
         except (SystemExit, click.exceptions.Exit, click.ClickException):
             raise
         except Exception as e:  # never exit 1 ("lost") because msgtrace itself broke
-            fail(f"unexpected error: {type(e).__name__}: {e}")
+            fail(f"unexpected error: {describe(e)}")
 
     return wrapper  # type: ignore[return-value]
 

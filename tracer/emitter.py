@@ -20,15 +20,26 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from typing import Any, Protocol, Sequence
 
 import orjson
 
-from .errors import ConfigError
+from .errors import ConfigError, describe
 from .events import decode_batch, local_identity, record_headers
 from .spool import Chunk, SpoolReader, SpoolWriter, dead_spools
 
 log = logging.getLogger("msgtrace.emitter")
+_EMITTERS: "weakref.WeakSet[Emitter]" = weakref.WeakSet()
+
+
+def _emitters_after_fork() -> None:
+    for e in list(_EMITTERS):
+        e._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_emitters_after_fork)
 
 FSYNC_POLICIES = ("never", "batch", "always")
 _dumps = orjson.dumps
@@ -266,8 +277,7 @@ class Emitter:
         self._stop = False
         self._closed = False
         self._thread: threading.Thread | None = None
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._after_fork)
+        _EMITTERS.add(self)  # weakly: fork handling must not keep an emitter alive
         if start:
             self.start()
 
@@ -377,7 +387,7 @@ class Emitter:
                 self._recorded += 1
         except Exception as e:  # the audit must never break the business path
             self.counters["errors"] += 1
-            self.last_error = f"{type(e).__name__}: {e}"
+            self.last_error = f"{describe(e)}"
             self._log_rate_limited("msgtrace: could not spool an event: %s", self.last_error)
 
     def emit_many(self, events: Sequence[tuple]) -> None:
@@ -445,7 +455,7 @@ class Emitter:
                     self._recorded += 1
         except Exception as e:
             self.counters["errors"] += 1
-            self.last_error = f"{type(e).__name__}: {e}"
+            self.last_error = f"{describe(e)}"
             self._log_rate_limited("msgtrace: could not spool events: %s", self.last_error)
 
     def _invalid(self, why: str) -> None:
@@ -493,7 +503,7 @@ class Emitter:
                 backoff = 0.0
             except Exception as e:
                 self.counters["ship_failures"] += 1
-                self.last_error = f"{type(e).__name__}: {e}"
+                self.last_error = f"{describe(e)}"
                 log.warning("msgtrace: shipping to %s failed (%s); events stay in the spool", self.sink.name,
                             self.last_error)
                 backoff = min(5.0, max(0.2, backoff * 2))

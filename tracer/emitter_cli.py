@@ -11,7 +11,7 @@ import json
 import click
 
 from .cliutil import audit_topic_option, bootstrap_option, handle_errors, json_option, out, store_option
-from .errors import ConfigError, MsgtraceError
+from .errors import ConfigError, MsgtraceError, describe
 
 
 @click.command("ship")
@@ -41,7 +41,7 @@ def ship(spool_dir: str | None, bootstrap: str | None, audit_topic: str, store_u
         except MsgtraceError:
             raise
         except Exception as e:  # a sink that is down: one line, exit 2, spools kept
-            raise MsgtraceError(f"shipping to {sink.name} failed, spools kept: {type(e).__name__}: {e}") from None
+            raise MsgtraceError(f"shipping to {sink.name} failed, spools kept: {describe(e)}") from None
     finally:
         sink.close()
     stats["sink"] = sink.name

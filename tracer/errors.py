@@ -48,3 +48,12 @@ class QueryError(StoreError):
         self.code = code
         self.query_name = query_name
         super().__init__(message)
+
+
+def describe(e: BaseException) -> str:
+    """``Class: message`` of a client error, once (kafka-python's errors already start with their class)."""
+    name = type(e).__name__
+    text = str(e)
+    if not text:
+        return name
+    return text if text.startswith(name) else f"{name}: {text}"
