@@ -434,3 +434,17 @@ def test_record_caps_huge_fields_so_every_audit_line_stays_shippable(tmp_path):
         assert b"y" * MAX_ATTR_CHARS in data and b"y" * (MAX_ATTR_CHARS + 1) not in data
     finally:
         t.close(timeout=5)
+
+
+def test_a_closed_emitter_can_be_garbage_collected(tmp_path):
+    import gc
+    import weakref
+
+    e = Emitter("svc", ListSink(), str(tmp_path / "spool"))
+    e.emit("sent", "m1")
+    assert e.flush(10)
+    e.close()
+    ref = weakref.ref(e)
+    del e
+    gc.collect()
+    assert ref() is None  # fork handling holds emitters weakly

@@ -168,3 +168,34 @@ def test_unencoded_password_never_leaks_through_a_url_error():
         parse_store_url("clickhouse://bob:s3cr/et@db:9000/x")
     assert "s3cr" not in str(ei.value) and "percent-encode" in str(ei.value)
     assert "hunter2" not in repr(parse_store_url("clickhouse://alice:hunter2@h:9000/db"))
+
+
+def test_forked_child_does_not_keep_the_chdb_store_locked(chdb_url):
+    """flock locks live while any copy of the descriptor is open: a child forked during a session
+    must drop its copy, or the store stays locked for everyone until the child exits."""
+    import fcntl
+    import os
+
+    store = Store(chdb_url)
+    store.init_schema()
+    r, w = os.pipe()
+    with store.session():
+        pid = os.fork()
+        if pid == 0:  # child: wait until the parent has checked, then leave without cleanup
+            os.close(w)
+            os.read(r, 1)
+            os._exit(0)
+    os.close(r)
+    try:
+        fd = os.open(os.path.join(store.url.path, ".msgtrace.lock"), os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises BlockingIOError if still held
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        assert store.query("SELECT 1 AS x")[0]["x"] == 1  # and the parent reopens it as usual
+    finally:
+        os.write(w, b"x")
+        os.close(w)
+        os.waitpid(pid, 0)
+    store.close()

@@ -21,6 +21,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -221,6 +222,30 @@ class Backend:
 
 # chDB is one embedded server per process: serialize every use of it.
 _CHDB_PROCESS_LOCK = threading.RLock()
+_CHDB_BACKENDS: "weakref.WeakSet[ChdbBackend]" = weakref.WeakSet()
+_FORK_LEFTOVERS: list[Any] = []
+
+
+def _chdb_after_fork() -> None:
+    """A forked child must not keep the parent's store lock alive (flock locks live while any
+    copy of the descriptor is open) nor use its chDB connection: it forgets both."""
+    global _CHDB_PROCESS_LOCK
+    _CHDB_PROCESS_LOCK = threading.RLock()
+    for b in list(_CHDB_BACKENDS):
+        fd, b._lock_fd = b._lock_fd, None
+        if b._sess is not None:
+            # never closed nor freed here: its destructor waits for chDB threads the child lacks
+            _FORK_LEFTOVERS.append(b._sess)
+        b._sess, b._depth = None, 0
+        if fd is not None:
+            try:
+                os.close(fd)  # close, never LOCK_UN: that would release the parent's lock
+            except OSError:
+                pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_chdb_after_fork)
 
 
 class ChdbBackend(Backend):
@@ -232,6 +257,7 @@ class ChdbBackend(Backend):
         self._sess = None
         self._depth = 0
         self._lock_fd: int | None = None
+        _CHDB_BACKENDS.add(self)
 
     def _lock_path(self) -> str:
         return os.path.join(self.url.path, ".msgtrace.lock")
