@@ -415,3 +415,44 @@ def test_consumer_batch_events_from_stub_records(tmp_path):
     assert done.trace_id == r0.trace_id and done.offset == 7
     assert [e.seq for e in evs] == list(range(1, 7))
     t.close(0)
+
+
+def test_one_tracer_two_groups_attributes_processing_to_the_receiving_consumer(tmp_path):
+    """Two consumers of different groups, one Tracer, the same record position: processing(record)
+    names the group of the consumer that returned that record object, and forgets only its entry."""
+    from kafka.consumer.fetcher import ConsumerRecord
+
+    class Coord:
+        def _send_offset_commit_request(self, offsets, *a, **kw):
+            return "sent"
+
+    class Stub:
+        def __init__(self, group, batches):
+            self.config = {"group_id": group}
+            self._coordinator = Coord()
+            self._batches = batches
+
+        def poll(self, timeout_ms=0, max_records=None, update_offsets=True):
+            return self._batches.pop(0) if self._batches else {}
+
+    tp = TopicPartition("orders", 0)
+
+    def rec():  # each consumer gets its own record object for the same position
+        return ConsumerRecord("orders", 0, None, 5, 0, 0, None, b"v", [(MSG_ID_HEADER, b"order-5")], None, 1, 1, 1)
+
+    ra, rb = rec(), rec()
+    t = Tracer(service="c", sink=NullSink(), spool_dir=str(tmp_path))
+    a = t.wrap_consumer(Stub("red-packet", [{tp: [ra]}]))
+    b = t.wrap_consumer(Stub("points", [{tp: [rb]}]))
+    a.poll()
+    b.poll()
+    with t.processing(ra):
+        pass
+    with t.processing(rb):
+        pass
+    with t.processing(rec()):  # an unknown object at a known position: still the message's identity
+        pass
+    done = [e for e in spool_events(t) if e.stage == "business_done"]
+    assert [(e.msg_id, e.consumer_group) for e in done[:2]] == [("order-5", "red-packet"), ("order-5", "points")]
+    assert done[2].msg_id == "order-5"
+    t.close(0)

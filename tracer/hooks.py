@@ -343,7 +343,7 @@ class TracedConsumer:
             ids = dumps({"msg_id": msg_id, "trace_id": trace_id, "span_id": span_id})[1:-1]
             rows.append((msg_id, b'"offset":%d,"key":%b,%b' % (off, dumps(k), ids)))
             pend.append((off, msg_id, ids))
-            inflight[(topic, partition, off)] = (msg_id, group, trace_id, span_id)
+            inflight[(topic, partition, off, group)] = (msg_id, group, trace_id, span_id, id(r))
         self._emitter.emit_rows(RECEIVED, topic, group, {"partition": partition, "error": None, "attrs": {}}, rows)
         t._trim_inflight()
         if group is None:

@@ -88,8 +88,12 @@ class Tracer:
         self._emitter = Emitter(self.service, sink, spool_dir, fsync=fsync, max_spool_bytes=max_spool_bytes,
                                 mq=mq, adopt=adopt, **emitter_options)
         self._counters = {"hook_errors": 0, "pending_forgotten": 0}
+        # (topic, partition, offset, group) -> (msg_id, group, trace_id, span_id, id(record)) of
+        # records received and not yet processed; keyed by group too, since one tracer may wrap
+        # consumers of several groups reading the same record
         self._inflight: dict[tuple, tuple] = {}
         self._inflight_lock = threading.Lock()
+        self._groups: dict[str | None, None] = {}  # groups of the wrapped consumers (ordered set)
         r = uuid.uuid4().hex
         self._mid_prefix = f"{r[:8]}-{r[8:12]}-4{r[13:16]}-{'89ab'[int(r[16], 16) & 3]}{r[17:20]}-"
         self._mid_counter = itertools.count(1)
@@ -127,6 +131,7 @@ class Tracer:
         c = TracedConsumer(consumer, self)
         if c.group is not None:
             self.default_group = c.group
+        self._groups[c.group] = None
         return c
 
     def processing(self, record_or_msg_id: Any, consumer_group: str | None = None) -> "_Processing":
@@ -257,12 +262,29 @@ class Tracer:
                 for k in list(itertools.islice(iter(inflight), len(inflight) - MAX_INFLIGHT)):
                     inflight.pop(k, None)
 
+    def _known(self, record: Any) -> tuple | None:
+        """What the hooks noted when ``record`` was received: the entry of the consumer that
+        returned this very object, else of any wrapped consumer that received its position."""
+        inflight = self._inflight
+        if not inflight:
+            return None
+        topic, partition, offset = record.topic, record.partition, record.offset
+        found = None
+        for g in self._groups:
+            k = inflight.get((topic, partition, offset, g))
+            if k is not None:
+                if k[4] == id(record):
+                    return k
+                if found is None:
+                    found = k
+        return found
+
     def _record_identity(self, record: Any) -> tuple[str, tuple]:
         """msg_id and (topic, partition, offset, group, trace_id, span_id) of a ConsumerRecord."""
         key = (record.topic, record.partition, record.offset)
-        known = self._inflight.get(key)
+        known = self._known(record)
         if known is not None:
-            msg_id, group, trace_id, span_id = known
+            msg_id, group, trace_id, span_id, _ = known
             return msg_id, (*key, group, trace_id, span_id)
         msg_id = trace_id = span_id = None
         for hk, hv in getattr(record, "headers", None) or ():
@@ -281,11 +303,11 @@ class Tracer:
 class _Processing:
     """``with tracer.processing(record):`` records the business outcome of one message."""
 
-    __slots__ = ("_t", "_target", "_group", "_t0", "_ctx", "_span", "_token")
+    __slots__ = ("_t", "_target", "_group", "_t0", "_ctx", "_span", "_token", "_key")
 
     def __init__(self, tracer: Tracer, target: Any, group: str | None) -> None:
         self._t, self._target, self._group = tracer, target, group
-        self._span = self._token = None
+        self._span = self._token = self._key = None
 
     def __enter__(self) -> "_Processing":
         t = self._t
@@ -293,9 +315,10 @@ class _Processing:
             target = self._target
             if isinstance(target, str):
                 self._ctx = (target, ("", None, None, self._group or t.default_group, None, None))
-            elif (known := t._inflight.get((target.topic, target.partition, target.offset))) is not None:
+            elif (known := t._known(target)) is not None:
                 # a record this tracer received (the usual case): its identity is already known
-                msg_id, group, trace_id, span_id = known
+                msg_id, group, trace_id, span_id, _ = known
+                self._key = (target.topic, target.partition, target.offset, group)
                 self._ctx = (msg_id, (target.topic, target.partition, target.offset,
                                       group if self._group is None else self._group, trace_id, span_id))
             else:
@@ -352,8 +375,8 @@ class _Processing:
                     t._emitter.emit("business_failed", msg_id, topic, partition, offset, group, None,
                                     error_text(exc), trace_id, span_id,
                                     {"duration_us": dur, "error_type": type(exc).__name__})
-                if offset is not None:
-                    t._inflight.pop((topic, partition, offset), None)
+                if self._key is not None:
+                    t._inflight.pop(self._key, None)
             if self._span is not None:
                 from opentelemetry import context
                 from opentelemetry.trace import Status, StatusCode
