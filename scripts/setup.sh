@@ -16,7 +16,11 @@ if [ ! -x .venv/bin/pip ]; then
 fi
 extras=${MSGTRACE_EXTRAS:-}
 stamp=".venv/.msgtrace-installed${extras:+-$extras}"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if ! command -v "${CC:-cc}" >/dev/null 2>&1; then
+  echo "note: no C compiler: collectors._fastjson is not built and the collector decodes in Python (~4x slower)" >&2
+fi
+# (re)install when the project, or the C decoder's source, changed since the last install
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ collectors/_fastjson.c -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
   .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
   touch "$stamp"
