@@ -456,3 +456,49 @@ def test_one_tracer_two_groups_attributes_processing_to_the_receiving_consumer(t
     assert [(e.msg_id, e.consumer_group) for e in done[:2]] == [("order-5", "red-packet"), ("order-5", "points")]
     assert done[2].msg_id == "order-5"
     t.close(0)
+
+
+def test_an_oversized_msg_id_is_capped_the_same_everywhere(tmp_path):
+    """A 2 MB id (a payload passed as the id) would make an audit line no record can carry and block
+    shipping for good: producer header, consumer side and every event carry the same capped id."""
+    from kafka.consumer.fetcher import ConsumerRecord
+
+    from tracer.events import MAX_MSG_ID_CHARS, cap_msg_id
+
+    huge = "order-" + "x" * 2_000_000
+    capped = cap_msg_id(huge)
+    assert len(capped) <= MAX_MSG_ID_CHARS and capped.startswith("order-xxx") and cap_msg_id(capped) == capped
+    assert cap_msg_id(huge + "y") != capped  # the hash covers the whole id
+    sent_headers = []
+
+    class Fut:
+        def add_callback(self, fn):
+            pass
+
+        def add_errback(self, fn):
+            pass
+
+    class Prod:
+        config: dict = {}
+
+        def send(self, topic, value=None, key=None, headers=None, partition=None, timestamp_ms=None):
+            sent_headers.append(dict(headers))
+            return Fut()
+
+    t = Tracer(service="c", sink=NullSink(), spool_dir=str(tmp_path))
+    p = t.wrap_producer(Prod())
+    p.send("orders", b"v", msg_id=huge)
+    assert sent_headers[0][MSG_ID_HEADER] == capped.encode()
+    rec = ConsumerRecord("orders", 0, None, 1, 0, 0, None, b"v", [(MSG_ID_HEADER, huge.encode())], None, 1, 1, 1)
+
+    class Cons:
+        config = {"group_id": "g"}
+
+        def poll(self, timeout_ms=0, max_records=None, update_offsets=True):
+            return {TopicPartition("orders", 0): [rec]}
+
+    t.wrap_consumer(Cons()).poll()
+    t.record("dead_lettered", huge, topic="orders")
+    evs = spool_events(t)
+    assert {e.msg_id for e in evs} == {capped} and {e.stage for e in evs} >= {"sent", "received", "dead_lettered"}
+    t.close(0)

@@ -127,6 +127,21 @@ def test_hostile_ids_are_data_not_sql(store):
     assert n == len(b.events)
 
 
+def test_an_id_over_1024_characters_is_found_under_its_capped_form(store):
+    from tracer.events import cap_msg_id
+
+    full = "order-" + "z" * 20_000
+    b = Builder()
+    b.produced(cap_msg_id(full), 0, 0, 0)  # as the hooks store it
+    b.consumed(cap_msg_id(full), 1, "g1", 0, 0)
+    store.insert_events(b.events)
+    r = run(store, full, "--json")
+    assert r.exit_code == 0, r.output[-300:]
+    doc = orjson.loads(r.stdout)
+    assert doc["msg_id"] == cap_msg_id(full) and [v["verdict"] for v in doc["verdicts"]] == ["delivered"]
+    assert run(store, full + "!").exit_code == 3
+
+
 def test_errors_exit_2(tmp_path):
     r = CliRunner().invoke(trace_msg, ["m", "--store", "nosuch://x"])
     assert r.exit_code == 2 and "unsupported store URL" in r.stderr

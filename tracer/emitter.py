@@ -26,7 +26,7 @@ from typing import Any, Protocol, Sequence
 import orjson
 
 from .errors import ConfigError, describe
-from .events import decode_batch, local_identity, record_headers
+from .events import MAX_MSG_ID_CHARS, cap_msg_id, decode_batch, local_identity, record_headers
 from .spool import Chunk, SpoolReader, SpoolWriter, dead_spools
 
 log = logging.getLogger("msgtrace.emitter")
@@ -358,6 +358,8 @@ class Emitter:
         if type(msg_id) is not str or not msg_id:
             self._invalid(f"msg_id must be a non-empty string, got {msg_id!r}"[:200])
             return
+        if len(msg_id) > MAX_MSG_ID_CHARS:
+            msg_id = cap_msg_id(msg_id)
         try:
             head = self._heads.get((stage, topic, consumer_group, mq)) or self._head(stage, topic, consumer_group, mq)
             with self._lock:
@@ -430,6 +432,8 @@ class Emitter:
                     if type(msg_id) is not str or not msg_id:
                         self._invalid(f"msg_id must be a non-empty string, got {msg_id!r}"[:200])
                         continue
+                    if members is None and len(msg_id) > MAX_MSG_ID_CHARS:
+                        row = {**row, "msg_id": cap_msg_id(msg_id)}  # (encoded rows: capped by the hooks)
                     seq = self._seq = self._seq + 1
                     if members is None:
                         body = head + b'%012x","seq":%d,' % (seq, seq) + _dumps(row)[1:]

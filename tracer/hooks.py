@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .events import MSG_ID_HEADER
+from .events import MAX_MSG_ID_CHARS, MSG_ID_HEADER, cap_msg_id
 
 if TYPE_CHECKING:
     from .tracer import Tracer
@@ -130,6 +130,8 @@ class TracedProducer:
                               else t._new_msg_id(topic, key, value))
                 elif msg_id.__class__ is not str:
                     msg_id = str(msg_id)
+                if len(msg_id) > MAX_MSG_ID_CHARS:
+                    msg_id = cap_msg_id(msg_id)
                 trace_id, span_id, traceparent = t._send_context()
                 out_headers = [(TRACEPARENT, traceparent), (MSG_ID_HEADER, msg_id.encode())]
             else:
@@ -191,6 +193,8 @@ class TracedProducer:
             msg_id = t._new_msg_id(topic, key, value)
         else:
             msg_id = str(msg_id)
+        if len(msg_id) > MAX_MSG_ID_CHARS:
+            msg_id = cap_msg_id(msg_id)
         span = None
         if traceparent is None:
             if t._otel_tracer is not None:
@@ -335,6 +339,8 @@ class TracedConsumer:
                     trace_id, span_id = parse_traceparent(hv)
             if msg_id is None:
                 msg_id = id_fn(r)
+            if len(msg_id) > MAX_MSG_ID_CHARS:
+                msg_id = cap_msg_id(msg_id)
             off = r.offset
             k = r.key
             if k is not None:

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from .cliutil import EXIT_LOST, EXIT_OK, EXIT_UNKNOWN, err, handle_errors, json_option, out, store_option
-from .events import Event
+from .events import Event, cap_msg_id
 
 _SEPARATORS = ":-_./#|@ "
 
@@ -126,6 +126,10 @@ def trace_msg(msg_id: str, groups: tuple[str, ...], topic_groups: bool, bootstra
         raise click.UsageError("MSG_ID must not be empty")
     with Store(store_url) as store, store.session():
         events = store.select_events(msg_id)
+        if not events and (capped := cap_msg_id(msg_id)) != msg_id:  # the hooks cap ids over 1024 characters
+            events = store.select_events(capped)
+            if events:
+                msg_id = capped
         verdicts = judge_message(store, msg_id, groups, bootstrap=bootstrap, events=events,
                                  topic_groups_window_s=3600 if topic_groups else 0) if events else []
         similar = similar_ids(store, msg_id) if not events else []
