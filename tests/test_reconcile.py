@@ -473,10 +473,18 @@ def test_message_pass_fan_out_uses_the_per_pair_scan(store, monkeypatch):
     b.consumed("f2", 15, "g2", 0, 1)
     b.produced("f3", 20, 0, 2)
     store.insert_events(b.events)
+    import tracer.reconcile as R
+
+    # the hint (first receipts) sees two groups on the topic: straight to the per-pair pass
     fast, slow, n_tg = _both_paths(store, monkeypatch)
-    assert n_tg == 0 and _view(fast) == _view(slow)
+    assert n_tg == 1 and _view(fast) == _view(slow)
     assert {(r.msg_id, r.consumer_group) for r in fast.rows} == {("f1", "g2"), ("f2", "g1"), ("f3", "g1"),
                                                                   ("f3", "g2")}
+    assert R._fan_out_hint(store, T0, T0 + 2 * HOUR)
+    # without the hint, pass 1 by message finds the fan-out and hands its groups per topic over
+    monkeypatch.setattr(R, "_fan_out_hint", lambda *a: False)
+    fast, slow, n_tg = _both_paths(store, monkeypatch)
+    assert n_tg == 0 and _view(fast) == _view(slow)
 
 
 def test_message_pass_counts_duplicates_and_producer_groups_exactly(store, monkeypatch):

@@ -2,9 +2,12 @@
 
 All heavy work is ClickHouse SQL from ``queries/``, in two passes:
 
-1. ``reconcile_scan*.sql`` judges every (msg_id, group) pair of the window in one lean GROUP BY
-   (packed bitmasks and counts); plainly delivered pairs come back as one count per topic and group,
-   every other pair by its key;
+1. usually ``reconcile_scan_msg.sql``: one lean GROUP BY msg_id (packed bitmasks, hashed topic and
+   group) that also finds the groups expected on each topic; plainly delivered messages come back as
+   one count per topic and group, every other message by its id. It needs every message's consumer
+   stages to belong to one group: with fan-out (``reconcile_groups_hint.sql`` sees it in the first
+   receipts, or pass 1 by message finds it), ``reconcile_topic_groups.sql`` + ``reconcile_scan*.sql``
+   judge every (msg_id, group) pair instead;
 2. ``reconcile_pairs.sql`` collects the facts that decide those pairs (times, partitions, offsets,
    errors, exact counts) for their messages only.
 
@@ -236,6 +239,13 @@ def _scan_by_message(store: Store, params: dict[str, Any], table: str | None,
         elif r["kind"] == 1:
             cand.append(r["mid"])
     return _MsgScan(topics, groups, counts, cand, fan_out)
+
+
+def _fan_out_hint(store: Store, from_us: int, cut: int) -> bool:
+    """True if the first receipts of the window (10000, reconcile_groups_hint.sql) show a topic
+    received by several groups."""
+    rows = store.query_file("reconcile_groups_hint", {"from_us": from_us, "cut": cut}, small=True)
+    return bool(rows and rows[0]["n"])
 
 
 def _topic_groups(store: Store, from_us: int, cut: int) -> tuple[list[str], list[list[str]]]:
@@ -555,9 +565,10 @@ def reconcile(store: Store, window_from_us: int, window_to_us: int, grace_s: int
             params = {"scan_from": scan_from, "cut": cut, "from_us": window_from_us, "to_us": window_to_us,
                       "restrict_groups": 1 if groups else 0, "groups": list(groups or []),
                       "group": groups[0] if groups else "", "collapse": 0}
-            # usual case first: one GROUP BY msg_id that also finds the groups expected per topic
-            ms = _scan_by_message(store, params, table, groups[0] if groups else None) \
-                if _MSG_SCAN and (not groups or len(groups) == 1) else None
+            # usual case first: one GROUP BY msg_id that also finds the groups expected per topic,
+            # unless a quick look at the first receipts shows fan-out (several groups on a topic)
+            try_msg = _MSG_SCAN and (len(groups) == 1 if groups else not _fan_out_hint(store, window_from_us, cut))
+            ms = _scan_by_message(store, params, table, groups[0] if groups else None) if try_msg else None
             cand: set[tuple[str, str]] = set()
             cand_msgs: set[str] = set()
             by_msg = ms is not None and not ms.fan_out
