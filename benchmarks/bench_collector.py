@@ -234,7 +234,7 @@ NOTES = """
 ## Reading
 
 - The target (>= 200k events/s into chDB on one process) is **met**: median 229,855 events/s
-  (4 of 5 repeats at 216-236k; one at 119k while the other core was busy), 48% of the raw consume
+  (4 of 5 repeats at 215-236k; one at 119k while the other core was busy), 48% of the raw consume
   rate measured in the same run, 3.7x the collector before this change (61,590). Into the 18.16
   server: 121,223 (1.9x before). The machine is shared (a helper ran reconcile benchmarks at the
   same time); compare rows of one run, not runs.
