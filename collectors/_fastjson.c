@@ -341,7 +341,8 @@ static int read_attrs(Cur *s, Column *c) {
             kstart[k] = before;
             klen[k] = c->kdata.len - before;
             for (int32_t j = 0; j < k; j++) { /* duplicate key: refused (JSON keeps the last) */
-                if (klen[j] == klen[k] && memcmp(c->kdata.p + kstart[j], c->kdata.p + kstart[k], klen[k]) == 0)
+                if (klen[j] == klen[k] &&
+                    (klen[k] == 0 || memcmp(c->kdata.p + kstart[j], c->kdata.p + kstart[k], klen[k]) == 0))
                     return FAIL;
             }
             if (buf_put_i32(&c->koffsets, (int32_t)c->kdata.len)) return OOM;
