@@ -561,3 +561,21 @@ def test_run_row_of_an_empty_window_is_written(store):
     assert run["run_id"] == res.run_id and run["grace_s"] == res.grace_s
     assert run["verdict_names"] == [] and run["verdict_counts"] == []
     assert "it's \\\\ \\\"g\\\"" in run["params"]
+
+
+def test_consumer_events_outside_the_window_are_judged_not_reported_as_a_gap(store, monkeypatch):
+    """A message sent in the window whose consumers' clocks put every receipt before it, on a topic
+    with no other receipt in the window: both passes must judge it by its own events (this used to
+    give ('', audit_gap, "events changed during the run"), a false alarm)."""
+    b = Builder()
+    b.produced("m0", 1.05 * HOUR // MS, 0, 0)  # after the window; its receipt after the cut
+    b.add("m0", "received", 4.05 * HOUR // MS, group="g2", p=0, o=0)
+    b.produced("m1", 0.9 * HOUR // MS, 0, 1)
+    b.consumed("m1", -1.1 * HOUR // MS, "g1", 0, 1)
+    b.add("m1", "received", -1.1 * HOUR // MS, group="g2", p=0, o=1)
+    store.insert_events(b.events)
+    fast, slow, _ = _both_paths(store, monkeypatch)
+    for res in (fast, slow):
+        assert not [v for v in res.rows if "events changed" in (v.evidence or "")]
+        got = {(v.msg_id, v.consumer_group): v.verdict for v in res.rows}
+        assert got.get(("m1", "g2")) in (V.LOST_IN_CONSUMER, V.IN_FLIGHT), got
