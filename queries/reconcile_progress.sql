@@ -1,5 +1,6 @@
 -- How far each group got on one partition, per log epoch (segment between resets): the highest
--- offset it received or committed. Offsets compare only within one epoch.
+-- offset it received or committed (the stages in {stages}: both for broker evidence, only
+-- offset_committed for consumer evidence). Offsets compare only within one epoch.
 SELECT
     g AS consumer_group,
     arrayCount(r -> r <= ts_us, {resets:Array(UInt64)}) AS seg,
@@ -17,7 +18,7 @@ FROM
         if(ifNull(consumer_group, '') = '', '(no group)', assumeNotNull(consumer_group)) AS g
     FROM {db:Identifier}.trace_events
     WHERE topic = {topic:String} AND partition = {part:Int32}
-      AND stage IN ('received', 'offset_committed')
+      AND has({stages:Array(String)}, stage)
       AND ts_us >= {scan_from:UInt64} AND ts_us < {cut:UInt64}
 )
 WHERE has({groups:Array(String)}, g)

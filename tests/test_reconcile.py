@@ -5,6 +5,7 @@ own partition); each test judges the window once and checks its scenarios.
 """
 from __future__ import annotations
 
+import re
 import uuid
 
 import pytest
@@ -121,13 +122,23 @@ def scenario_events() -> Builder:
     b.add("fail-redone", "business_failed", 2111, group="g1", error="boom")
     b.consumed("fail-redone", 2200, "g1", 0, 12)
     b.consumed("fail-redone", 2120, "g2", 0, 12)
-    b.produced("inflight", 2300, 0, 13)
-    b.consumed("inflight", 2310, "g1", 0, 13, commit=False, done=False)
-    b.consumed("inflight", 2320, "g2", 0, 13)
-    b.produced("inflight-failed", 2400, 0, 14)
-    b.add("inflight-failed", "received", 2410, group="g1", p=0, o=14)
+    # in flight for g1: received, no outcome (or a failure), and g1 never committed past them (partition 6)
+    b.produced("inflight", 2300, 6, 0)
+    b.consumed("inflight", 2310, "g1", 6, 0, commit=False, done=False)
+    b.consumed("inflight", 2320, "g2", 6, 0)
+    b.produced("inflight-failed", 2400, 6, 1)
+    b.add("inflight-failed", "received", 2410, group="g1", p=6, o=1)
     b.add("inflight-failed", "business_failed", 2411, group="g1", error="boom")
-    b.consumed("inflight-failed", 2420, "g2", 0, 14)
+    b.consumed("inflight-failed", 2420, "g2", 6, 1)
+    # the same on partition 0, where g1 later commits past them (offset 17) without an outcome or an
+    # offset_committed naming them (a consumer killed before it read its commit's answer): lost
+    b.produced("passed", 2250, 0, 11)
+    b.consumed("passed", 2260, "g1", 0, 11, commit=False, done=False)
+    b.consumed("passed", 2270, "g2", 0, 11)
+    b.produced("passed-failed", 2255, 0, 7)
+    b.add("passed-failed", "received", 2265, group="g1", p=0, o=7)
+    b.add("passed-failed", "business_failed", 2266, group="g1", error="boom")
+    b.consumed("passed-failed", 2275, "g2", 0, 7)
     b.produced("dlq", 2500, 0, 15)
     b.add("dlq", "received", 2510, group="g1", p=0, o=15)
     b.add("dlq", "business_failed", 2511, group="g1", error="poison")
@@ -191,6 +202,8 @@ EXPECT: dict[tuple[str, str], tuple[str, set[str]]] = {
     ("fail-redone", "g1"): (V.DELIVERED, {V.REDELIVERED}),
     ("inflight", "g1"): (V.IN_FLIGHT, set()),
     ("inflight-failed", "g1"): (V.IN_FLIGHT, set()),
+    ("passed", "g1"): (V.LOST_IN_CONSUMER, set()),
+    ("passed-failed", "g1"): (V.FAILED_AND_COMMITTED, set()),
     ("dlq", "g1"): (V.DEAD_LETTERED, set()),
     ("gap-nosent", "g1"): (V.AUDIT_GAP, set()),
     ("gap-norecv", "g1"): (V.AUDIT_GAP, set()),
@@ -249,6 +262,19 @@ def test_broker_evidence_names_what_decided(judged):
     ep = rows[("epoch-pending", "g1")]
     assert ep.decided_by == "no_evidence_of_passing" and "reset" in ep.evidence
     assert rows[("pending", "g1")].decided_by == "no_evidence_of_passing"
+
+
+def test_consumer_evidence_names_what_decided(judged):
+    """in_flight becomes a loss only when the group committed past the message after receiving it."""
+    _, _, rows = judged
+    passed = rows[("passed", "g1")]
+    assert passed.decided_by == "committed_offset_passed"
+    m = re.search(r"the group committed offset (\d+) on partition 0", passed.evidence)
+    assert m and int(m.group(1)) > 11  # past the message's offset
+    assert passed.stopped_at == "offset_committed" and passed.remedy == V.REMEDY[V.LOST_IN_CONSUMER]
+    pf = rows[("passed-failed", "g1")]
+    assert pf.decided_by == "committed_offset_passed" and "boom" in pf.evidence
+    assert rows[("inflight", "g1")].decided_by == "" and "not committed" in rows[("inflight", "g1")].evidence
 
 
 def test_stopped_at_evidence_remedy(judged):

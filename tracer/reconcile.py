@@ -399,8 +399,8 @@ def decide_broker(store: Store, rows: list[Verdict], ev: BrokerEvidence, progres
         base = {"topic": topic, "part": part, "scan_from": ev.scan_from, "cut": ev.cut}
         resets = [int(x) for x in store.query_file("reconcile_resets", base, small=True)[0]["resets"]]
         prog = {(p["consumer_group"], p["seg"]): p for p in store.query_file(
-            "reconcile_progress", {**base, "resets": resets, "groups": sorted({r.consumer_group for r in rs})},
-            small=True)}
+            "reconcile_progress", {**base, "resets": resets, "groups": sorted({r.consumer_group for r in rs}),
+                                   "stages": ["received", "offset_committed"]}, small=True)}
         for r in rs:
             ts = _cand_ts(r.facts)
             seg = sum(1 for x in resets if x <= ts)
@@ -487,6 +487,70 @@ def _mark_lost(r: Verdict, by: str, text: str) -> None:
     r.remedy = V.REMEDY[V.LOST_IN_BROKER]
     r.decided_by = by
     r.evidence += f"; decided by {by}: {text}"
+
+
+def decide_consumer(store: Store, rows: list[Verdict], ev: BrokerEvidence, progress: Progress | None = None) -> None:
+    """Turn ``in_flight`` into ``lost_in_consumer`` (``failed_and_committed`` after a business_failed)
+    where the group's committed offset passed the message after it was received: the group moved on
+    and will not redeliver it, though no ``offset_committed`` names this message. That is a consumer
+    killed after its commit reached the broker but before it read the answer, or another member that
+    took over past it. Evidence: (1) an ``offset_committed`` of the group on the partition beyond the
+    message's offset, later than its receipt, in the same log epoch; (2) with ``bootstrap`` and no
+    log reset since, the group's committed offset read live from Kafka.
+    """
+    def known(v: Any) -> bool:
+        return v is not None and v >= 0
+
+    cands = [r for r in rows if r.verdict == V.IN_FLIGHT and r.consumer_group
+             and known(r.facts.get("loc_p")) and known(r.facts.get("loc_o"))]
+    if not cands:
+        return
+    if progress:
+        progress(f"checking the committed offsets of {len(cands)} pairs in flight")
+    by_part: dict[tuple[str, int], list[Verdict]] = {}
+    for r in cands:
+        by_part.setdefault((r.topic, int(r.facts["loc_p"])), []).append(r)
+    live: dict[tuple[str, str, int], int | None] = {}
+    for n, ((topic, part), rs) in enumerate(sorted(by_part.items())):
+        if n >= ev.max_partitions:
+            for r in rs:
+                r.decided_by = "not checked (too many partitions)"
+            continue
+        base = {"topic": topic, "part": part, "scan_from": ev.scan_from, "cut": ev.cut}
+        resets = [int(x) for x in store.query_file("reconcile_resets", base, small=True)[0]["resets"]]
+        prog = {(p["consumer_group"], p["seg"]): p for p in store.query_file(
+            "reconcile_progress", {**base, "resets": resets, "groups": sorted({r.consumer_group for r in rs}),
+                                   "stages": ["offset_committed"]}, small=True)}
+        for r in rs:
+            recv_ts = r.facts.get("recv_ts") or _cand_ts(r.facts)
+            seg = sum(1 for x in resets if x <= recv_ts)
+            p = prog.get((r.consumer_group, seg))
+            if p and p["max_off"] > r.facts["loc_o"] and p["at_ts"] >= recv_ts:
+                _mark_consumer_lost(r, "committed_offset_passed",
+                                    f"the group committed offset {p['max_off']} on partition {part} "
+                                    f"({p['by_msg']!r} at {fmt_us(p['at_ts'])}) in the same log epoch")
+                continue
+            if ev.bootstrap and seg == len(resets):
+                key = (topic, r.consumer_group, part)
+                if key not in live:
+                    live[key] = live_committed(ev.bootstrap, r.consumer_group, topic, part)
+                c = live[key]
+                if c is not None and c > r.facts["loc_o"]:
+                    _mark_consumer_lost(r, "live_committed_offset",
+                                        f"Kafka reports the group's committed offset {c} on partition {part} (live)")
+
+
+def _mark_consumer_lost(r: Verdict, by: str, text: str) -> None:
+    f = r.facts
+    failed = bool(f.get("bfail_ts"))
+    r.verdict = V.FAILED_AND_COMMITTED if failed else V.LOST_IN_CONSUMER
+    r.remedy = V.REMEDY[r.verdict]
+    r.stopped_at = V.STOPPED_AT[r.verdict]
+    r.decided_by = by
+    outcome = (f"business_failed at {fmt_us(f['bfail_ts'])}: {f.get('c_error') or 'no error text'}; no later "
+               "business_done") if failed else "no business_done or business_failed"
+    r.evidence = (f"received at {fmt_us(f['recv_ts'])}; {outcome}; no offset_committed names it, but decided by "
+                  f"{by}: {text}")
 
 
 def live_committed(bootstrap: str, group: str, topic: str, part: int, timeout_s: float = 10.0) -> int | None:
@@ -660,6 +724,7 @@ def reconcile(store: Store, window_from_us: int, window_to_us: int, grace_s: int
         if res.rows:
             skip = frozenset(v.msg_id for v in res.rows if v.verdict == V.PENDING_IN_BROKER) if by_msg else None
             decide_broker(store, res.rows, BrokerEvidence(scan_from, cut, bootstrap, skip=skip), progress)
+            decide_consumer(store, res.rows, BrokerEvidence(scan_from, cut, bootstrap), progress)
             if progress:
                 progress("checking emitter seq gaps")
             res.seq_gaps = flag_seq_gaps(store, res.rows, scan_from, cut)
@@ -838,6 +903,10 @@ def judge_message(store: Store, msg_id: str, groups: Iterable[str] = (), bootstr
     if pend:
         ts = min(_cand_ts(v.facts) for v in pend)
         decide_broker(store, out, BrokerEvidence(max(0, ts - LOOKBACK_S * 1_000_000), now + 1, bootstrap))
+    flight = [v for v in out if v.verdict == V.IN_FLIGHT]
+    if flight:
+        ts = min(v.facts.get("recv_ts") or _cand_ts(v.facts) for v in flight)
+        decide_consumer(store, out, BrokerEvidence(max(0, ts - LOOKBACK_S * 1_000_000), now + 1, bootstrap))
     if any(v.verdict != V.DELIVERED for v in out):
         flag_seq_gaps(store, out, max(0, min(v.facts["msg_time"] for v in out) - 3600 * 1_000_000), now + 1)
     out.sort(key=lambda v: v.consumer_group)
