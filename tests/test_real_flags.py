@@ -184,3 +184,67 @@ def test_emitter_seq_gap_when_the_audit_spool_overflows(tansu, chdb_url, tmp_pat
         t.close(timeout=10)
         if audit:
             audit.stop()
+
+
+@pytest.mark.timeout(240)
+def test_lost_in_consumer_when_the_commit_answer_is_lost(chdb_url, tmp_path):
+    """A consumer commits before its business work (the seeds' mistake), the commit reaches the broker,
+    its answer is lost and the process dies: no offset_committed names the message, so the audit alone
+    says in_flight; Kafka's live committed offset (--bootstrap) shows the group will never redeliver
+    it: lost_in_consumer, decided by live_committed_offset."""
+    from kafka.structs import TopicPartition
+
+    from tracer.reconcile import live_committed
+
+    store = Store(chdb_url)
+    store.init_schema()
+    port = free_port()
+    broker = TansuBroker(advertised_port=port).start()
+    proxy = FaultProxy(broker.port, port=port)
+    t = Tracer(service="red-packet", store=chdb_url, spool_dir=str(tmp_path / "spool"))
+    c = None
+    try:
+        t0 = time.time_ns() // 1000
+        create_topic(proxy.address)
+        p = t.wrap_producer(KafkaProducer(bootstrap_servers=proxy.address, acks="all", linger_ms=0))
+        p.send(TOPIC, b"paid", msg_id="order:commit-lost").get(timeout=30)
+        p.close(5)
+        c = t.wrap_consumer(KafkaConsumer(TOPIC, bootstrap_servers=proxy.address, group_id=GROUP,
+                                          enable_auto_commit=False, auto_offset_reset="earliest",
+                                          session_timeout_ms=6000, heartbeat_interval_ms=1000))
+        got: list = []
+        deadline = time.monotonic() + 60
+        while not got and time.monotonic() < deadline:
+            for recs in c.poll(timeout_ms=300).values():
+                got.extend(recs)
+        assert got, "the consumer received nothing"
+        proxy.drop_responses()
+        c.commit_async()  # reaches the broker; its answer never comes back
+        wait_until(lambda: proxy.dropped_bytes > 0, 30, "the broker's answer to be swallowed")
+        proxy.cut()  # the consumer process dies here, before any business outcome
+        proxy.heal()
+        tp = TopicPartition(TOPIC, 0)
+        # the group coordinator is reached through the proxy (the broker advertises its port)
+        wait_until(lambda: live_committed(proxy.address, GROUP, TOPIC, 0, timeout_s=3) == 1, 60,
+                   "the broker to report the commit")
+        assert t.flush(timeout=30)
+        stages = [e.stage for e in store.select_events("order:commit-lost")]
+        assert "received" in stages and "offset_committed" not in stages, stages
+        got_v, _ = judge(store, t0, groups=[GROUP])
+        assert got_v[("order:commit-lost", GROUP)].verdict == V.IN_FLIGHT  # what the audit alone shows
+        now = time.time_ns() // 1000
+        res = reconcile(store, t0, now + 1_000_000, grace_s=0, now_us=now + 2_000_000, groups=[GROUP],
+                        bootstrap=proxy.address, write=False)
+        r = {(v.msg_id, v.consumer_group): v for v in res.rows}[("order:commit-lost", GROUP)]
+        assert (r.verdict, r.decided_by) == (V.LOST_IN_CONSUMER, "live_committed_offset"), r.evidence
+        assert "committed offset 1 on partition 0 (live)" in r.evidence and tp.partition == 0
+    finally:
+        proxy.heal()
+        if c is not None:
+            try:
+                c.close(autocommit=False)
+            except Exception:
+                pass
+        t.close(timeout=5)
+        proxy.close()
+        broker.stop()

@@ -18,14 +18,18 @@ in ClickHouse by a columnar insert.
 """
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Sequence
 
-from .store import Store, check_identifier, load_sql
 from . import verdicts as V
+from .errors import describe
+from .store import Store, check_identifier, load_sql
+
+log = logging.getLogger("msgtrace.reconcile")
 
 GRACE_S = 600
 LOOKBACK_S = 86400
@@ -559,12 +563,14 @@ def live_committed(bootstrap: str, group: str, topic: str, part: int, timeout_s:
         from kafka import KafkaConsumer, TopicPartition
 
         c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
-                          request_timeout_ms=int(timeout_s * 1000), api_version_auto_timeout_ms=int(timeout_s * 1000))
+                          request_timeout_ms=int(timeout_s * 1000))
         try:
             return c.committed(TopicPartition(topic, part))
         finally:
             c.close()
-    except Exception:  # live evidence is optional: without it the verdict stays pending
+    except Exception as e:  # live evidence is optional: without it the verdict stays as the audit says
+        log.warning("cannot read the committed offset of group %s on %s/%s from %s: %s", group, topic, part,
+                    bootstrap, describe(e))
         return None
 
 

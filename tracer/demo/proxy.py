@@ -21,6 +21,8 @@ class FaultProxy:
         self.upstream = (host, upstream_port)
         self._cut = threading.Event()
         self._drop_responses = threading.Event()
+        #: bytes of broker answers swallowed by drop_responses() (proof that the broker answered)
+        self.dropped_bytes = 0
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._closed = False
@@ -96,7 +98,8 @@ class FaultProxy:
                 if not data or self._cut.is_set():
                     break
                 if answers and self._drop_responses.is_set():
-                    continue  # swallowed on the way back
+                    self.dropped_bytes += len(data)  # swallowed on the way back
+                    continue
                 dst.sendall(data)
         except OSError:
             pass
