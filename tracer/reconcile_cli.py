@@ -336,8 +336,9 @@ def fmt_minute(us: int) -> str:
 @click.option("--expected-sql", metavar="QUERY", help="Query on the business database whose first column is the ids.")
 @click.option("--expected-dsn", metavar="URL", envvar="MSGTRACE_EXPECTED_DSN",
               help="SQLAlchemy URL of the business database (sqlite:///f.db, postgresql://..., mysql+pymysql://...).")
-@click.option("--bootstrap", envvar="MSGTRACE_KAFKA_BOOTSTRAP", metavar="HOST:PORT",
-              help="Also ask Kafka live for the groups' committed offsets (lost_in_broker vs pending_in_broker).")
+@click.option("--bootstrap", envvar="MSGTRACE_BUSINESS_KAFKA_BOOTSTRAP", metavar="HOST:PORT",
+              help="The business Kafka (where the consumer groups commit): ask it live for the groups' committed "
+                   "offsets (lost_in_broker vs pending_in_broker, lost_in_consumer vs in_flight).")
 @click.option("--limit", default=20, show_default=True, help="How many non-delivered messages to print.")
 @click.option("--all", "show_all", is_flag=True, help="Print every non-delivered message.")
 @click.option("--out", "out_path", metavar="FILE", help="Also write the report to FILE (.json, .md or .html).")

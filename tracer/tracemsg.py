@@ -106,8 +106,9 @@ def print_verdicts(verdicts: list[Any]) -> None:
 @click.option("--topic-groups", is_flag=True,
               help="Also judge the message for every group that received from its topic within an hour of "
                    "it (scans that hour: slower on big stores).")
-@click.option("--bootstrap", envvar="MSGTRACE_KAFKA_BOOTSTRAP", metavar="HOST:PORT",
-              help="Ask Kafka live for committed offsets when deciding lost_in_broker vs pending_in_broker.")
+@click.option("--bootstrap", envvar="MSGTRACE_BUSINESS_KAFKA_BOOTSTRAP", metavar="HOST:PORT",
+              help="The business Kafka: ask it live for the groups' committed offsets (lost_in_broker vs "
+                   "pending_in_broker, lost_in_consumer vs in_flight).")
 @store_option
 @json_option
 @handle_errors
