@@ -23,7 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from . import verdicts as V
 from .errors import describe
@@ -395,16 +395,7 @@ def decide_broker(store: Store, rows: list[Verdict], ev: BrokerEvidence, progres
     for r in undecided:
         by_part.setdefault((r.topic, r.facts["loc_p"]), []).append(r)
     live: dict[tuple[str, str, int], int | None] = {}
-    for n, ((topic, part), rs) in enumerate(sorted(by_part.items())):
-        if n >= ev.max_partitions:
-            for r in rs:
-                r.decided_by = "not checked (too many partitions)"
-            continue
-        base = {"topic": topic, "part": part, "scan_from": ev.scan_from, "cut": ev.cut}
-        resets = [int(x) for x in store.query_file("reconcile_resets", base, small=True)[0]["resets"]]
-        prog = {(p["consumer_group"], p["seg"]): p for p in store.query_file(
-            "reconcile_progress", {**base, "resets": resets, "groups": sorted({r.consumer_group for r in rs}),
-                                   "stages": ["received", "offset_committed"]}, small=True)}
+    for topic, part, rs, resets, prog in _by_epoch(store, ev, by_part, ["received", "offset_committed"]):
         for r in rs:
             ts = _cand_ts(r.facts)
             seg = sum(1 for x in resets if x <= ts)
@@ -428,6 +419,23 @@ def decide_broker(store: Store, rows: list[Verdict], ev: BrokerEvidence, progres
                 else "the group has not reached this offset yet"
             r.decided_by = "no_evidence_of_passing"
             r.evidence += f"; {why}"
+
+
+def _by_epoch(store: Store, ev: BrokerEvidence, by_part: dict[tuple[str, int], list[Verdict]],
+              stages: list[str]) -> Iterator[tuple[str, int, list[Verdict], list[int], dict[tuple[str, int], Any]]]:
+    """Per (topic, partition) in question (at most ``ev.max_partitions``): its log resets and how far each
+    group got in each log epoch by ``stages`` (reconcile_resets.sql, reconcile_progress.sql)."""
+    for n, ((topic, part), rs) in enumerate(sorted(by_part.items())):
+        if n >= ev.max_partitions:
+            for r in rs:
+                r.decided_by = "not checked (too many partitions)"
+            continue
+        base = {"topic": topic, "part": part, "scan_from": ev.scan_from, "cut": ev.cut}
+        resets = [int(x) for x in store.query_file("reconcile_resets", base, small=True)[0]["resets"]]
+        prog = {(p["consumer_group"], p["seg"]): p for p in store.query_file(
+            "reconcile_progress", {**base, "resets": resets, "groups": sorted({r.consumer_group for r in rs}),
+                                   "stages": stages}, small=True)}
+        yield topic, part, rs, resets, prog
 
 
 def _frontier(store: Store, cands: list[Verdict], ev: BrokerEvidence, topics: list[str], groups: list[str],
@@ -515,16 +523,7 @@ def decide_consumer(store: Store, rows: list[Verdict], ev: BrokerEvidence, progr
     for r in cands:
         by_part.setdefault((r.topic, int(r.facts["loc_p"])), []).append(r)
     live: dict[tuple[str, str, int], int | None] = {}
-    for n, ((topic, part), rs) in enumerate(sorted(by_part.items())):
-        if n >= ev.max_partitions:
-            for r in rs:
-                r.decided_by = "not checked (too many partitions)"
-            continue
-        base = {"topic": topic, "part": part, "scan_from": ev.scan_from, "cut": ev.cut}
-        resets = [int(x) for x in store.query_file("reconcile_resets", base, small=True)[0]["resets"]]
-        prog = {(p["consumer_group"], p["seg"]): p for p in store.query_file(
-            "reconcile_progress", {**base, "resets": resets, "groups": sorted({r.consumer_group for r in rs}),
-                                   "stages": ["offset_committed"]}, small=True)}
+    for topic, part, rs, resets, prog in _by_epoch(store, ev, by_part, ["offset_committed"]):
         for r in rs:
             recv_ts = r.facts.get("recv_ts") or _cand_ts(r.facts)
             seg = sum(1 for x in resets if x <= recv_ts)
