@@ -46,14 +46,21 @@ FROM
         bitAnd(bitShiftRight(masks, 17), 1) AS producer_group,
         if(cm = 0, toUInt64(0), g_lo) AS gh,
         cm != 0 AND g_lo != g_hi AS multi,
-        bitAnd(counts, 1048575) AS n_recv,
-        bitShiftRight(counts, 20) AS n_done,
+        -- each stage recorded exactly once (stage bits set = events): duplicates go to pass 2
+        n_ev = (bitAnd(masks, 1) + bitAnd(bitShiftRight(masks, 1), 1) + bitAnd(bitShiftRight(masks, 2), 1)
+                + bitAnd(bitShiftRight(masks, 3), 1) + bitAnd(bitShiftRight(masks, 4), 1)
+                + bitAnd(bitShiftRight(masks, 5), 1) + bitAnd(bitShiftRight(masks, 6), 1)
+                + bitAnd(bitShiftRight(masks, 7), 1) + bitAnd(bitShiftRight(masks, 8), 1)
+                + bitAnd(bitShiftRight(masks, 9), 1) + bitAnd(bitShiftRight(masks, 10), 1)
+                + bitAnd(bitShiftRight(masks, 11), 1) + bitAnd(bitShiftRight(masks, 12), 1)
+                + bitAnd(bitShiftRight(masks, 13), 1) + bitAnd(bitShiftRight(masks, 14), 1)
+                + bitAnd(bitShiftRight(masks, 15), 1)) AS once,
         toUInt8(multiIf(
             (multi OR t_lo != t_hi) AND (judged OR recvwin = 1), 4,
             judged AND producer_group = 1, 4,
             NOT judged, 3,
             -- plainly delivered: business_done, a received (no audit gap), sent, no ack_lost
-            n_done = 1 AND n_recv = 1 AND bitAnd(pm, 1) != 0
+            once AND bitAnd(cm, 32) != 0 AND bitAnd(pm, 1) != 0
                 AND NOT (bitAnd(pm, 2) != 0 AND bitAnd(pm, 4) = 0) AND recvwin = 1, 0,
             1)) AS kind,
         if(kind = 1, msg_id, '') AS mid
@@ -62,7 +69,7 @@ FROM
         SELECT
             msg_id,
             groupBitOr(code) AS masks,
-            sum(cnt) AS counts,
+            count() AS n_ev,
             min(tcode) AS tmin,
             if(tmin >= 4611686018427387904, toUInt64(tmin - 4611686018427387904), tmin) AS msg_time,
             ((msg_time >= {from_us:UInt64} AND msg_time < {to_us:UInt64}) /*JUDGE_EXTRA*/) AS judged,
@@ -83,7 +90,6 @@ FROM
                 toUInt32(bitOr(bitOr(if(bit < 8, toUInt32(bit), bitShiftLeft(toUInt32(bit), 8)),
                                      if(bit = 8 AND ts_us >= {from_us:UInt64}, toUInt32(65536), toUInt32(0))),
                                if(bit < 8 AND gh1 != cityHash64(''), toUInt32(131072), toUInt32(0)))) AS code,
-                toUInt64(multiIf(bit = 8, 1, bit = 32, 1048576, 0)) AS cnt,
                 -- message time: the first sent, else the first event (offset by 2^62 so sent wins)
                 if(bit = 1, ts_us, ts_us + 4611686018427387904) AS tcode,
                 cityHash64(topic) AS th1,
