@@ -12,9 +12,9 @@
 -- recvwin = 1 when the message has a `received` in [from, cut): its group is then one of the groups
 -- expected on its topic (reconcile_topic_groups.sql's definition), so the groups of a topic are
 -- those of its rows with recvwin = 1, and a delivered message counts as plain (kind 0) only with
--- recvwin = 1. Plain = delivered with one received row, one business_done row and no ack_lost, as
--- in reconcile_scan_single.sql; rows are counted, so duplicated audit events make a message kind 1
--- and pass 2 counts it exactly (uniqExact of event_id).
+-- recvwin = 1. Plain = sent, received and business_done, no ack_lost, and exactly one event per stage
+-- (rows = stage bits set): a duplicated audit event, a redelivery or a second outcome makes a message
+-- kind 1, and pass 2 judges it exactly (uniqExact of event_id).
 -- Topics and groups are compared by cityHash64 (th, gh; a consumer stage without a group hashes ''
 -- and is '(no group)'): string aggregates per message (min/max of the names) cost more than the
 -- rest of the query. reconcile_names.sql reads the names behind the hashes from one sample message
