@@ -351,6 +351,16 @@ class BrokerEvidence:
     #: messages known not to be received by their topic's group (pending_in_broker after pass 1 by
     #: message): lets the frontier be found from the latest acks (see _frontier); None: the full query
     skip: frozenset[str] | None = None
+    #: (topic, group, partition) -> committed offset read live; one read each per run, shared by the
+    #: broker and the consumer decisions
+    _live: dict[tuple[str, str, int], int | None] = field(default_factory=dict, init=False, repr=False)
+
+    def committed(self, topic: str, group: str, part: int) -> int | None:
+        """The group's committed offset on (topic, partition), read live from ``bootstrap`` once."""
+        key = (topic, group, part)
+        if key not in self._live:
+            self._live[key] = live_committed(self.bootstrap, group, topic, part) if self.bootstrap else None
+        return self._live[key]
 
 
 def _cand_ts(r: dict[str, Any]) -> int:
@@ -394,7 +404,6 @@ def decide_broker(store: Store, rows: list[Verdict], ev: BrokerEvidence, progres
     by_part: dict[tuple[str, int], list[Verdict]] = {}
     for r in undecided:
         by_part.setdefault((r.topic, r.facts["loc_p"]), []).append(r)
-    live: dict[tuple[str, str, int], int | None] = {}
     for topic, part, rs, resets, prog in _by_epoch(store, ev, by_part, ["received", "offset_committed"]):
         for r in rs:
             ts = _cand_ts(r.facts)
@@ -407,10 +416,7 @@ def decide_broker(store: Store, rows: list[Verdict], ev: BrokerEvidence, progres
                 continue
             later_reset = seg < len(resets)
             if ev.bootstrap and not later_reset:
-                key = (topic, r.consumer_group, part)
-                if key not in live:
-                    live[key] = live_committed(ev.bootstrap, r.consumer_group, topic, part)
-                c = live[key]
+                c = ev.committed(topic, r.consumer_group, part)
                 if c is not None and c > r.facts["loc_o"]:
                     _mark_lost(r, "live_committed_offset",
                                f"Kafka reports the group's committed offset {c} on partition {part} (live)")
@@ -522,7 +528,6 @@ def decide_consumer(store: Store, rows: list[Verdict], ev: BrokerEvidence, progr
     by_part: dict[tuple[str, int], list[Verdict]] = {}
     for r in cands:
         by_part.setdefault((r.topic, int(r.facts["loc_p"])), []).append(r)
-    live: dict[tuple[str, str, int], int | None] = {}
     for topic, part, rs, resets, prog in _by_epoch(store, ev, by_part, ["offset_committed"]):
         for r in rs:
             recv_ts = r.facts.get("recv_ts") or _cand_ts(r.facts)
@@ -534,10 +539,7 @@ def decide_consumer(store: Store, rows: list[Verdict], ev: BrokerEvidence, progr
                                     f"({p['by_msg']!r} at {fmt_us(p['at_ts'])}) in the same log epoch")
                 continue
             if ev.bootstrap and seg == len(resets):
-                key = (topic, r.consumer_group, part)
-                if key not in live:
-                    live[key] = live_committed(ev.bootstrap, r.consumer_group, topic, part)
-                c = live[key]
+                c = ev.committed(topic, r.consumer_group, part)
                 if c is not None and c > r.facts["loc_o"]:
                     _mark_consumer_lost(r, "live_committed_offset",
                                         f"Kafka reports the group's committed offset {c} on partition {part} (live)")
@@ -728,8 +730,9 @@ def reconcile(store: Store, window_from_us: int, window_to_us: int, grace_s: int
             res.counts[key] = res.counts.get(key, 0) + 1
         if res.rows:
             skip = frozenset(v.msg_id for v in res.rows if v.verdict == V.PENDING_IN_BROKER) if by_msg else None
-            decide_broker(store, res.rows, BrokerEvidence(scan_from, cut, bootstrap, skip=skip), progress)
-            decide_consumer(store, res.rows, BrokerEvidence(scan_from, cut, bootstrap), progress)
+            ev = BrokerEvidence(scan_from, cut, bootstrap, skip=skip)
+            decide_broker(store, res.rows, ev, progress)
+            decide_consumer(store, res.rows, ev, progress)
             if progress:
                 progress("checking emitter seq gaps")
             res.seq_gaps = flag_seq_gaps(store, res.rows, scan_from, cut)
