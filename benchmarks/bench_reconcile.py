@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tracer.reconcile import judge_message, reconcile  # noqa: E402
+from tracer.analysis.reconcile import judge_message, reconcile  # noqa: E402
 from tracer.store import Store  # noqa: E402
 
 T0 = 1_795_219_200_000_000  # 2026-11-21T00:00:00Z
@@ -105,7 +105,7 @@ def stats(xs: list[float]) -> str:
 
 
 def bench_reconcile(root: str, messages: int, repeats: int, lossy: bool) -> dict:
-    import tracer.reconcile as R
+    import tracer.analysis.reconcile as R
 
     store = Store(f"chdb://{root}/rec-{'lossy' if lossy else 'clean'}")
     store.init_schema()

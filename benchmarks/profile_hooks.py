@@ -29,7 +29,7 @@ from kafka.producer.future import RecordMetadata  # noqa: E402
 from kafka.structs import OffsetAndMetadata, TopicPartition  # noqa: E402
 
 from tracer import Tracer  # noqa: E402
-from tracer.emitter import NullSink  # noqa: E402
+from tracer.sdk.emitter import NullSink  # noqa: E402
 
 VALUE = b"x" * 100
 

@@ -43,8 +43,8 @@ static const ColumnSpec COLS[] = {
 #define MAX_ATTRS 64 /* more attributes per event: refused (duplicate check is quadratic) */
 
 static const char *STAGES[] = {"sent", "send_failed", "broker_acked", "received", "offset_committed",
-                               "business_done", "business_failed", "dead_lettered"};
-#define NSTAGES 8
+                               "business_done", "business_failed", "dead_lettered", "rolled_back"};
+#define NSTAGES 9
 
 /* ---- growable buffers ------------------------------------------------------------ */
 typedef struct {

@@ -18,7 +18,7 @@ from typing import Any
 import click
 import orjson
 
-from tracer.cliutil import EXIT_ERROR, EXIT_OK, audit_topic_option, bootstrap_option, err, handle_errors, \
+from tracer.cli.util import EXIT_ERROR, EXIT_OK, audit_topic_option, bootstrap_option, err, handle_errors, \
     json_option, store_option
 
 

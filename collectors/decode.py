@@ -186,7 +186,7 @@ def _arrow_types() -> dict[str, Any]:
     if not _ARROW:
         import pyarrow as pa
 
-        from tracer.store import _arrow_type
+        from tracer.store.core import _arrow_type
 
         for name, (_, _, ch_type) in SCHEMA.items():
             if name != "attrs":

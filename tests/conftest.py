@@ -2,7 +2,15 @@
 
 Each binds to loopback on a free port and is stopped after the session. Under
 CI (``CI=true``) a service that cannot be had is a failure, never a skip.
-Overrides: ``MSGTRACE_KAFKA_BOOTSTRAP`` (a real Kafka), ``MSGTRACE_TEST_CLICKHOUSE_URL``.
+Overrides: ``MSGTRACE_TEST_KAFKA_BOOTSTRAP`` (a real Kafka), ``MSGTRACE_TEST_CLICKHOUSE_URL``.
+
+The production settings (``MSGTRACE_KAFKA_BOOTSTRAP``, ``MSGTRACE_STORE``, ...) are removed from the
+environment of the whole test session, so a developer shell configured for a real service never
+sends test topics or test events there.
+
+Markers are given by what a test uses (:func:`pytest_collection_modifyitems`): ``kafka`` (a broker),
+``clickhouse`` (the ClickHouse server), ``unit`` (neither: ``pytest -m unit`` is the fast tier);
+``slow`` is set by the tests themselves.
 """
 from __future__ import annotations
 
@@ -18,6 +26,13 @@ from tracer.store import Store
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 _USED: dict[str, str] = {}
+#: production settings a developer's shell may carry: never seen by the tests
+_PRODUCTION_ENV = ("MSGTRACE_KAFKA_BOOTSTRAP", "MSGTRACE_BUSINESS_KAFKA_BOOTSTRAP", "MSGTRACE_STORE",
+                   "MSGTRACE_SPOOL_DIR", "MSGTRACE_AUDIT_TOPIC", "MSGTRACE_SERVICE", "MSGTRACE_EXPECTED_DSN")
+for _name in _PRODUCTION_ENV:
+    os.environ.pop(_name, None)
+_KAFKA_FIXTURES = {"kafka_bootstrap", "tansu"}
+_CLICKHOUSE_FIXTURES = {"clickhouse_server", "server_url"}
 
 
 def unavailable(what: str, why: object) -> None:
@@ -31,7 +46,7 @@ def unavailable(what: str, why: object) -> None:
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     """Bootstrap servers of a shared Kafka-protocol broker for this session."""
-    env = os.environ.get("MSGTRACE_KAFKA_BOOTSTRAP")
+    env = os.environ.get("MSGTRACE_TEST_KAFKA_BOOTSTRAP")
     if env:
         _USED["kafka"] = f"external Kafka at {env}"
         yield env
@@ -125,6 +140,22 @@ def store(store_url) -> Iterator[Store]:
             except Exception:
                 pass
         s.close()
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark each test by the real services it uses (see the module docstring)."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        kafka = bool(names & _KAFKA_FIXTURES) or item.get_closest_marker("kafka") is not None
+        ch = bool(names & _CLICKHOUSE_FIXTURES) or params.get("store_url") == "clickhouse" \
+            or item.get_closest_marker("clickhouse") is not None
+        if kafka:
+            item.add_marker(pytest.mark.kafka)
+        if ch:
+            item.add_marker(pytest.mark.clickhouse)
+        if not (kafka or ch or item.get_closest_marker("slow")):
+            item.add_marker(pytest.mark.unit)
 
 
 def pytest_report_header(config) -> list[str]:

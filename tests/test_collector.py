@@ -56,7 +56,7 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:
 
 
 def test_100k_events_from_the_emitter_arrive_exactly_once(kafka_bootstrap, store_url, tmp_path):
-    from tracer.emitter import Emitter, KafkaSink
+    from tracer.sdk.emitter import Emitter, KafkaSink
 
     topic, group = _names()
     em = Emitter("order-service", KafkaSink(kafka_bootstrap, topic, partitions=2), spool_dir=str(tmp_path / "spool"))

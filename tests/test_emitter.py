@@ -13,7 +13,7 @@ import pytest
 from kafka import KafkaProducer
 
 from tracer import Tracer
-from tracer.emitter import Emitter, NullSink, drain_spools
+from tracer.sdk.emitter import Emitter, NullSink, drain_spools
 from tracer.errors import ConfigError
 from tracer.events import decode_batch
 from tracer.localsvc import wait_until
@@ -47,7 +47,7 @@ class ListSink:
 
 CHILD = textwrap.dedent("""
     import os, signal, sys
-    from tracer.emitter import Emitter
+    from tracer.sdk.emitter import Emitter
     from tracer.events import decode_batch
 
     class FileSink:
@@ -421,9 +421,9 @@ def test_emit_rows_with_encoded_members(tmp_path):
 
 
 def test_record_caps_huge_fields_so_every_audit_line_stays_shippable(tmp_path):
-    from tracer.emitter import NullSink
-    from tracer.tracer import MAX_ATTR_CHARS, Tracer
-    from tracer.hooks import MAX_ERROR_CHARS
+    from tracer.sdk.emitter import NullSink
+    from tracer.sdk.tracer import MAX_ATTR_CHARS, Tracer
+    from tracer.sdk.kafka_python import MAX_ERROR_CHARS
 
     t = Tracer(service="svc", sink=NullSink(), spool_dir=str(tmp_path / "spool"))
     try:

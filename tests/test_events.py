@@ -18,7 +18,7 @@ def make(i: int = 0, **kw) -> Event:
 
 def test_stage_names_are_the_contract():
     assert STAGES == {"sent", "send_failed", "broker_acked", "received", "offset_committed",
-                      "business_done", "business_failed", "dead_lettered"}
+                      "business_done", "business_failed", "dead_lettered", "rolled_back"}
     assert Stage.BROKER_ACKED == "broker_acked"
 
 

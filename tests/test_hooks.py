@@ -16,7 +16,7 @@ from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
 
 from tracer import Tracer
-from tracer.emitter import NullSink
+from tracer.sdk.emitter import NullSink
 from tracer.events import MSG_ID_HEADER, Event, decode_batch
 from tracer.localsvc import free_port, wait_until
 
@@ -280,7 +280,7 @@ def test_proxies_forward_everything(kafka_bootstrap, tmp_path):
 
 
 def test_traceparent_fast_path_agrees_with_the_regex():
-    from tracer.hooks import _TRACEPARENT_RE, parse_traceparent
+    from tracer.sdk.kafka_python import _TRACEPARENT_RE, parse_traceparent
 
     def slow(v):
         if isinstance(v, str):
@@ -304,7 +304,7 @@ def test_traceparent_fast_path_agrees_with_the_regex():
 def test_send_context_new_trace_or_the_active_otel_span(tmp_path):
     from opentelemetry.sdk.trace import TracerProvider
 
-    from tracer.hooks import parse_traceparent
+    from tracer.sdk.kafka_python import parse_traceparent
 
     t = Tracer(service="ctx", sink=NullSink(), spool_dir=str(tmp_path))
     seen = set()

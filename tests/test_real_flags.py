@@ -21,9 +21,9 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from tracer import verdicts as V
 from tracer.demo.proxy import FaultProxy
 from tracer.localsvc import TansuBroker, free_port, wait_until
-from tracer.reconcile import reconcile
+from tracer.analysis.reconcile import reconcile
 from tracer.store import Store
-from tracer.tracer import Tracer
+from tracer.sdk.tracer import Tracer
 
 TOPIC = "orders.paid"
 GROUP = "red-packet"
@@ -31,8 +31,8 @@ GROUP = "red-packet"
 _PRODUCER = textwrap.dedent("""
     import sys, time
     from kafka import KafkaProducer
-    from tracer.emitter import NullSink
-    from tracer.tracer import Tracer
+    from tracer.sdk.emitter import NullSink
+    from tracer.sdk.tracer import Tracer
     bootstrap, spool, msg_id, wait_ack = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "ack"
     t = Tracer(service="order-service", sink=NullSink(), spool_dir=spool)   # spool only: nothing shipped yet
     p = t.wrap_producer(KafkaProducer(bootstrap_servers=bootstrap, acks="all", retries=0,
@@ -194,7 +194,7 @@ def test_lost_in_consumer_when_the_commit_answer_is_lost(chdb_url, tmp_path):
     it: lost_in_consumer, decided by live_committed_offset."""
     from kafka.structs import TopicPartition
 
-    from tracer.reconcile import live_committed
+    from tracer.analysis.reconcile import live_committed
 
     store = Store(chdb_url)
     store.init_schema()

@@ -11,8 +11,8 @@ import uuid
 import pytest
 
 from tracer.events import Event, cap_msg_id
-from tracer.expected import ExpectedSource
-from tracer.reconcile import reconcile
+from tracer.analysis.expected import ExpectedSource
+from tracer.analysis.reconcile import reconcile
 from tracer import verdicts as V
 
 T0 = 1_795_219_200_000_000  # 2026-11-21T00:00:00Z
@@ -430,7 +430,7 @@ def _view(res):
 def _both_paths(store, monkeypatch, **kw):
     """reconcile() by message (the default) and by pair (reconcile_topic_groups + reconcile_scan*.sql),
     and how often the topic-groups scan ran in the first."""
-    import tracer.reconcile as R
+    import tracer.analysis.reconcile as R
 
     calls = []
     orig = R._topic_groups
@@ -499,7 +499,7 @@ def test_message_pass_fan_out_uses_the_per_pair_scan(store, monkeypatch):
     b.consumed("f2", 15, "g2", 0, 1)
     b.produced("f3", 20, 0, 2)
     store.insert_events(b.events)
-    import tracer.reconcile as R
+    import tracer.analysis.reconcile as R
 
     # the hint (first receipts) sees two groups on the topic: straight to the per-pair pass
     fast, slow, n_tg = _both_paths(store, monkeypatch)
@@ -524,7 +524,7 @@ def test_message_pass_counts_duplicates_and_producer_groups_exactly(store, monke
     b.produced("pg", 20, 0, 2)
     b.consumed("pg", 25, "g1", 0, 2)
     store.insert_events(b.events)
-    import tracer.reconcile as R
+    import tracer.analysis.reconcile as R
 
     made = []
     orig = R.pairs_sql
@@ -545,7 +545,7 @@ def test_message_pass_counts_duplicates_and_producer_groups_exactly(store, monke
 def test_frontier_from_the_latest_acks_agrees_with_the_full_query(store, monkeypatch):
     """lost_in_broker evidence (1) found from the latest ack per partition, checked, or else by
     reconcile_frontier.sql: the same verdicts and evidence either way."""
-    import tracer.reconcile as R
+    import tracer.analysis.reconcile as R
 
     b = Builder()
     b.produced("lost-a", 0, 0, 0)  # p0: passed over, a later message received

@@ -12,7 +12,7 @@ from tracer import verdicts as V
 from tracer.cli import LAZY_COMMANDS, main
 from tracer.errors import ConfigError
 from tracer.events import cap_msg_id
-from tracer.reconcile_cli import parse_duration, resolve_window
+from tracer.cli.reconcile import parse_duration, resolve_window
 
 WINDOW = ["--from", "2026-11-21T00:00:00Z", "--to", "2026-11-21T01:00:00Z"]
 
@@ -30,7 +30,7 @@ def run(store, *args: str, input: str | None = None):
 
 @pytest.fixture(autouse=True)
 def wide_console(monkeypatch):
-    from tracer.cliutil import out
+    from tracer.cli.util import out
 
     monkeypatch.setattr(out, "_width", 250)
 

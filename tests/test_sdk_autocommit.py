@@ -17,7 +17,7 @@ import textwrap
 from kafka import KafkaProducer
 
 from tracer import Tracer
-from tracer.emitter import NullSink
+from tracer.sdk.emitter import NullSink
 from tracer.store import Store
 
 from test_hooks import new_topic
@@ -26,7 +26,7 @@ CONSUMER = textwrap.dedent("""
     import queue, sys, threading
     from kafka import KafkaConsumer
     from tracer import Tracer
-    from tracer.emitter import NullSink
+    from tracer.sdk.emitter import NullSink
 
     bootstrap, topic, group, spool, n = sys.argv[1:6]
     t = Tracer(service="red-packet", sink=NullSink(), spool_dir=spool)  # audit Kafka unreachable: spool only

@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from tracer import Tracer
-from tracer.emitter import NullSink
+from tracer.sdk.emitter import NullSink
 from tracer.localsvc import wait_until
 
 from test_hooks import GROUP_CFG, new_topic, spool_events

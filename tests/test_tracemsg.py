@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from tests.test_reconcile import EXPECT, HOUR, T0, Builder, scenario_events
 from tracer.events import Event
-from tracer.reconcile import judge_events, judge_message_sql, make_verdict
-from tracer.tracemsg import similar_prefix, trace_msg
+from tracer.analysis.reconcile import judge_events, judge_message_sql, make_verdict
+from tracer.cli.tracemsg import similar_prefix, trace_msg
 
 HOSTILE = ["q'uote", 'd"q', "back\\slash\\", "uni-čšž-红包-🧧", "x" * 10_240,
            "'; DROP TABLE trace_events; --", "{msg_id:String}", "tab\tnl\nend", "nul\0byte"]
@@ -20,7 +20,7 @@ HOSTILE = ["q'uote", 'd"q', "back\\slash\\", "uni-čšž-红包-🧧", "x" * 10_
 @pytest.fixture(autouse=True)
 def wide_console(monkeypatch):
     """Rich folds table cells at 80 columns off a terminal; tests read whole cells."""
-    from tracer.cliutil import out
+    from tracer.cli.util import out
 
     monkeypatch.setattr(out, "_width", 250)
 
@@ -154,7 +154,7 @@ def test_errors_exit_2(tmp_path):
 @pytest.mark.parametrize("m", ["epoch-pending", "brk-lost"])
 def test_broker_verdict_in_trace_msg(store, m):
     """g1 never received these: trace-msg judges g1 once a reconcile run did, or with --topic-groups."""
-    from tracer.reconcile import reconcile
+    from tracer.analysis.reconcile import reconcile
 
     store.insert_events(scenario_events().events)
     assert "g1" not in {v["consumer_group"] for v in orjson.loads(run(store, m, "--json").stdout)["verdicts"]}

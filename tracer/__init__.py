@@ -20,7 +20,7 @@ def default_tracer() -> Any:
     if _default is None:
         with _default_lock:
             if _default is None:
-                from .tracer import Tracer
+                from tracer.sdk.tracer import Tracer
 
                 _default = Tracer.from_env()
     return _default
@@ -44,7 +44,7 @@ def record(stage: str, msg_id: Any, **fields: Any) -> None:
 
 def __getattr__(name: str) -> Any:
     if name == "Tracer":
-        from .tracer import Tracer
+        from tracer.sdk.tracer import Tracer
 
         return Tracer
     raise AttributeError(f"module 'tracer' has no attribute {name!r}")

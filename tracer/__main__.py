@@ -1,4 +1,4 @@
 """``python -m tracer`` is the ``msgtrace`` command."""
-from .cli import main
+from tracer.cli import main
 
 main()

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import orjson
 
-from .errors import DecodeError
+from tracer.errors import DecodeError
 
 FORMAT_HEADER = "msgtrace-format"
 FORMAT_VERSION = "1"
@@ -53,6 +53,7 @@ class Stage(StrEnum):
     BUSINESS_DONE = "business_done"
     BUSINESS_FAILED = "business_failed"
     DEAD_LETTERED = "dead_lettered"
+    ROLLED_BACK = "rolled_back"
 
 
 STAGES: frozenset[str] = frozenset(s.value for s in Stage)

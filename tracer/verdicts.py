@@ -15,12 +15,16 @@ FAILED_AND_COMMITTED = "failed_and_committed"
 IN_FLIGHT = "in_flight"
 DEAD_LETTERED = "dead_lettered"
 AUDIT_GAP = "audit_gap"
+ROLLED_BACK = "rolled_back"
+EXPIRED_IN_BROKER = "expired_in_broker"
 
 #: Every verdict, in pipeline order (the order summaries print them in).
 VERDICTS: tuple[str, ...] = (DELIVERED, NEVER_SENT, SEND_FAILED, UNACKED, LOST_IN_BROKER, PENDING_IN_BROKER,
-                             LOST_IN_CONSUMER, FAILED_AND_COMMITTED, IN_FLIGHT, DEAD_LETTERED, AUDIT_GAP)
+                             LOST_IN_CONSUMER, FAILED_AND_COMMITTED, IN_FLIGHT, DEAD_LETTERED, AUDIT_GAP,
+                             ROLLED_BACK, EXPIRED_IN_BROKER)
 #: Verdicts that mean the message is lost ("lost? yes" in DESIGN.md): they make `reconcile` exit 1.
-LOST: frozenset[str] = frozenset({NEVER_SENT, SEND_FAILED, LOST_IN_BROKER, LOST_IN_CONSUMER, FAILED_AND_COMMITTED})
+LOST: frozenset[str] = frozenset({NEVER_SENT, SEND_FAILED, LOST_IN_BROKER, LOST_IN_CONSUMER, FAILED_AND_COMMITTED,
+                                EXPIRED_IN_BROKER})
 #: Not lost yet: may still complete.
 NOT_YET: frozenset[str] = frozenset({PENDING_IN_BROKER, IN_FLIGHT})
 
@@ -28,12 +32,14 @@ REDELIVERED = "redelivered"
 DUPLICATE_PROCESSING = "duplicate_processing"
 ACK_LOST = "ack_lost"
 EMITTER_SEQ_GAP = "emitter_seq_gap"
-FLAGS: tuple[str, ...] = (REDELIVERED, DUPLICATE_PROCESSING, ACK_LOST, EMITTER_SEQ_GAP)
+REPLAYED = "replayed"
+FLAGS: tuple[str, ...] = (REDELIVERED, DUPLICATE_PROCESSING, ACK_LOST, EMITTER_SEQ_GAP, REPLAYED)
 
 LOST_LABEL: dict[str, str] = {
     DELIVERED: "no", NEVER_SENT: "yes", SEND_FAILED: "yes", UNACKED: "unknown", LOST_IN_BROKER: "yes",
     PENDING_IN_BROKER: "not yet", LOST_IN_CONSUMER: "yes", FAILED_AND_COMMITTED: "yes", IN_FLIGHT: "not yet",
     DEAD_LETTERED: "parked", AUDIT_GAP: "audit fault",
+    ROLLED_BACK: "no (by design)", EXPIRED_IN_BROKER: "yes",
 }
 
 MEANING: dict[str, str] = {
@@ -48,6 +54,8 @@ MEANING: dict[str, str] = {
     IN_FLIGHT: "received but not committed and no outcome yet: it should be redelivered",
     DEAD_LETTERED: "parked in a dead-letter queue and not processed since",
     AUDIT_GAP: "a later stage was recorded without the earlier ones: the audit itself lost events",
+    ROLLED_BACK: "its transaction was aborted (or its half message rolled back): by design never visible to consumers",
+    EXPIRED_IN_BROKER: "the broker acknowledged it, but retention deleted it before the group reached it",
 }
 
 #: Remedies from the seeds (DESIGN.md: where / how it is lost / remedy).
@@ -70,6 +78,9 @@ REMEDY: dict[str, str] = {
     DEAD_LETTERED: "inspect the dead-letter queue, fix the cause and replay the message",
     AUDIT_GAP: "the audit trail is incomplete: check the emitters' spool and the collector (seq gaps, "
                "quarantine) before trusting this message's verdict",
+    ROLLED_BACK: "nothing to recover: the producer aborted the transaction; check that it was meant to",
+    EXPIRED_IN_BROKER: "raise the topic's retention or fix the group's lag (consumers down or too slow): "
+                       "retention deleted the message before it was consumed",
 }
 
 #: Where a message stopped, in words (by the stage it stopped at).
@@ -83,6 +94,7 @@ STOPPED_WORDS: dict[str, str] = {
     "business_done": "done: the business effect happened",
     "business_failed": "in the business handler: it failed",
     "dead_lettered": "in the dead-letter queue",
+    "rolled_back": "in the producer's transaction: aborted, never visible to consumers",
 }
 
 #: The stage a verdict stops at (audit_gap and in_flight depend on the events: see reconcile).
@@ -90,6 +102,7 @@ STOPPED_AT: dict[str, str] = {
     DELIVERED: "business_done", NEVER_SENT: "none", SEND_FAILED: "send_failed", UNACKED: "sent",
     LOST_IN_BROKER: "broker_acked", PENDING_IN_BROKER: "broker_acked", LOST_IN_CONSUMER: "offset_committed",
     FAILED_AND_COMMITTED: "business_failed", IN_FLIGHT: "received", DEAD_LETTERED: "dead_lettered",
+    ROLLED_BACK: "rolled_back", EXPIRED_IN_BROKER: "broker_acked",
 }
 
 

@@ -17,7 +17,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..cliutil import handle_errors
+from tracer.cli.util import handle_errors
 
 
 def _iso(ts: float) -> str:
@@ -69,7 +69,7 @@ def comparison_table(rows: list[dict[str, Any]]) -> Table:
 
 
 def remedies_table(story) -> Table:
-    from ..verdicts import REMEDY
+    from tracer.verdicts import REMEDY
 
     t = Table(title="what was injected, and the remedy msgtrace points to")
     t.add_column("verdict")
@@ -96,7 +96,7 @@ def remedies_table(story) -> Table:
 @handle_errors
 def demo(workdir: Path | None, scale: int, seed: int, sink: str, keep: bool, as_json: bool) -> None:
     """Run the red-packet story with each seed loss injected, then reconcile and compare."""
-    from .story import Story
+    from tracer.demo.story import Story
 
     console = Console(stderr=as_json, highlight=False)
     workdir = (workdir or Path(tempfile.mkdtemp(prefix="msgtrace-demo-"))).resolve()

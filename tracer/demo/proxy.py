@@ -11,7 +11,7 @@ import socket
 import struct
 import threading
 
-from ..localsvc import free_port
+from tracer.localsvc import free_port
 
 
 class FaultProxy:

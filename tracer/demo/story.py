@@ -23,9 +23,9 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.table import Table
 
-from ..localsvc import TansuBroker, free_port, wait_until
-from .apps import DLQ_TOPIC, TOPIC
-from .proxy import FaultProxy
+from tracer.localsvc import TansuBroker, free_port, wait_until
+from tracer.demo.apps import DLQ_TOPIC, TOPIC
+from tracer.demo.proxy import FaultProxy
 
 GROUPS = ("red-packet", "points")
 AUDIT_TOPIC = "msgtrace.audit"

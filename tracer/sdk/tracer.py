@@ -26,9 +26,9 @@ import uuid
 import weakref
 from typing import Any, Callable
 
-from .emitter import Emitter, KafkaSink, Sink, StoreSink
-from .events import MSG_ID_HEADER, STAGES
-from .hooks import (MAX_ERROR_CHARS, TRACEPARENT, TracedConsumer, TracedProducer, error_text, key_str,
+from tracer.sdk.emitter import Emitter, KafkaSink, Sink, StoreSink
+from tracer.events import MSG_ID_HEADER, STAGES
+from tracer.sdk.kafka_python import (MAX_ERROR_CHARS, TRACEPARENT, TracedConsumer, TracedProducer, error_text, key_str,
                     parse_traceparent)
 
 #: Longest attribute value kept from record(): audit lines must stay small.

@@ -13,9 +13,9 @@ from typing import Any
 
 import click
 
-from . import verdicts as V
-from .cliutil import EXIT_LOST, EXIT_OK, err, handle_errors, json_option, out, store_option
-from .errors import ConfigError
+from tracer import verdicts as V
+from tracer.cli.util import EXIT_LOST, EXIT_OK, err, handle_errors, json_option, out, store_option
+from tracer.errors import ConfigError
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|min|h|d)?\s*$")
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, None: 1}
@@ -132,7 +132,7 @@ def _expected_source(expected: str | None, column: str | None, sql: str | None, 
         if column or dsn:
             raise ConfigError("--expected-column/--expected-dsn need --expected or --expected-sql")
         return None
-    from .expected import ExpectedSource
+    from tracer.analysis.expected import ExpectedSource
 
     return ExpectedSource(path=expected, column=column, sql=sql, dsn=dsn)
 
@@ -355,8 +355,8 @@ def reconcile(t_from: str | None, t_to: str | None, yesterday: bool, tz_name: st
     The nightly job (cron, systemd timer, Kubernetes CronJob): `msgtrace reconcile --yesterday`.
     Exit status: 0 nothing lost, 1 messages lost, 2 usage or infrastructure error.
     """
-    from .reconcile import reconcile as run_reconcile
-    from .store import Store
+    from tracer.analysis.reconcile import reconcile as run_reconcile
+    from tracer.store import Store
 
     w = resolve_window(t_from, t_to, yesterday, tz_name)
     grace_s = parse_duration(grace, "--grace")
@@ -391,8 +391,8 @@ def incident(t_from: str | None, t_to: str | None, yesterday: bool, tz_name: str
 
     Exit status: 0 nothing lost, 1 messages lost, 2 error.
     """
-    from .reconcile import analyse_incident
-    from .store import Store
+    from tracer.analysis.reconcile import analyse_incident
+    from tracer.store import Store
 
     w = resolve_window(t_from, t_to, yesterday, tz_name)
     with Store(store_url) as store, _progress_ctx(not as_json) as progress:

@@ -10,16 +10,17 @@ from typing import Any
 
 import click
 
-from .cliutil import err, handle_errors, out, store_option
+from tracer.cli.util import err
 
 #: subcommand -> "module:attribute" (imported on first use)
 LAZY_COMMANDS: dict[str, str] = {
-    "trace-msg": "tracer.tracemsg:trace_msg",
-    "reconcile": "tracer.reconcile_cli:reconcile",
-    "incident": "tracer.reconcile_cli:incident",
+    "trace-msg": "tracer.cli.tracemsg:trace_msg",
+    "reconcile": "tracer.cli.reconcile:reconcile",
+    "incident": "tracer.cli.reconcile:incident",
     "collect": "collectors.cli:collect",
-    "ship": "tracer.emitter_cli:ship",
+    "ship": "tracer.cli.ship:ship",
     "demo": "tracer.demo:demo",
+    "db": "tracer.cli.db:db",
 }
 
 
@@ -51,24 +52,6 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="msgtrace")
 def main() -> None:
     """msgtrace: find out, per message, where the message queue lost it."""
-
-
-@main.group()
-def db() -> None:
-    """Manage the ClickHouse store (schema)."""
-
-
-@db.command("init")
-@store_option
-@handle_errors
-def db_init(store_url: str | None) -> None:
-    """Create the database and tables (idempotent)."""
-    from .store import Store
-
-    with Store(store_url) as store:
-        store.init_schema()
-        version = store.server_version()
-        out.print(f"schema ready in {store.url.redacted()} (ClickHouse {version})")
 
 
 def trace_msg_main(argv: Any = None) -> Any:

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from . import verdicts as V
-from .errors import describe
-from .store import Store, check_identifier, load_sql
+from tracer import verdicts as V
+from tracer.errors import describe
+from tracer.store import Store, check_identifier, load_sql
 
 log = logging.getLogger("msgtrace.reconcile")
 
@@ -608,7 +608,7 @@ def reconcile(store: Store, window_from_us: int, window_to_us: int, grace_s: int
     are read so that a message sent earlier is not mistaken for one without ``sent``.
     """
     if window_to_us <= window_from_us:
-        from .errors import ConfigError
+        from tracer.errors import ConfigError
 
         raise ConfigError(f"empty window: --to ({fmt_us(window_to_us)}) must be after --from "
                           f"({fmt_us(window_from_us)})")
@@ -627,7 +627,7 @@ def reconcile(store: Store, window_from_us: int, window_to_us: int, grace_s: int
             if expected is not None:
                 if progress:
                     progress("loading expected ids")
-                from .expected import load_expected
+                from tracer.analysis.expected import load_expected
 
                 table, res.expected_count = load_expected(store, expected, res.run_id)
                 tables.append(table)
@@ -671,7 +671,7 @@ def reconcile(store: Store, window_from_us: int, window_to_us: int, grace_s: int
             if cand_msgs:
                 if progress:
                     progress(f"collecting evidence for {len(cand_msgs)} messages (pass 2)")
-                from .expected import load_expected
+                from tracer.analysis.expected import load_expected
 
                 ctable, _ = load_expected(store, _IdList(sorted(cand_msgs)), "c" + res.run_id)
                 tables.append(ctable)
@@ -693,7 +693,7 @@ def reconcile(store: Store, window_from_us: int, window_to_us: int, grace_s: int
                     load_sql("reconcile_never_sent").replace("__TABLE__", table), {"scan_from": scan_from, "cut": cut})]
         finally:
             if tables:
-                from .expected import drop_expected
+                from tracer.analysis.expected import drop_expected
 
                 for t in tables:
                     drop_expected(store, t)
@@ -998,7 +998,7 @@ def analyse_incident(store: Store, window_from_us: int, window_to_us: int, grace
 
 
 def _last_hosts(store: Store, msg_ids: list[str], res: ReconcileResult) -> dict[tuple[str, str], str]:
-    from .expected import drop_expected, load_expected
+    from tracer.analysis.expected import drop_expected, load_expected
 
     table = None
     try:
@@ -1019,7 +1019,7 @@ class _IdList:
         self.ids = ids
 
     def batches(self):
-        from .expected import BATCH
+        from tracer.analysis.expected import BATCH
 
         for i in range(0, len(self.ids), BATCH):
             yield self.ids[i:i + BATCH]

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .events import MAX_MSG_ID_CHARS, MSG_ID_HEADER, cap_msg_id
+from tracer.events import MAX_MSG_ID_CHARS, MSG_ID_HEADER, cap_msg_id
 
 if TYPE_CHECKING:
-    from .tracer import Tracer
+    from tracer.sdk.tracer import Tracer
 
 log = logging.getLogger("msgtrace.hooks")
 

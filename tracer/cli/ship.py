@@ -10,8 +10,8 @@ import json
 
 import click
 
-from .cliutil import audit_topic_option, bootstrap_option, handle_errors, json_option, out, store_option
-from .errors import ConfigError, MsgtraceError, describe
+from tracer.cli.util import audit_topic_option, bootstrap_option, handle_errors, json_option, out, store_option
+from tracer.errors import ConfigError, MsgtraceError, describe
 
 
 @click.command("ship")
@@ -29,7 +29,7 @@ def ship(spool_dir: str | None, bootstrap: str | None, audit_topic: str, store_u
     else straight into the store."""
     import os
 
-    from .emitter import KafkaSink, StoreSink, default_spool_dir, drain_spools
+    from tracer.sdk.emitter import KafkaSink, StoreSink, default_spool_dir, drain_spools
 
     spool_dir = spool_dir or default_spool_dir()
     if not os.path.isdir(spool_dir):

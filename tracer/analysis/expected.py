@@ -12,9 +12,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Iterator
 
-from .errors import ConfigError
-from .events import MAX_MSG_ID_CHARS, cap_msg_id
-from .store import Store, check_identifier, load_sql
+from tracer.errors import ConfigError
+from tracer.events import MAX_MSG_ID_CHARS, cap_msg_id
+from tracer.store import Store, check_identifier, load_sql
 
 BATCH = 200_000
 

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .errors import ConfigError, QueryError, StoreError, StoreLocked, StoreUnavailable
-from .events import STORE_COLUMNS, Event, to_columns
+from tracer.errors import ConfigError, QueryError, StoreError, StoreLocked, StoreUnavailable
+from tracer.events import STORE_COLUMNS, Event, to_columns
 
 DEFAULT_DATABASE = "msgtrace"
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -38,7 +38,7 @@ _CODE_RE = re.compile(r"Code: (\d+)\.")
 
 def _queries_dir() -> Any:
     """``queries/`` beside the package in a checkout, else the installed copy (a Traversable)."""
-    here = Path(__file__).resolve().parent.parent / "queries"
+    here = Path(__file__).resolve().parents[2] / "queries"
     if here.is_dir():
         return here
     import importlib.resources
@@ -624,7 +624,7 @@ class Store:
 
     def select_events(self, msg_id: str) -> list[Event]:
         """Every stored event of one message, de-duplicated, in time order."""
-        from .events import from_row
+        from tracer.events import from_row
 
         cols = ", ".join(f"`{c}`" for c in STORE_COLUMNS)
         rows = self.query(

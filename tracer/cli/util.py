@@ -12,7 +12,7 @@ from typing import Any, Callable, TypeVar
 import click
 from rich.console import Console
 
-from .errors import MsgtraceError, describe
+from tracer.errors import MsgtraceError, describe
 
 F = TypeVar("F", bound=Callable[..., Any])
 

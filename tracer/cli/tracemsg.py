@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
-from .cliutil import EXIT_LOST, EXIT_OK, EXIT_UNKNOWN, err, handle_errors, json_option, out, store_option
-from .events import Event, cap_msg_id
+from tracer.cli.util import EXIT_LOST, EXIT_OK, EXIT_UNKNOWN, err, handle_errors, json_option, out, store_option
+from tracer.events import Event, cap_msg_id
 
 _SEPARATORS = ":-_./#|@ "
 
@@ -85,7 +85,7 @@ def verdict_json(v: Any) -> dict[str, Any]:
 def print_verdicts(verdicts: list[Any]) -> None:
     from rich.markup import escape
 
-    from .verdicts import DELIVERED, LOST, LOST_LABEL, stopped_words
+    from tracer.verdicts import DELIVERED, LOST, LOST_LABEL, stopped_words
 
     for v in verdicts:
         colour = "green" if v.verdict == DELIVERED else ("red" if v.verdict in LOST else "yellow")
@@ -120,8 +120,8 @@ def trace_msg(msg_id: str, groups: tuple[str, ...], topic_groups: bool, bootstra
     --group, and with --topic-groups those receiving from its topic around its time.
     Exit status: 0 delivered to every expected group, 1 not, 3 unknown id, 2 error.
     """
-    from .reconcile import judge_message
-    from .store import Store
+    from tracer.analysis.reconcile import judge_message
+    from tracer.store import Store
 
     if not msg_id:
         raise click.UsageError("MSG_ID must not be empty")

@@ -25,9 +25,9 @@ from typing import Any, Protocol, Sequence
 
 import orjson
 
-from .errors import ConfigError, describe
-from .events import MAX_MSG_ID_CHARS, cap_msg_id, decode_batch, local_identity, record_headers
-from .spool import Chunk, SpoolReader, SpoolWriter, dead_spools
+from tracer.errors import ConfigError, describe
+from tracer.events import MAX_MSG_ID_CHARS, cap_msg_id, decode_batch, local_identity, record_headers
+from tracer.sdk.spool import Chunk, SpoolReader, SpoolWriter, dead_spools
 
 log = logging.getLogger("msgtrace.emitter")
 _EMITTERS: "weakref.WeakSet[Emitter]" = weakref.WeakSet()
@@ -194,7 +194,7 @@ class StoreSink:
 
     def ship(self, data: bytes, lines: int) -> None:
         if self._store is None:
-            from .store import Store
+            from tracer.store import Store
 
             store = Store(self.url)
             store.init_schema()
