@@ -16,8 +16,14 @@ if [ ! -x .venv/bin/pip ]; then
 fi
 extras=${MSGTRACE_EXTRAS:-}
 stamp=".venv/.msgtrace-installed${extras:+-$extras}"
-if ! command -v "${CC:-cc}" >/dev/null 2>&1; then
-  echo "note: no C compiler: collectors._fastjson is not built and the collector decodes in Python (~4x slower)" >&2
+# the collector's C decoder (collectors/_fastjson.c) needs a C compiler and the Python headers
+has_headers() { "$PY" -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null; }
+if ! command -v "${CC:-cc}" >/dev/null 2>&1 || ! has_headers; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  echo "installing the C toolchain for the collector's decoder (gcc, python3-dev) ..." >&2
+  if ! { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq gcc python3-dev >/dev/null; }; then
+    echo "note: could not install gcc/python3-dev: collectors._fastjson is not built and the collector decodes in Python (~4x slower)" >&2
+  fi
 fi
 # (re)install when the project, or the C decoder's source, changed since the last install
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ collectors/_fastjson.c -nt "$stamp" ]; then
