@@ -17,6 +17,7 @@ import uuid
 
 import orjson
 import pytest
+from conftest import unavailable
 
 from collectors import CollectorConfig, run_collector
 from collectors.consumer import Processor
@@ -249,10 +250,11 @@ def test_sigterm_finishes_the_batch_commits_and_exits_0(kafka_bootstrap, chdb_ur
 
 @pytest.fixture
 def own_server():
+    """A server of the test's own, which it stops and starts (CI=true: unavailable fails, never skips)."""
     try:
         server = ClickHouseServer().start()
     except (ServiceError, TimeoutError, OSError) as e:
-        pytest.skip(f"clickhouse-server unavailable: {e}")
+        unavailable("clickhouse-server", e)
     try:
         yield server
     finally:
