@@ -503,6 +503,10 @@ class ClickHouseBackend(Backend):
         return _PARAM_RE.sub(sub, sql)
 
     def insert(self, table: str, columns: Mapping[str, Sequence[Any]], types: Mapping[str, str]) -> None:
+        from .native import is_arrow, native_insert  # Arrow columns: sent as Native blocks, no Python lists
+
+        if is_arrow(columns) and self._call(native_insert, self._client, table, columns, types):
+            return
         names = list(columns)
         cols = ", ".join(f"`{n}`" for n in names)
         self._call(self._client.execute, f"INSERT INTO {table} ({cols}) VALUES",
