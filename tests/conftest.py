@@ -2,14 +2,16 @@
 
 Each binds to loopback on a free port and is stopped after the session. Under
 CI (``CI=true``) a service that cannot be had is a failure, never a skip.
-Overrides: ``MSGTRACE_TEST_KAFKA_BOOTSTRAP`` (a real Kafka), ``MSGTRACE_TEST_CLICKHOUSE_URL``.
+Overrides: ``MSGTRACE_TEST_KAFKA_BOOTSTRAP`` (a real Kafka), ``MSGTRACE_TEST_CLICKHOUSE_URL``,
+``MSGTRACE_TEST_AMQP_URL`` (a running RabbitMQ; each test gets a fresh vhost on it; default
+``amqp://guest:guest@127.0.0.1:5672/``, and a node of the session's own is started when none answers).
 
 The production settings (``MSGTRACE_KAFKA_BOOTSTRAP``, ``MSGTRACE_STORE``, ...) are removed from the
 environment of the whole test session, so a developer shell configured for a real service never
 sends test topics or test events there.
 
 Markers are given by what a test uses (:func:`pytest_collection_modifyitems`): ``kafka`` (a broker),
-``clickhouse`` (the ClickHouse server), ``unit`` (neither: ``pytest -m unit`` is the fast tier);
+``clickhouse`` (the ClickHouse server), ``rabbitmq`` (a RabbitMQ server), ``unit`` (neither: ``pytest -m unit`` is the fast tier);
 ``slow`` is set by the tests themselves.
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Iterator
 import pytest
 
 from tracer.localsvc import ClickHouseServer, ServiceError, TansuBroker
+from tracer.localsvc.rabbitmq import RabbitMQ, RabbitMQServer, find_rabbitmq
 from tracer.store import Store
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -33,6 +36,7 @@ for _name in _PRODUCTION_ENV:
     os.environ.pop(_name, None)
 _KAFKA_FIXTURES = {"kafka_bootstrap", "tansu"}
 _CLICKHOUSE_FIXTURES = {"clickhouse_server", "server_url"}
+_RABBITMQ_FIXTURES = {"rabbitmq", "amqp_url", "rabbitmq_server"}
 
 
 def unavailable(what: str, why: object) -> None:
@@ -142,6 +146,47 @@ def store(store_url) -> Iterator[Store]:
         s.close()
 
 
+@pytest.fixture(scope="session")
+def rabbitmq() -> Iterator[RabbitMQ]:
+    """The session's RabbitMQ: the running server at MSGTRACE_TEST_AMQP_URL (or the default), else a node of
+    our own started for the session."""
+    try:
+        r = find_rabbitmq()
+    except (ServiceError, TimeoutError, OSError) as e:
+        unavailable("RabbitMQ", e)
+    _USED["rabbitmq"] = r.describe()
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+@pytest.fixture
+def amqp_url(rabbitmq) -> Iterator[str]:
+    """An amqp:// URL of a fresh virtual host for this test alone (deleted afterwards, with its queues)."""
+    with rabbitmq.vhost() as ep:
+        yield ep.url()
+
+
+@pytest.fixture
+def rabbitmq_server() -> Iterator[RabbitMQServer]:
+    """A RabbitMQ node of the test's own, which the test may restart (non-persistent messages are lost) or kill."""
+    try:
+        server = RabbitMQServer().start()
+    except (ServiceError, TimeoutError, OSError) as e:
+        unavailable("rabbitmq-server", e)
+    _USED.setdefault("rabbitmq-own", f"rabbitmq-server {server.binary} (per-test nodes)")
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.workdir, ignore_errors=True)
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "rabbitmq: uses a RabbitMQ server (Debian rabbitmq-server)")
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """Mark each test by the real services it uses (see the module docstring)."""
     for item in items:
@@ -150,11 +195,14 @@ def pytest_collection_modifyitems(config, items) -> None:
         kafka = bool(names & _KAFKA_FIXTURES) or item.get_closest_marker("kafka") is not None
         ch = bool(names & _CLICKHOUSE_FIXTURES) or params.get("store_url") == "clickhouse" \
             or item.get_closest_marker("clickhouse") is not None
+        rabbit = bool(names & _RABBITMQ_FIXTURES) or item.get_closest_marker("rabbitmq") is not None
+        if rabbit:
+            item.add_marker(pytest.mark.rabbitmq)
         if kafka:
             item.add_marker(pytest.mark.kafka)
         if ch:
             item.add_marker(pytest.mark.clickhouse)
-        if not (kafka or ch or item.get_closest_marker("slow")):
+        if not (kafka or ch or rabbit or item.get_closest_marker("slow")):
             item.add_marker(pytest.mark.unit)
 
 
