@@ -19,32 +19,33 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* column kinds */
-enum { K_STR, K_STAGE, K_UUID, K_HEX32, K_HEX16, K_U64, K_U32, K_I32, K_I64, K_ATTRS };
+/* column kinds (the wire kinds of tracer.events.SCHEMA; integers carry their width and range) */
+enum { K_STR, K_STAGE, K_UUID, K_HEX32, K_HEX16, K_INT, K_ATTRS };
+static const char *KIND_NAMES[] = {"str", "stage", "uuid", "hex32", "hex16", "int", "attrs"};
+#define NKINDS 7
 
 typedef struct {
-    const char *name;
+    char *name;
+    size_t name_len;
     int kind;
     int nullable;
+    int non_empty; /* strings: the empty string is refused */
+    int width;     /* integers: 4 or 8 bytes */
+    uint64_t max_pos, max_neg; /* integers: value range [-max_neg, max_pos] */
 } ColumnSpec;
 
-/* tracer.events.COLUMNS, in order (checked by collectors/fastdecode.py at import) */
-static const ColumnSpec COLS[] = {
-    {"event_id", K_UUID, 0},      {"msg_id", K_STR, 0},       {"stage", K_STAGE, 0},
-    {"ts_us", K_U64, 0},          {"service", K_STR, 0},      {"host", K_STR, 0},
-    {"mq", K_STR, 0},             {"pid", K_U32, 0},          {"topic", K_STR, 0},
-    {"partition", K_I32, 1},      {"offset", K_I64, 1},       {"consumer_group", K_STR, 1},
-    {"key", K_STR, 1},            {"error", K_STR, 1},        {"trace_id", K_HEX32, 1},
-    {"span_id", K_HEX16, 1},      {"emitter_id", K_STR, 0},   {"seq", K_U64, 0},
-    {"attrs", K_ATTRS, 0},
-};
-#define NCOLS ((int)(sizeof(COLS) / sizeof(COLS[0])))
-#define ALL_SEEN ((1u << NCOLS) - 1u)
+/* The contract is not written here: configure() receives it from tracer.events (columns in
+ * order, kinds, nullability, integer widths and ranges, stage names) when collectors.decode is
+ * imported, so Python is the only place a field or a stage is defined. */
+#define MAX_COLS 32 /* `seen` is a 32-bit mask */
+static ColumnSpec COLS[MAX_COLS];
+static int NCOLS = 0;
+static uint32_t ALL_SEEN = 0;
 #define MAX_ATTRS 64 /* more attributes per event: refused (duplicate check is quadratic) */
 
-static const char *STAGES[] = {"sent", "send_failed", "broker_acked", "received", "offset_committed",
-                               "business_done", "business_failed", "dead_lettered", "rolled_back"};
-#define NSTAGES 9
+static char **STAGES = NULL;
+static size_t *STAGE_LEN = NULL;
+static int NSTAGES = 0;
 
 /* ---- growable buffers ------------------------------------------------------------ */
 typedef struct {
@@ -82,7 +83,7 @@ typedef struct {
 } Column;
 
 typedef struct {
-    Column c[NCOLS];
+    Column c[MAX_COLS];
     Py_ssize_t n; /* events */
 } Builder;
 
@@ -98,7 +99,7 @@ static int builder_init(Builder *b) {
     memset(b, 0, sizeof(*b));
     for (int i = 0; i < NCOLS; i++) {
         int k = COLS[i].kind;
-        if (k == K_STR || k == K_STAGE || k == K_UUID || k == K_HEX32 || k == K_HEX16 || k == K_ATTRS) {
+        if (k != K_INT) {
             if (buf_put_i32(&b->c[i].offsets, 0)) return -1;
         }
         if (k == K_ATTRS) {
@@ -292,13 +293,11 @@ static int read_int(Cur *s, int neg_ok, uint64_t max_pos, uint64_t max_neg, int6
     return 0;
 }
 
-static size_t NAME_LEN[32];
-
 /* Column index of a key; `guess` first (the emitter writes the fields in column order). */
 static inline int key_index(const unsigned char *k, size_t n, int guess) {
-    if (guess < NCOLS && NAME_LEN[guess] == n && memcmp(COLS[guess].name, k, n) == 0) return guess;
+    if (guess < NCOLS && COLS[guess].name_len == n && memcmp(COLS[guess].name, k, n) == 0) return guess;
     for (int i = 0; i < NCOLS; i++) {
-        if (NAME_LEN[i] == n && memcmp(COLS[i].name, k, n) == 0) return i;
+        if (COLS[i].name_len == n && memcmp(COLS[i].name, k, n) == 0) return i;
     }
     return -1;
 }
@@ -377,11 +376,11 @@ static int read_value(Cur *s, Builder *b, int col) {
     Py_ssize_t row = b->n;
     if (spec->nullable && is_null(s)) {
         if (set_valid(c, row, 0)) return OOM;
-        switch (spec->kind) {
-        case K_I32: { int32_t z = 0; return buf_put(&c->data, &z, 4) ? OOM : 0; }
-        case K_I64: { int64_t z = 0; return buf_put(&c->data, &z, 8) ? OOM : 0; }
-        default: return buf_put_i32(&c->offsets, (int32_t)c->data.len) ? OOM : 0;
+        if (spec->kind == K_INT) {
+            int64_t z = 0;
+            return buf_put(&c->data, &z, (size_t)spec->width) ? OOM : 0;
         }
+        return buf_put_i32(&c->offsets, (int32_t)c->data.len) ? OOM : 0;
     }
     if (spec->nullable && set_valid(c, row, 1)) return OOM;
     int64_t sv = 0;
@@ -397,35 +396,23 @@ static int read_value(Cur *s, Builder *b, int col) {
         if (spec->kind == K_STAGE) {
             int ok = 0;
             for (int i = 0; i < NSTAGES && !ok; i++)
-                ok = strlen(STAGES[i]) == n && memcmp(STAGES[i], v, n) == 0;
+                ok = STAGE_LEN[i] == n && memcmp(STAGES[i], v, n) == 0;
             if (!ok) return FAIL;
         } else if (spec->kind != K_STR) {
             if (check_pattern(v, n, spec->kind)) return FAIL;
-        } else if (col == 1 && n == 0) {
-            return FAIL; /* msg_id must not be empty */
+        } else if (spec->non_empty && n == 0) {
+            return FAIL; /* e.g. msg_id must not be empty */
         }
         return buf_put_i32(&c->offsets, (int32_t)c->data.len) ? OOM : 0;
     }
-    case K_U64:
-        r = read_int(s, 0, UINT64_MAX, 0, &sv, &uv, &neg);
+    case K_INT: {
+        r = read_int(s, spec->max_neg > 0, spec->max_pos, spec->max_neg, &sv, &uv, &neg);
         if (r) return r;
-        return buf_put(&c->data, &uv, 8) ? OOM : 0;
-    case K_U32: {
-        r = read_int(s, 0, UINT32_MAX, 0, &sv, &uv, &neg);
-        if (r) return r;
-        uint32_t v = (uint32_t)uv;
-        return buf_put(&c->data, &v, 4) ? OOM : 0;
+        if (spec->width == 8) return buf_put(&c->data, neg ? (const void *)&sv : (const void *)&uv, 8) ? OOM : 0;
+        int32_t v32 = (int32_t)sv; /* 4 bytes: uint32 and int32 share the low bytes */
+        uint32_t u32 = (uint32_t)uv;
+        return buf_put(&c->data, neg ? (const void *)&v32 : (const void *)&u32, 4) ? OOM : 0;
     }
-    case K_I32: {
-        r = read_int(s, 1, INT32_MAX, (uint64_t)INT32_MAX + 1, &sv, &uv, &neg);
-        if (r) return r;
-        int32_t v = (int32_t)sv;
-        return buf_put(&c->data, &v, 4) ? OOM : 0;
-    }
-    case K_I64:
-        r = read_int(s, 1, INT64_MAX, (uint64_t)INT64_MAX + 1, &sv, &uv, &neg);
-        if (r) return r;
-        return buf_put(&c->data, &sv, 8) ? OOM : 0;
     case K_ATTRS:
         return read_attrs(s, c);
     }
@@ -512,7 +499,7 @@ static PyObject *column_tuple(Column *c, int kind, int nullable) {
     if (kind == K_ATTRS)
         return Py_BuildValue("(NNNNNN)", valid, bytes_of(&c->offsets), bytes_of(&c->koffsets),
                              bytes_of(&c->kdata), bytes_of(&c->voffsets), bytes_of(&c->vdata));
-    if (kind == K_U64 || kind == K_U32 || kind == K_I32 || kind == K_I64)
+    if (kind == K_INT)
         return Py_BuildValue("(NN)", valid, bytes_of(&c->data));
     return Py_BuildValue("(NNN)", valid, bytes_of(&c->offsets), bytes_of(&c->data));
 }
@@ -526,6 +513,10 @@ PyDoc_STRVAR(decode_doc,
 
 static PyObject *fj_decode(PyObject *self, PyObject *arg) {
     (void)self;
+    if (!NCOLS) {
+        PyErr_SetString(PyExc_RuntimeError, "_fastjson.configure() was not called");
+        return NULL;
+    }
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
     Builder b;
@@ -582,9 +573,151 @@ static PyObject *fj_columns(PyObject *self, PyObject *unused) {
     return t;
 }
 
+/* The configuration as Python values (compared when configure() is called again). */
+static PyObject *fj_contract(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    PyObject *cols = PyTuple_New(NCOLS), *stages = PyTuple_New(NSTAGES);
+    if (!cols || !stages) goto fail;
+    for (int i = 0; i < NCOLS; i++) {
+        ColumnSpec *c = &COLS[i];
+        long long lo = c->max_neg ? (long long)(-(int64_t)(c->max_neg - 1) - 1) : 0;
+        PyObject *t = Py_BuildValue("(ssNNiLK)", c->name, KIND_NAMES[c->kind], PyBool_FromLong(c->nullable),
+                                    PyBool_FromLong(c->non_empty), c->width, lo,
+                                    (unsigned long long)c->max_pos);
+        if (!t) goto fail;
+        PyTuple_SET_ITEM(cols, i, t);
+    }
+    for (int i = 0; i < NSTAGES; i++) {
+        PyObject *st = PyUnicode_FromStringAndSize(STAGES[i], (Py_ssize_t)STAGE_LEN[i]);
+        if (!st) goto fail;
+        PyTuple_SET_ITEM(stages, i, st);
+    }
+    return Py_BuildValue("(NN)", cols, stages);
+fail:
+    Py_XDECREF(cols);
+    Py_XDECREF(stages);
+    return NULL;
+}
+
+PyDoc_STRVAR(configure_doc,
+"configure(columns, stages) -> None\n\n"
+"The event contract, from tracer.events (collectors.decode calls this at import, before any\n"
+"decode): columns in wire order as (name, kind, nullable, non_empty, width, lo, hi) with kind one\n"
+"of KINDS (integers: width 4 or 8 bytes and the range [lo, hi]), and the stage names. Set once:\n"
+"a second call with a different contract raises ValueError (decode() reads it without the GIL).");
+
+static PyObject *fj_configure(PyObject *self, PyObject *args) {
+    PyObject *cols_arg, *stages_arg;
+    if (!PyArg_ParseTuple(args, "OO", &cols_arg, &stages_arg)) return NULL;
+    if (NCOLS) { /* already set: only the same contract again is accepted */
+        PyObject *mine = fj_contract(self, NULL);
+        if (!mine) return NULL;
+        PyObject *cols_t = PySequence_Tuple(cols_arg), *stages_t = PySequence_Tuple(stages_arg);
+        PyObject *theirs = (cols_t && stages_t) ? PyTuple_Pack(2, cols_t, stages_t) : NULL;
+        Py_XDECREF(cols_t);
+        Py_XDECREF(stages_t);
+        int same = theirs ? PyObject_RichCompareBool(mine, theirs, Py_EQ) : -1;
+        Py_DECREF(mine);
+        Py_XDECREF(theirs);
+        if (same < 0) return NULL;
+        if (!same) {
+            PyErr_SetString(PyExc_ValueError, "_fastjson is already configured with a different contract");
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    PyObject *cols = PySequence_Fast(cols_arg, "columns must be a sequence");
+    if (!cols) return NULL;
+    PyObject *stages = PySequence_Fast(stages_arg, "stages must be a sequence");
+    if (!stages) {
+        Py_DECREF(cols);
+        return NULL;
+    }
+    Py_ssize_t nc = PySequence_Fast_GET_SIZE(cols), ns = PySequence_Fast_GET_SIZE(stages);
+    ColumnSpec specs[MAX_COLS];
+    char **st = NULL;
+    size_t *st_len = NULL;
+    int ok = 0, nspecs = 0;
+    memset(specs, 0, sizeof(specs));
+    if (nc < 1 || nc > MAX_COLS || ns < 1) {
+        PyErr_Format(PyExc_ValueError, "need 1 to %d columns and at least one stage", MAX_COLS);
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < nc; i++, nspecs++) {
+        const char *name, *kind;
+        Py_ssize_t name_len;
+        int nullable, non_empty, width;
+        long long lo;
+        unsigned long long hi;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(cols, i), "s#sppiLK", &name, &name_len, &kind, &nullable,
+                              &non_empty, &width, &lo, &hi))
+            goto done;
+        ColumnSpec *c = &specs[i];
+        c->kind = -1;
+        for (int k = 0; k < NKINDS; k++)
+            if (strcmp(KIND_NAMES[k], kind) == 0) c->kind = k;
+        if (c->kind < 0 || (c->kind == K_INT && width != 4 && width != 8)) {
+            PyErr_Format(PyExc_ValueError, "column %s: unknown kind %s or width %d", name, kind, width);
+            goto done;
+        }
+        c->name = malloc((size_t)name_len + 1);
+        if (!c->name) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        memcpy(c->name, name, (size_t)name_len + 1);
+        c->name_len = (size_t)name_len;
+        c->nullable = nullable;
+        c->non_empty = non_empty;
+        c->width = width;
+        c->max_pos = (uint64_t)hi;
+        c->max_neg = lo < 0 ? (uint64_t)(-(lo + 1)) + 1 : 0;
+    }
+    st = calloc((size_t)ns, sizeof(char *));
+    st_len = calloc((size_t)ns, sizeof(size_t));
+    if (!st || !st_len) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < ns; i++) {
+        Py_ssize_t n;
+        const char *v = PyUnicode_AsUTF8AndSize(PySequence_Fast_GET_ITEM(stages, i), &n);
+        if (!v) goto done;
+        st[i] = malloc((size_t)n + 1);
+        if (!st[i]) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        memcpy(st[i], v, (size_t)n + 1);
+        st_len[i] = (size_t)n;
+    }
+    memcpy(COLS, specs, sizeof(specs));
+    NCOLS = (int)nc;
+    ALL_SEEN = nc == 32 ? 0xFFFFFFFFu : ((1u << nc) - 1u);
+    STAGES = st;
+    STAGE_LEN = st_len;
+    NSTAGES = (int)ns;
+    ok = 1;
+done:
+    if (!ok) {
+        for (int i = 0; i < nspecs && i < MAX_COLS; i++) free(specs[i].name);
+        if (st)
+            for (Py_ssize_t i = 0; i < ns; i++) free(st[i]);
+        free(st);
+        free(st_len);
+    }
+    Py_DECREF(cols);
+    Py_DECREF(stages);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"decode", fj_decode, METH_O, decode_doc},
-    {"columns", fj_columns, METH_NOARGS, "The field names this build decodes, in order."},
+    {"configure", fj_configure, METH_VARARGS, configure_doc},
+    {"contract", fj_contract, METH_NOARGS, "The configured (columns, stages), as configure() took them."},
+    {"columns", fj_columns, METH_NOARGS, "The field names configured, in order."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -593,6 +726,18 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastjson",
                                     NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__fastjson(void) {
-    for (int i = 0; i < NCOLS; i++) NAME_LEN[i] = strlen(COLS[i].name);
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    PyObject *kinds = PyTuple_New(NKINDS);
+    if (!kinds) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    for (int k = 0; k < NKINDS; k++) PyTuple_SET_ITEM(kinds, k, PyUnicode_FromString(KIND_NAMES[k]));
+    if (PyModule_AddObject(m, "KINDS", kinds) < 0) {
+        Py_DECREF(kinds);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -30,6 +30,7 @@ from tracer.errors import ConfigError, MsgtraceError, describe
 from tracer.events import MAX_RECORD_BYTES
 
 from .steps import DEFAULT_RAW_LIMIT, Backoff, BatchStep, CommitStep, DecodeStep, StateLog, WriteStep, log_event
+from .writer import StoreWriter
 from .types import AuditSourceUnavailable, Batch, CollectorStats, FlushTimeout, Message, MessageRejected, Partition, \
     RawRecord
 
@@ -97,9 +98,8 @@ class Processor:
         self.kafka_state = StateLog("kafka")
         self.kafka_backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s)
         self.commit_step = CommitStep(self._commit, stats, backoff=Backoff(cfg.backoff_initial_s, cfg.backoff_max_s))
-        self.write_step = WriteStep(store, self.commit_step, stats, intent=self._intent,
-                                    session_hold=cfg.session_hold_s,
-                                    backoff=Backoff(cfg.backoff_initial_s, cfg.backoff_max_s),
+        self.write_step = WriteStep(StoreWriter(store, session_hold=cfg.session_hold_s), self.commit_step, stats,
+                                    intent=self._intent, backoff=Backoff(cfg.backoff_initial_s, cfg.backoff_max_s),
                                     give_up_after=cfg.give_up_after_s, threaded=cfg.threaded_writes)
         self.batch_step = BatchStep(self.write_step, max_events=cfg.max_batch_events,
                                     max_records=cfg.max_batch_records, max_wait=cfg.max_batch_wait_s,
@@ -242,13 +242,16 @@ class Processor:
         except KafkaError as e:
             self.stats.kafka_failures += 1
             self.kafka_backoff.failed()
-            self.kafka_state.set("unavailable", error=f"{describe(e)}"[:300])
+            self.stats.kafka_down_since = self.kafka_backoff.since
+            self.stats.last_error = f"{describe(e)}"[:300]
+            self.kafka_state.set("unavailable", error=self.stats.last_error)
             self.kafka_backoff.wait(time.monotonic() + self.kafka_backoff.delay)
             self._after_rebalance()
             return 0
         self._after_rebalance()
         if self.kafka_backoff.since is not None:
             self.kafka_backoff.ok()
+            self.stats.kafka_down_since = None
             self.kafka_state.set("ok")
         n = 0
         for lst in recs.values():
@@ -257,20 +260,27 @@ class Processor:
         return n
 
     def _lag(self, exact: bool = False) -> int | None:
+        """Records behind the log ends over the assigned partitions (None: not known yet).
+
+        Also refreshes ``stats.lag_by_partition`` (records not yet read per partition; the
+        records read but not yet decoded are counted in the total only)."""
         if not self.assigned:
+            self.stats.lag_by_partition = {}
             return None
-        tps = [self._tp(p) for p in self.assigned]
+        parts = sorted(self.assigned, key=lambda p: (p.topic, p.index))
+        tps = [self._tp(p) for p in parts]
         try:
             ends = self.consumer.end_offsets(tps) if exact else {tp: self.consumer.highwater(tp) for tp in tps}
-            lag = 0
-            for tp in tps:
+            by_partition: dict[Partition, int] = {}
+            for p, tp in zip(parts, tps):
                 end = ends.get(tp)
                 if end is None:
                     return None
-                lag += max(0, end - self.consumer.position(tp))
+                by_partition[p] = max(0, end - self.consumer.position(tp))
         except Exception:
             return None
-        return lag + len(self.held)
+        self.stats.lag_by_partition = by_partition
+        return sum(by_partition.values()) + len(self.held)
 
     def _status(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -35,17 +35,52 @@ from typing import Any, Sequence
 import orjson
 
 from tracer.errors import DecodeError
-from tracer.events import COLUMNS, MAX_RECORD_BYTES, SCHEMA, STAGES, STORE_COLUMNS, BadLine, check_format_header, \
-    decode_batch
+from tracer.events import _LIMITS as INT_LIMITS  # validate_event's integer ranges (one source)
+from tracer.events import COLUMNS, MAX_RECORD_BYTES, SCHEMA, STAGES, STORE_COLUMNS, BadLine, Stage, \
+    check_format_header, decode_batch
 
 from .types import Decoded
 
-try:
-    from . import _fastjson
-except ImportError:  # not built (no compiler at install time): the Python paths below
-    _fastjson = None
-if _fastjson is not None and tuple(_fastjson.columns()) != COLUMNS:  # a stale build
-    _fastjson = None
+#: string fields that must not be empty (validate_event's rule; the fast paths check it too)
+NON_EMPTY: frozenset[str] = frozenset({"msg_id"})
+_INT_WIDTH = {"UInt32": 4, "Int32": 4, "UInt64": 8, "Int64": 8}
+
+
+def c_contract() -> tuple[tuple[tuple[str, str, bool, bool, int, int, int], ...], tuple[str, ...]]:
+    """The event contract as the C decoder takes it, built from ``tracer.events`` (its only source).
+
+    Columns in wire order as (name, kind, nullable, non_empty, width, lo, hi); the schema's
+    "uint"/"int" kinds become "int" with the width of the ClickHouse type and the range of
+    ``validate_event``. Stages in ``Stage`` order.
+    """
+    cols = []
+    for name, (kind, nullable, ch_type) in SCHEMA.items():
+        width, lo, hi = 0, 0, 0
+        if kind in ("int", "uint"):
+            base = ch_type[9:-1] if ch_type.startswith("Nullable(") else ch_type
+            width = _INT_WIDTH[base]
+            lo, hi = INT_LIMITS[name]
+            kind = "int"
+        cols.append((name, kind, nullable, name in NON_EMPTY, width, lo, hi))
+    return tuple(cols), tuple(s.value for s in Stage)
+
+
+def _load_c() -> Any:
+    """The C decoder configured with the contract, or None (not built, or a build too old)."""
+    try:
+        from . import _fastjson as fj
+    except ImportError:  # not built (no compiler at install time): the Python paths below
+        return None
+    if not hasattr(fj, "configure"):  # a stale build with its own copy of the contract
+        return None
+    try:
+        fj.configure(*c_contract())
+    except (ValueError, TypeError):  # a contract this build cannot take
+        return None
+    return fj
+
+
+_fastjson = _load_c()
 
 #: True when the C decoder is in use (reported by the collector at start-up).
 FAST_C = _fastjson is not None
@@ -55,8 +90,7 @@ _GET = operator.itemgetter(*COLUMNS)
 _NONE = type(None)
 _STR, _INT, _DICT = {str}, {int}, {dict}
 _STR_OR_NONE, _INT_OR_NONE = {str, _NONE}, {int, _NONE}
-_LIMITS = {"partition": (-(2**31), 2**31 - 1), "offset": (-(2**63), 2**63 - 1),
-           "pid": (0, 2**32 - 1), "ts_us": (0, 2**64 - 1), "seq": (0, 2**64 - 1)}
+_LIMITS = INT_LIMITS
 _U = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 # Joined with "\n", which none of the patterns admits: one match checks a whole column.
 _UUIDS = re.compile(rf"(?:{_U}\n)*{_U}")
@@ -107,6 +141,7 @@ def _check_column(kind: str, nullable: bool, name: str, col: Sequence[Any]) -> b
 
 
 _CHECKS = [(i, kind, nullable, name) for i, (name, (kind, nullable, _)) in enumerate(SCHEMA.items())]
+_NON_EMPTY_INDEX = [COLUMNS.index(n) for n in sorted(NON_EMPTY)]
 
 
 def fast_columns(objs: list[Any]) -> list[Sequence[Any]] | None:
@@ -127,8 +162,9 @@ def fast_columns(objs: list[Any]) -> list[Sequence[Any]] | None:
     for i, kind, nullable, name in _CHECKS:
         if not _check_column(kind, nullable, name, cols[i]):
             return None
-    if not all(cols[1]):  # msg_id must not be empty
-        return None
+    for i in _NON_EMPTY_INDEX:
+        if not all(cols[i]):  # e.g. msg_id must not be empty
+            return None
     return cols  # tuples: the batch extends lists
 
 

@@ -88,6 +88,16 @@ class Decoded:
 
 
 @dataclass(slots=True)
+class Offsets:
+    """What the write step hands to the commit step once a batch is stored."""
+
+    #: partition -> next offset to commit
+    positions: dict[Partition, int]
+    #: monotonic time the oldest batch covered got its first record (for the batch latency)
+    created: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
 class Batch:
     """Events and quarantine rows of several records, with the offsets they cover."""
 
@@ -110,16 +120,68 @@ class Batch:
 
 
 class Step(Protocol[T_contra]):
-    """An arroyo-style processing step: submit may raise MessageRejected; poll does
-    timed work; join flushes everything downstream within a timeout."""
+    """The contract of every processing step (arroyo's ProcessingStrategy, complete).
 
-    def submit(self, item: T_contra) -> None: ...
+    Each step holds the next one and forwards calls down the chain, so the consumer loop
+    talks to the first step only.
+    """
 
-    def poll(self) -> None: ...
+    def submit(self, item: T_contra) -> None:
+        """Take one item, or raise :class:`MessageRejected` (bounded buffer full: retry later)."""
 
-    def join(self, timeout: float) -> bool: ...
+    def poll(self) -> None:
+        """Do timed work (close an old batch, retry a failed write, harvest a finished one)."""
 
-    def close(self) -> None: ...
+    def join(self, timeout: float) -> bool:
+        """Flush everything held here and downstream within ``timeout`` s; False if not all went."""
+
+    def reset(self) -> None:
+        """Drop everything held here and downstream (partitions revoked: the next owner re-reads
+        from the last commit, and the store de-duplicates what was written)."""
+
+    @property
+    def empty(self) -> bool:
+        """True when neither this step nor any step after it holds anything."""
+
+    def close(self) -> None:
+        """Release resources (threads, store sessions); nothing is flushed."""
+
+
+class BatchWriter(Protocol):
+    """Where batches are stored (snuba's BatchWriter): the write step's only view of the store.
+
+    ``write`` stores one batch's events and quarantine rows, raising a
+    :class:`tracer.errors.StoreError` when it cannot; it is idempotent per part (a retry after a
+    failure skips what went in, see ``Batch.events_written``) and records what it found on the
+    batch (``duplicates``). ``release`` gives back anything held between writes (an embedded
+    store's directory); the write step calls both on one thread.
+    """
+
+    def write(self, batch: Batch) -> None: ...
+
+    def release(self) -> None: ...
+
+
+#: upper bounds (seconds) of the batch latency histogram (Prometheus buckets; +Inf is implied)
+LATENCY_BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass(slots=True)
+class Histogram:
+    """Cumulative-free bucket counts of observed durations (exported as a Prometheus histogram)."""
+
+    bounds: tuple[float, ...] = LATENCY_BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    total: float = 0.0
+    n: int = 0
+
+    def observe(self, seconds: float) -> None:
+        i = 0
+        while i < len(self.bounds) and seconds > self.bounds[i]:
+            i += 1
+        self.counts[i] += 1
+        self.total += seconds
+        self.n += 1
 
 
 @dataclass(slots=True)
@@ -141,6 +203,17 @@ class CollectorStats:
     last_commit_at: float | None = None  # monotonic
     finished: float | None = None
     clean_exit: bool = True
+    #: partition -> records behind the end of the log (assigned partitions only; refreshed with ``lag``)
+    lag_by_partition: dict[Partition, int] = field(default_factory=dict)
+    #: seconds of each batch's write (events + quarantine, retries included)
+    write_seconds: Histogram = field(default_factory=Histogram)
+    #: seconds from a batch's first record to the commit of its offsets
+    batch_seconds: Histogram = field(default_factory=Histogram)
+    #: monotonic time since when the store / Kafka has been failing (None: working)
+    store_down_since: float | None = None
+    kafka_down_since: float | None = None  # polling / connecting fails
+    commit_down_since: float | None = None  # committing offsets fails
+    last_error: str | None = None  # the last store or Kafka error (for the health endpoint)
 
     @property
     def stored(self) -> int:

@@ -13,7 +13,8 @@ from conftest import unavailable
 from collectors.decode import decode_record, store_columns
 from collectors.steps import Backoff, BatchStep, CommitStep, DecodeStep, WriteStep
 from collectors.testing import make_events
-from collectors.types import Batch, CollectorStats, Message, MessageRejected, Partition, RawRecord
+from collectors.types import Batch, CollectorStats, Message, MessageRejected, Offsets, Partition, RawRecord
+from collectors.writer import StoreWriter
 from tracer.errors import StoreUnavailable
 from tracer.events import COLUMNS, STORE_COLUMNS, decode_batch, encode_batch, record_headers, to_columns
 
@@ -160,7 +161,7 @@ def _chain(store, *, max_events=100, max_wait=60.0, threaded=False):
         committed.append(dict(offsets))
 
     c = CommitStep(commit, stats)
-    w = WriteStep(store, c, stats, backoff=Backoff(0.01, 0.02), threaded=threaded)
+    w = WriteStep(StoreWriter(store), c, stats, backoff=Backoff(0.01, 0.02), threaded=threaded)
     b = BatchStep(w, max_events=max_events, max_wait=max_wait)
     d = DecodeStep(b, 1 << 20)
     return d, b, w, c, stats, committed
@@ -268,8 +269,8 @@ def test_commit_step_merges_offsets_and_retries() -> None:
         calls.append(dict(offsets))
 
     c = CommitStep(commit, stats, backoff=Backoff(0.01, 0.01))
-    c.submit({P: 5})
-    c.submit({P: 3, Partition("audit", 1): 9})
+    c.submit(Offsets({P: 5}))
+    c.submit(Offsets({P: 3, Partition("audit", 1): 9}))
     fail[0] = False
     assert c.join(2)
     assert calls == [{P: 5, Partition("audit", 1): 9}]

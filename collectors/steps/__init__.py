@@ -1,0 +1,19 @@
+"""The collector's processing steps: decode -> batch -> write -> commit, one module each.
+
+Arroyo-style: every step keeps the full contract of :class:`collectors.types.Step`
+(``submit`` may raise :class:`MessageRejected` when its bounded buffer is full; ``poll`` does
+timed work; ``join(timeout)`` flushes everything downstream, bounded; ``reset`` drops what is
+held; ``empty``; ``close``) and holds the next step. Buffers are tiny and fixed: the decode
+step keeps at most one decoded record, the batch step one batch being built and one ready, the
+write step one batch, the commit step one offset map. Backpressure travels up as
+MessageRejected and ends in the consumer pausing its partitions. The store is behind a
+:class:`collectors.types.BatchWriter` (``collectors.writer.StoreWriter``).
+"""
+from .base import Backoff, StateLog, log_event, submit_until
+from .batch import DEFAULT_RAW_LIMIT, BatchStep
+from .commit import CommitStep
+from .decode import DecodeStep
+from .write import WriteStep
+
+__all__ = ["DEFAULT_RAW_LIMIT", "Backoff", "BatchStep", "CommitStep", "DecodeStep", "StateLog", "WriteStep",
+           "log_event", "submit_until"]
