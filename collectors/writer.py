@@ -1,7 +1,7 @@
 """The collector's storage: a batch -> ``trace_events`` and ``quarantine`` (snuba's BatchWriter).
 
 :class:`StoreWriter` is the only code of the collector that talks to the store. The write step
-(``collectors.steps.write``) sees it as a :class:`~collectors.types.BatchWriter`: ``write`` one
+(``collectors.step_write``) sees it as a :class:`~collectors.types.BatchWriter`: ``write`` one
 batch, ``release`` what is held between writes.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 from tracer.errors import QueryError, StoreError
 
 from .decode import batch_store_columns
-from .steps.base import log_event
+from .step_base import log_event
 from .types import Batch, QuarantineRow
 
 

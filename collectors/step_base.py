@@ -5,7 +5,7 @@ import logging
 import time
 from typing import Any
 
-from ..types import MessageRejected, Step
+from .types import MessageRejected, Step
 
 log = logging.getLogger("msgtrace.collector")
 

@@ -9,8 +9,8 @@ from typing import Callable
 
 from tracer.errors import StoreError
 
-from ..types import Batch, BatchWriter, CollectorStats, MessageRejected, Offsets, Step
-from .base import Backoff, StateLog, log_event
+from .step_base import Backoff, StateLog, log_event
+from .types import Batch, BatchWriter, CollectorStats, MessageRejected, Offsets, Step
 
 
 class WriteStep:

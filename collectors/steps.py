@@ -1,4 +1,4 @@
-"""The collector's processing steps: decode -> batch -> write -> commit, one module each.
+"""The collector's processing steps: decode -> batch -> write -> commit, one module each (``step_*.py``; flat modules, so the package list of the build needs no entry).
 
 Arroyo-style: every step keeps the full contract of :class:`collectors.types.Step`
 (``submit`` may raise :class:`MessageRejected` when its bounded buffer is full; ``poll`` does
@@ -9,11 +9,11 @@ write step one batch, the commit step one offset map. Backpressure travels up as
 MessageRejected and ends in the consumer pausing its partitions. The store is behind a
 :class:`collectors.types.BatchWriter` (``collectors.writer.StoreWriter``).
 """
-from .base import Backoff, StateLog, log_event, submit_until
-from .batch import DEFAULT_RAW_LIMIT, BatchStep
-from .commit import CommitStep
-from .decode import DecodeStep
-from .write import WriteStep
+from .step_base import Backoff, StateLog, log_event, submit_until
+from .step_batch import DEFAULT_RAW_LIMIT, BatchStep
+from .step_commit import CommitStep
+from .step_decode import DecodeStep
+from .step_write import WriteStep
 
 __all__ = ["DEFAULT_RAW_LIMIT", "Backoff", "BatchStep", "CommitStep", "DecodeStep", "StateLog", "WriteStep",
            "log_event", "submit_until"]

@@ -6,9 +6,17 @@ from typing import Callable
 
 from tracer.events import now_us
 
-from ..decode import N_COLUMNS
-from ..types import Batch, Decoded, Message, MessageRejected, Partition, QuarantineRow, Step
-from .base import submit_until
+from .decode import N_COLUMNS
+from .step_base import submit_until
+from .types import (
+    Batch,
+    Decoded,
+    Message,
+    MessageRejected,
+    Partition,
+    QuarantineRow,
+    Step,
+)
 
 #: quarantine keeps at most this many bytes of a bad record (raw_size has the full size)
 DEFAULT_RAW_LIMIT = 64 * 1024

@@ -7,8 +7,8 @@ from typing import Callable, Iterable, Mapping
 from tracer.errors import MsgtraceError
 from tracer.events import now_us
 
-from ..types import CollectorStats, Offsets, Partition
-from .base import Backoff, StateLog
+from .step_base import Backoff, StateLog
+from .types import CollectorStats, Offsets, Partition
 
 
 class CommitStep:

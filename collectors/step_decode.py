@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import time
 
-from ..decode import decode_record
-from ..types import Decoded, Message, MessageRejected, RawRecord, Step
-from .base import submit_until
+from .decode import decode_record
+from .step_base import submit_until
+from .types import Decoded, Message, MessageRejected, RawRecord, Step
 
 
 class DecodeStep:
