@@ -21,6 +21,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "ship": "tracer.cli.ship:ship",
     "demo": "tracer.demo:demo",
     "db": "tracer.cli.db:db",
+    "replay": "tracer.cli.replay:replay",
     "import": "tracer.cli.importer:import_group",
 }
 
