@@ -92,18 +92,48 @@ def _status_text(stats: Any, state: str, rate: float) -> str:
               help="... or once its first record is this many seconds old.")
 @click.option("--startup-timeout", type=click.FloatRange(1), default=60.0, show_default=True,
               help="With --until-idle: give up when Kafka or the partitions do not come within this time.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, envvar="MSGTRACE_METRICS_PORT",
+              help="Serve Prometheus metrics (/metrics) and a health check (/healthz) on this port (0: any free "
+                   "port, logged).")
+@click.option("--metrics-host", default="0.0.0.0", show_default=True, envvar="MSGTRACE_METRICS_HOST",
+              help="Address the metrics port binds to (127.0.0.1: this host only).")
+@click.option("--unhealthy-after", type=click.FloatRange(1), default=60.0, show_default=True,
+              help="/healthz answers 503 once the store or Kafka has failed this many seconds, or records "
+                   "wait with no commit for as long.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="Least severe log level written to stderr.")
 @click.option("--log-json", is_flag=True, help="Log JSON lines instead of logfmt.")
 @json_option
 @handle_errors
 def collect(bootstrap: str | None, audit_topic: str, store_url: str | None, group_id: str, until_idle: bool,
-            batch_events: int, batch_wait: float, startup_timeout: float, log_level: str, log_json: bool,
-            as_json: bool) -> None:
-    """Collect audit events from Kafka into ClickHouse (at least once, de-duplicated)."""
+            batch_events: int, batch_wait: float, startup_timeout: float, metrics_port: int | None,
+            metrics_host: str, unhealthy_after: float, log_level: str, log_json: bool, as_json: bool) -> None:
+    """Collect audit events from Kafka into ClickHouse (at least once, de-duplicated).
+
+    Run several with the same --group to share the audit topic's partitions: a rebalance (one
+    joins, one dies) loses nothing and stores nothing twice by event id.
+    """
     from .consumer import CollectorConfig, run_collector
+    from .types import CollectorStats
 
     setup_logging(log_level, log_json)
+    stats = CollectorStats()
+    metrics = None
+    if metrics_port is not None:
+        from tracer.errors import ConfigError
+        from tracer.store import parse_store_url, default_store_url
+
+        from .decode import FAST_C
+        from .metrics import MetricsServer
+
+        labels = {"group": group_id, "topic": audit_topic, "decoder": "c" if FAST_C else "python",
+                  "store": parse_store_url(store_url or default_store_url()).redacted()}
+        try:
+            metrics = MetricsServer(stats, metrics_port, metrics_host, labels=labels,
+                                    unhealthy_after=unhealthy_after)
+        except OSError as e:
+            raise ConfigError(f"cannot serve metrics on {metrics_host}:{metrics_port}: "
+                              f"{e.strerror or e}") from None
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -128,8 +158,10 @@ def collect(bootstrap: str | None, audit_topic: str, store_url: str | None, grou
             live.update(_status_text(stats, state, rate))
     try:
         stats = run_collector(bootstrap or "", audit_topic, store_url, group_id, until_idle, config=cfg, stop=stop,
-                              on_status=on_status)
+                              on_status=on_status, stats=stats)
     finally:
+        if metrics is not None:
+            metrics.close()
         if live is not None:
             live.stop()
         for sig, handler in previous.items():

@@ -366,12 +366,13 @@ def run_collector(bootstrap: str, topic: str, store_url: str | None, group_id: s
                   until_idle: bool = False, *, config: CollectorConfig | None = None,
                   stop: threading.Event | None = None,
                   on_status: Callable[[CollectorStats, str], None] | None = None,
-                  init_schema: bool = True) -> CollectorStats:
+                  init_schema: bool = True, stats: CollectorStats | None = None) -> CollectorStats:
     """Collect the audit topic into the store; returns the run's stats.
 
     ``until_idle``: drain the topic (every assigned partition read to its end and
     committed) and return. Otherwise run until ``stop`` is set. Kafka that cannot be
-    reached at start is retried until ``config.startup_timeout_s``.
+    reached at start is retried until ``config.startup_timeout_s``. ``stats``: the object to
+    count into (e.g. one a metrics server already reads); a new one by default.
     """
     from tracer.store import Store
 
@@ -385,10 +386,10 @@ def run_collector(bootstrap: str, topic: str, store_url: str | None, group_id: s
 
         cfg = dataclasses.replace(cfg, give_up_after_s=300.0)
     stop = stop or threading.Event()
-    stats = CollectorStats()
+    stats = stats if stats is not None else CollectorStats()
     store = Store(store_url, lock_timeout=cfg.store_lock_timeout_s)
     if init_schema:
-        _init_schema(store, cfg, stop)
+        _init_schema(store, cfg, stop, stats)
     proc_box: list[Processor] = []
     listener = _listener_proxy(proc_box)
     backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s)
@@ -401,12 +402,14 @@ def run_collector(bootstrap: str, topic: str, store_url: str | None, group_id: s
         except AuditSourceUnavailable as e:
             stats.kafka_failures += 1
             backoff.failed()
+            stats.kafka_down_since, stats.last_error = backoff.since, str(e)
             state.set("unavailable", error=str(e))
             if stop.is_set() or (until_idle and time.monotonic() > start_deadline):
                 store.close()
                 raise
             backoff.wait(time.monotonic() + backoff.delay)
     state.set("ok")
+    stats.kafka_down_since = None
     proc = Processor(consumer, topic, store, cfg, stats, until_idle=until_idle, stop=stop, on_status=on_status)
     proc_box.append(proc)
     from .decode import FAST_C
@@ -472,7 +475,7 @@ def _listener_proxy(box: list[Processor]) -> Any:
     return _ListenerProxy(box)
 
 
-def _init_schema(store: Any, cfg: CollectorConfig, stop: threading.Event) -> None:
+def _init_schema(store: Any, cfg: CollectorConfig, stop: threading.Event, stats: CollectorStats) -> None:
     """Create the tables if needed, waiting (with backoff) for a store that is not up yet."""
     from tracer.errors import QueryError, StoreError
 
@@ -483,11 +486,13 @@ def _init_schema(store: Any, cfg: CollectorConfig, stop: threading.Event) -> Non
         try:
             store.init_schema()
             state.set("ok")
+            stats.store_down_since = None
             return
         except QueryError:
             raise
         except StoreError as e:
             backoff.failed()
+            stats.store_down_since, stats.last_error = backoff.since, str(e)
             state.set("unavailable", error=str(e))
             if stop.is_set() or time.monotonic() > deadline:
                 raise
