@@ -171,11 +171,11 @@ class StoreLookup:
         out: dict[str, str] = {}
         for chunk in _chunks(msg_ids):
             rows = self.store.query(
-                "SELECT msg_id, any(topic) AS topic FROM {db:Identifier}.trace_events "
+                "SELECT msg_id, any(topic) AS known_topic FROM {db:Identifier}.trace_events "
                 "WHERE msg_id IN (SELECT arrayJoin({ids:Array(String)})) AND mq = 'rocketmq' AND topic != '' "
                 "AND stage IN ('sent', 'send_failed', 'broker_acked', 'rolled_back') GROUP BY msg_id",
                 {"ids": list(chunk)})
-            out.update((r["msg_id"], r["topic"]) for r in rows)
+            out.update((r["msg_id"], r["known_topic"]) for r in rows)
         return out
 
     def receipts(self, msg_ids: Sequence[str]) -> dict[tuple[str, str], Receipt]:
