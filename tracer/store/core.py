@@ -145,6 +145,8 @@ def _arrow_type(ch_type: str):  # -> pa.DataType
     t = ch_type.strip()
     if t.startswith("Nullable(") and t.endswith(")"):
         return _arrow_type(t[9:-1])
+    if t.startswith("LowCardinality(") and t.endswith(")"):  # modern schema (tracer.store.schema)
+        return _arrow_type(t[15:-1])
     if t.startswith("Array(") and t.endswith(")"):
         return pa.list_(_arrow_type(t[6:-1]))
     simple = {"String": pa.string(), "UInt8": pa.uint8(), "UInt16": pa.uint16(), "UInt32": pa.uint32(),
@@ -205,8 +207,9 @@ class Backend:
 
     engine = ""
 
-    def execute(self, sql: str, params: Mapping[str, Any] | None,
-                small: bool = False) -> tuple[list[str], list[tuple]]:
+    def execute(self, sql: str, params: Mapping[str, Any] | None, small: bool = False,
+                settings: Mapping[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+        """Run one statement; ``settings``: ClickHouse settings for this query alone."""
         raise NotImplementedError
 
     def insert(self, table: str, columns: Mapping[str, Sequence[Any]], types: Mapping[str, str]) -> None:
@@ -329,8 +332,9 @@ class ChdbBackend(Backend):
         finally:
             self._release_file_lock()
 
-    def execute(self, sql: str, params: Mapping[str, Any] | None,
-                small: bool = False) -> tuple[list[str], list[tuple]]:
+    def execute(self, sql: str, params: Mapping[str, Any] | None, small: bool = False,
+                settings: Mapping[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+        # settings: only cluster settings are passed (tracer.store.cluster), and chDB is never a cluster
         fmt = "JSONCompact" if small else "Arrow"
         with self.session():
             try:
@@ -463,7 +467,10 @@ class ClickHouseBackend(Backend):
         self._client = Client(host=url.host, port=url.port, user=url.user, password=url.password,
                               database="default", secure=url.secure, connect_timeout=connect_timeout,
                               send_receive_timeout=timeout, sync_request_timeout=connect_timeout,
-                              settings={"use_numpy": False})
+                              # insert_distributed_sync: an insert into a Distributed table (a cluster,
+                              # tracer.store.cluster) returns once the shards have the rows, so offsets
+                              # are committed after the data is stored; no effect on other tables
+                              settings={"use_numpy": False, "insert_distributed_sync": 1})
 
     def _call(self, fn, *args, **kwargs):
         from clickhouse_driver import errors as ce
@@ -482,11 +489,14 @@ class ClickHouseBackend(Backend):
                 self._client.disconnect()
                 raise StoreError(f"ClickHouse client error: {_first_line(str(e))}") from None
 
-    def execute(self, sql: str, params: Mapping[str, Any] | None,
-                small: bool = False) -> tuple[list[str], list[tuple]]:
+    def execute(self, sql: str, params: Mapping[str, Any] | None, small: bool = False,
+                settings: Mapping[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
         if params:
             sql = self._render(sql, params)
-        rows, cols = self._call(self._client.execute, sql, with_column_types=True)
+        if settings:
+            rows, cols = self._call(self._client.execute, sql, with_column_types=True, settings=dict(settings))
+        else:
+            rows, cols = self._call(self._client.execute, sql, with_column_types=True)
         return [c[0] for c in cols], rows
 
     @staticmethod
@@ -535,6 +545,8 @@ class Store:
         else:
             self.backend = ClickHouseBackend(self.url)
         self._types: dict[str, dict[str, str]] = {}
+        self._cluster: Any = _UNKNOWN  # ClusterInfo | None once asked (tracer.store.cluster)
+        self._shards: Any = None  # ShardRunner, for shard-local per-shard queries
 
     @property
     def engine(self) -> str:
@@ -553,29 +565,66 @@ class Store:
         return self.backend.session()
 
     def close(self) -> None:
+        if self._shards is not None:
+            self._shards.close()
+            self._shards = None
         self.backend.close()
+
+    # --- cluster ---------------------------------------------------------------
+    def cluster_info(self) -> Any:
+        """The cluster behind this store's Distributed tables (a ``tracer.store.cluster.ClusterInfo``),
+        None for one server or chDB. Asked once per Store (one query), again after ``init_schema``."""
+        if self._cluster is _UNKNOWN:
+            if self.backend.engine != "clickhouse":
+                self._cluster = None
+            else:
+                from tracer.store.cluster import detect
+
+                self._cluster = detect(self.backend.execute, self.database)
+        return self._cluster
+
+    def _cluster_rows(self, info: Any, sql: str, params: Mapping[str, Any] | None, small: bool,
+                      shard_local: Any) -> tuple[list[str], list[tuple]]:
+        from tracer.store.cluster import ShardLocal, ShardRunner, declared, global_in
+
+        mode = shard_local or declared(sql)
+        if mode is ShardLocal.PER_SHARD:
+            local_sql = info.to_local(sql)
+            if local_sql is not None:
+                if self._shards is None:
+                    self._shards = ShardRunner(info, self.url, self.backend)
+                return self._shards.run(local_sql, params)  # type: ignore[no-any-return]
+        settings = {"distributed_group_by_no_merge": 1} if mode is ShardLocal.GROUP_BY else None
+        return self.backend.execute(global_in(sql), params, small, settings)
 
     # --- SQL ----------------------------------------------------------------
     def render_identifiers(self, sql: str) -> str:
         return sql.replace("{db:Identifier}", f"`{self.database}`")
 
-    def rows(self, sql: str, params: Mapping[str, Any] | None = None, *,
-             small: bool = False) -> tuple[list[str], list[tuple]]:
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None, *, small: bool = False,
+             shard_local: Any = None) -> tuple[list[str], list[tuple]]:
         """Run a statement; return (column names, row tuples). ``small``: a result of a few rows, read
-        without pyarrow on chDB (start-up of short commands)."""
-        return self.backend.execute(self.render_identifiers(sql), params, small)
+        without pyarrow on chDB (start-up of short commands). ``shard_local``: a
+        ``tracer.store.cluster.ShardLocal`` (or the statement's ``-- msgtrace: shard-local ...`` line):
+        how the statement may use the sharding by msg_id on a cluster; ignored elsewhere."""
+        sql = self.render_identifiers(sql)
+        if self.backend.engine == "clickhouse":
+            info = self.cluster_info()
+            if info is not None:
+                return self._cluster_rows(info, sql, params, small, shard_local)
+        return self.backend.execute(sql, params, small)
 
-    def query(self, sql: str, params: Mapping[str, Any] | None = None, *,
-              small: bool = False) -> list[dict[str, Any]]:
+    def query(self, sql: str, params: Mapping[str, Any] | None = None, *, small: bool = False,
+              shard_local: Any = None) -> list[dict[str, Any]]:
         """Run a statement; return rows as dicts."""
-        names, rows = self.rows(sql, params, small=small)
+        names, rows = self.rows(sql, params, small=small, shard_local=shard_local)
         return [dict(zip(names, r)) for r in rows]
 
-    def query_file(self, name: str, params: Mapping[str, Any] | None = None, *,
-                   small: bool = False) -> list[dict[str, Any]]:
+    def query_file(self, name: str, params: Mapping[str, Any] | None = None, *, small: bool = False,
+                   shard_local: Any = None) -> list[dict[str, Any]]:
         """Run ``queries/<name>.sql`` (one statement)."""
         try:
-            return self.query(load_sql(name), params, small=small)
+            return self.query(load_sql(name), params, small=small, shard_local=shard_local)
         except QueryError as e:
             e.query_name = name
             raise
@@ -591,10 +640,40 @@ class Store:
                 self.command(s)
         return len(stmts)
 
-    def init_schema(self) -> None:
-        """Create the database and tables; safe to run again."""
-        self.run_script("schema")
+    def init_schema(self, *, cluster: str | None = None, features: Any = "auto",
+                    keep_days: int | None = None) -> list[str]:
+        """Create the database and tables; safe to run again. Return the statements run: none when
+        every table exists already and nothing else is asked (so a collector whose user may not run
+        DDL starts on a prepared store). ``cluster``: Replicated local tables and Distributed tables
+        on every node of that cluster (``ON CLUSTER``); ``features``: ``tracer.store.schema.Feature``
+        or its text form (``auto``, ``baseline``, ``lowcardinality,codecs,ttl``); ``keep_days``: a
+        TTL where the server has TTL (see :mod:`tracer.store.schema`)."""
+        if cluster is None and keep_days is None and features == "auto" and self.schema_present():
+            return []
+        stmts = self.schema_statements(cluster=cluster, features=features, keep_days=keep_days)
+        with self.session():
+            for s in stmts:
+                self.backend.execute(s, None)
         self._types.clear()
+        self._cluster = _UNKNOWN
+        return stmts
+
+    def schema_statements(self, *, cluster: str | None = None, features: Any = "auto",
+                          keep_days: int | None = None, version: str | None = None) -> list[str]:
+        """The DDL ``init_schema`` runs (``db init --print``); ``version`` instead of asking the server."""
+        from tracer.store.schema import Feature, SchemaOptions, parse_features, render_schema
+
+        if not isinstance(features, Feature):
+            features = parse_features(str(features), version or self.server_version())
+        return render_schema(self.database, SchemaOptions(features, cluster, keep_days))
+
+    def schema_present(self) -> bool:
+        """Whether every table of ``queries/schema.sql`` exists in the database."""
+        from tracer.store.schema import schema_tables
+
+        names, rows = self.backend.execute("SELECT name FROM system.tables WHERE database = {db:String}",
+                                           {"db": self.database}, True)
+        return set(schema_tables()) <= {r[0] for r in rows}
 
     def server_version(self) -> str:
         return str(self.rows("SELECT version()")[1][0][0])
@@ -636,6 +715,9 @@ class Store:
             "ORDER BY ts_us, seq, event_id LIMIT 1 BY event_id",
             {"msg_id": msg_id}, small=True)
         return [from_row(r) for r in rows]
+
+
+_UNKNOWN = object()
 
 
 def open_store(url: str | None = None, **kwargs: Any) -> Store:
