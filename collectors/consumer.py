@@ -95,6 +95,8 @@ class Processor:
         self._assigned_news: list[Any] | None = None
         self.paused = False
         self.assigned: set[Partition] = set()
+        #: partition -> the group's committed offset as this collector knows it (what lag counts from)
+        self.committed_at: dict[Partition, int] = {}
         self.kafka_state = StateLog("kafka")
         self.kafka_backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s)
         self.commit_step = CommitStep(self._commit, stats, backoff=Backoff(cfg.backoff_initial_s, cfg.backoff_max_s))
@@ -125,6 +127,8 @@ class Processor:
             return
         try:
             self.consumer.commit(live)
+            for tp, om in live.items():
+                self.committed_at[Partition(tp.topic, tp.partition)] = om.offset
         except (CommitFailedError, IllegalStateError) as e:
             # The group rebalanced: these partitions are someone else's now. The rows are
             # stored; the new owner re-reads from the last commit and the store de-duplicates.
@@ -176,6 +180,7 @@ class Processor:
 
     def _take_assignment(self, assigned: list[Any]) -> None:
         self.assigned = {Partition(tp.topic, tp.partition) for tp in assigned}
+        self.committed_at = {}
         self.paused = False
         for tp in assigned:
             p = Partition(tp.topic, tp.partition)
@@ -190,7 +195,12 @@ class Processor:
                 continue
             if om is None:  # never committed: no collector wrote anything (the intent comes first)
                 self.window_budget.pop(p, None)
+                try:  # the lag counts from the log start
+                    self.committed_at[p] = int(self.consumer.beginning_offsets([tp])[tp])
+                except Exception:
+                    pass
                 continue
+            self.committed_at[p] = int(om.offset)
             meta = getattr(om, "metadata", None)
             if meta is None:  # a broker that drops commit metadata (Tansu)
                 continue
@@ -260,10 +270,10 @@ class Processor:
         return n
 
     def _lag(self, exact: bool = False) -> int | None:
-        """Records behind the log ends over the assigned partitions (None: not known yet).
+        """Records of the assigned partitions not yet stored and committed (None: not known yet).
 
-        Also refreshes ``stats.lag_by_partition`` (records not yet read per partition; the
-        records read but not yet decoded are counted in the total only)."""
+        Per partition: the log end minus the committed offset (records read and still in the
+        pipeline count: they are not safe yet), also kept in ``stats.lag_by_partition``."""
         if not self.assigned:
             self.stats.lag_by_partition = {}
             return None
@@ -276,11 +286,12 @@ class Processor:
                 end = ends.get(tp)
                 if end is None:
                     return None
-                by_partition[p] = max(0, end - self.consumer.position(tp))
+                start = self.committed_at.get(p)
+                by_partition[p] = max(0, end - (start if start is not None else self.consumer.position(tp)))
         except Exception:
             return None
         self.stats.lag_by_partition = by_partition
-        return sum(by_partition.values()) + len(self.held)
+        return sum(by_partition.values())
 
     def _status(self, force: bool = False) -> None:
         now = time.monotonic()
