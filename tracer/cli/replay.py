@@ -2,12 +2,21 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Self
 
 import click
 
 from tracer.cli.reconcile import parse_duration, resolve_window, window_options
-from tracer.cli.util import EXIT_LOST, EXIT_OK, audit_topic_option, err, handle_errors, json_option, out, store_option
+from tracer.cli.util import (
+    EXIT_LOST,
+    EXIT_OK,
+    audit_topic_option,
+    err,
+    handle_errors,
+    json_option,
+    out,
+    store_option,
+)
 from tracer.errors import ConfigError
 
 SHARED_TOPIC_HELP = (
@@ -24,7 +33,11 @@ def read_ids(path: str | None, ids: tuple[str, ...]) -> list[str] | None:
     out = list(ids)
     if path is not None:
         try:
-            text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8-sig").read()
+            if path == "-":
+                text = sys.stdin.read()
+            else:
+                with open(path, encoding="utf-8-sig") as f:
+                    text = f.read()
         except OSError as e:
             raise ConfigError(f"cannot read --ids {path}: {e.strerror}") from None
         except UnicodeDecodeError as e:
@@ -43,9 +56,15 @@ class _Progress:
         self._p: Any = None
         self._task: Any = None
 
-    def __enter__(self) -> "_Progress":
+    def __enter__(self) -> Self:
         if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+            )
 
             self._p = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                console=err, transient=True)
@@ -53,7 +72,7 @@ class _Progress:
             self._task = self._p.add_task("replay", total=None)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._p is not None:
             self._p.stop()
 

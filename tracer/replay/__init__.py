@@ -12,9 +12,31 @@ producer's local store (the source of truth, e.g. an outbox table) what the brok
 * :mod:`tracer.replay.core`: :func:`replay`, all of it in order.
 """
 from tracer.replay.core import ReplayOptions, ReplayResult, Selection, plan, replay
-from tracer.replay.plan import REPLAY_ATTR, REPLAY_HEADER, REPLAYABLE, Item, Result, Source, Why
+from tracer.replay.plan import (
+           REPLAY_ATTR,
+           REPLAY_HEADER,
+           REPLAYABLE,
+           Item,
+           Result,
+           Source,
+           Why,
+)
 from tracer.replay.runs import ensure_schema
 from tracer.replay.sources import SourceOfTruth
 
-__all__ = ["REPLAY_ATTR", "REPLAY_HEADER", "REPLAYABLE", "Item", "ReplayOptions", "ReplayResult", "Result",
-           "Selection", "Source", "SourceOfTruth", "Why", "ensure_schema", "plan", "replay"]
+__all__ = [
+           "REPLAYABLE",
+           "REPLAY_ATTR",
+           "REPLAY_HEADER",
+           "Item",
+           "ReplayOptions",
+           "ReplayResult",
+           "Result",
+           "Selection",
+           "Source",
+           "SourceOfTruth",
+           "Why",
+           "ensure_schema",
+           "plan",
+           "replay",
+]

@@ -17,18 +17,37 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from tracer import verdicts as V
 from tracer.analysis.reconcile import fmt_us
 from tracer.errors import ConfigError, QueryError
 from tracer.replay.fetch import Fetcher
-from tracer.replay.plan import REPLAYABLE, Item, PlanOptions, Result, VerdictRow, Why, by_message, \
-    facts_from_events, plan_item
+from tracer.replay.plan import (
+    REPLAYABLE,
+    Item,
+    PlanOptions,
+    Result,
+    VerdictRow,
+    Why,
+    by_message,
+    facts_from_events,
+    plan_item,
+)
 from tracer.replay.publish import Publisher
-from tracer.replay.runs import ReplayRun, RunInfo, ensure_schema, events_of, prior_replays, reconcile_run, \
-    run_verdicts, who, write_run
+from tracer.replay.runs import (
+    ReplayRun,
+    RunInfo,
+    ensure_schema,
+    events_of,
+    prior_replays,
+    reconcile_run,
+    run_verdicts,
+    who,
+    write_run,
+)
 from tracer.replay.sources import BusinessKafka, SourceOfTruth
 from tracer.store import Store
 
@@ -192,6 +211,7 @@ def plan(store: Store, sel: Selection, opts: ReplayOptions, progress: Progress |
 def replay(store: Store, sel: Selection, opts: ReplayOptions, progress: Progress | None = None,
            advance: Callable[[], None] | None = None) -> ReplayResult:
     """Plan, read, publish (``opts.execute``) and store one replay run."""
+    sel.check()
     if opts.execute and not opts.bootstrap:
         raise ConfigError("--execute needs the business Kafka: --bootstrap HOST:PORT "
                           "(env MSGTRACE_BUSINESS_KAFKA_BOOTSTRAP)")

@@ -7,12 +7,20 @@ Reading changes nothing anywhere: a dry run does all of this.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from tracer.events import MSG_ID_HEADER
 from tracer.replay.plan import DlqHint, Item, Location, Message, Source, Why
-from tracer.replay.sources import DLQ_SLACK_S, BusinessKafka, Read, SourceOfTruth, header, to_message
+from tracer.replay.sources import (
+    DLQ_SLACK_S,
+    BusinessKafka,
+    Read,
+    SourceOfTruth,
+    header,
+    to_message,
+)
 
 Progress = Callable[[str], None]
 
@@ -49,12 +57,12 @@ class Fetcher:
             if r is not None and r.why is None:
                 found[id(i)][Source.BUSINESS_TOPIC] = _Found(Source.BUSINESS_TOPIC, to_message(r.record),
                                                              i.location, r.note)
-        for i, f in self._dlq(todo, originals).items():
-            found[i][Source.DLQ] = f
+        for key, f in self._dlq(todo, originals).items():
+            found[key][Source.DLQ] = f
         need_truth = [i for i in todo if Source.SOURCE_OF_TRUTH in i.chain
                       and not any(s in found[id(i)] for s in i.chain if s != Source.SOURCE_OF_TRUTH)]
-        for i, f in self._truth(need_truth).items():
-            found[i][Source.SOURCE_OF_TRUTH] = f
+        for key, f in self._truth(need_truth).items():
+            found[key][Source.SOURCE_OF_TRUTH] = f
         for i in todo:
             got = next((found[id(i)][s] for s in i.chain if s in found[id(i)]), None)
             if got is not None:
@@ -147,9 +155,9 @@ class Fetcher:
             by_id: dict[str, Any] = {}
             by_body: dict[tuple[bytes | None, bytes | None], list[Any]] = {}
             for r in records:
-                h = header(r, MSG_ID_HEADER)
-                if h is not None:
-                    by_id[h.decode("utf-8", "replace")] = r  # the latest copy wins
+                hv = header(r, MSG_ID_HEADER)
+                if hv is not None:
+                    by_id[hv.decode("utf-8", "replace")] = r  # the latest copy wins
                 else:
                     by_body.setdefault((r.key, r.value), []).append(r)
             for i, _ in pairs:

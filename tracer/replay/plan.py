@@ -18,9 +18,10 @@ reads of :func:`load_facts`; the decisions are plain functions (unit-tested with
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from tracer import verdicts as V
 from tracer.analysis.reconcile import fmt_us
@@ -241,15 +242,16 @@ def facts_from_events(rows: Sequence[Mapping[str, Any]]) -> Facts:
 
 def dlq_hint(r: Mapping[str, Any], business_topic: str) -> DlqHint:
     """The DLQ of a dead_lettered event: attrs ``dlq_topic`` (or ``dlq``), else the event's topic when it
-    is not the business topic (``record("dead_lettered", id, topic=DLQ)``, as the demo does). Its copy's
-    partition/offset: attrs ``dlq_partition``/``dlq_offset``, else the event's own when it names the DLQ."""
+    is not the business topic (``record("dead_lettered", id, topic=DLQ)``, as the demo does). Where its
+    copy is: attrs ``dlq_partition`` and ``dlq_offset`` only; the event's own partition/offset are the
+    business record's when it was recorded from the consumer record (``record(stage, record, ...)``)."""
     a = attrs_of(r)
     named = a.get("dlq_topic") or a.get("dlq") or ""
     topic = named or (r["topic"] if r["topic"] and r["topic"] != business_topic else "")
     part, off = _int_or_none(a.get("dlq_partition")), _int_or_none(a.get("dlq_offset"))
-    if part is None and topic and r["topic"] == topic and r["part"] >= 0 and r["off"] >= 0:
-        part, off = int(r["part"]), int(r["off"])
-    return DlqHint(topic, int(r["ts_us"]), part, off if part is not None else None)
+    if part is None or off is None:
+        part = off = None
+    return DlqHint(topic, int(r["ts_us"]), part, off)
 
 
 # --- the plan ------------------------------------------------------------------------
@@ -302,7 +304,7 @@ def plan_item(msg_id: str, rows: Sequence[VerdictRow], facts: Facts, prior: Mapp
     if opts.has_source_of_truth:
         item.chain.append(Source.SOURCE_OF_TRUTH)
     if not item.chain:
-        v = sorted(kinds, key=_verdict_order)[0]
+        v = min(kinds, key=_verdict_order)
         item.skip(Why.NO_SOURCE_OF_TRUTH, f"{v}: the broker does not have it; give --source-sql and --source-dsn "
                                           "to rebuild it from the source of truth (e.g. an outbox table)")
         return item

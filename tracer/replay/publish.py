@@ -12,14 +12,17 @@ A producer is only ever created here, and only by ``--execute``: a dry run never
 """
 from __future__ import annotations
 
+import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from tracer.errors import ConfigError, describe
 from tracer.events import MSG_ID_HEADER
 from tracer.replay.plan import REPLAY_ATTR, REPLAY_HEADER, Item, Location, Result, Why
 
 TRACEPARENT = "traceparent"
+log = logging.getLogger("msgtrace.replay")
 
 
 class Pacer:
@@ -92,8 +95,8 @@ class Publisher:
                     sent.append((item, fut))
             try:
                 producer.flush(timeout=self.timeout_s)
-            except Exception:  # what was not acknowledged is judged per message below
-                pass
+            except Exception as e:  # noqa: BLE001 - what was not acknowledged is judged per message below
+                log.info("flush of the replay producer: %s", describe(e))
             for item, fut in sent:
                 if not fut.is_done:
                     item.fail(Why.NO_ACK, f"no acknowledgement within {self.timeout_s:.0f} s: it may or may not "
@@ -107,8 +110,8 @@ class Publisher:
         finally:
             try:
                 producer.close(timeout=self.timeout_s)
-            except Exception:
-                pass
+            except Exception as e:  # noqa: BLE001 - every result is known by now
+                log.info("closing the replay producer: %s", describe(e))
 
     def _send(self, producer: Any, item: Item, advance: Callable[[], None] | None) -> Any:
         msg = item.message
@@ -123,7 +126,7 @@ class Publisher:
         t.record("sent", item.msg_id, attrs=attrs, **common)
         try:
             fut = producer.send(topic, value=msg.value, key=msg.key, headers=headers)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - kafka-python raises several kinds; each fails this message
             t.record("send_failed", item.msg_id, error=describe(e), attrs=attrs, **common)
             item.fail(Why.SEND_FAILED, f"the send raised: {describe(e)}")
             if advance:

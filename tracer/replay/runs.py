@@ -10,8 +10,9 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from tracer.errors import ConfigError
 from tracer.replay.plan import Item, Result, VerdictRow
@@ -85,7 +86,7 @@ def who() -> tuple[str, str]:
     if not user:
         try:
             user = getpass.getuser()
-        except Exception:
+        except Exception:  # noqa: BLE001 - no login name (a container): unknown
             user = "unknown"
     return user, socket.gethostname()
 
