@@ -323,3 +323,62 @@ def test_selection_check():
     with pytest.raises(ConfigError):
         Selection().check()
     Selection(ids=["a"]).check()
+
+
+# --- what the broker still holds (a scripted consumer: Tansu keeps no retention) ---------------
+
+class _Rec:
+    def __init__(self, topic: str, p: int, o: int, mid: str | None) -> None:
+        self.topic, self.partition, self.offset, self.key, self.value = topic, p, o, b"k", b"v%d" % o
+        self.headers = [("msgtrace-id", mid.encode())] if mid else []
+
+
+class _Log:
+    """A partition whose log starts at 10 (retention deleted 0..9), ends at 2000, has offset 15 compacted
+    away and offset 1500 written without headers; poll() returns 100 records from the position."""
+
+    def __init__(self) -> None:
+        self.pos = 0
+        self.seeks: list[int] = []
+        self.recs = {o: _Rec("paid", 0, o, None if o == 1500 else f"m{o}") for o in range(10, 2000) if o != 15}
+
+    def partitions_for_topic(self, topic: str):
+        return {0} if topic == "paid" else set()
+
+    def beginning_offsets(self, tps):
+        return {tp: 10 for tp in tps}
+
+    def end_offsets(self, tps):
+        return {tp: 2000 for tp in tps}
+
+    def assign(self, tps) -> None:
+        pass
+
+    def seek(self, tp, o: int) -> None:
+        self.pos = o
+        self.seeks.append(o)
+
+    def poll(self, timeout_ms: int = 0, max_records: int | None = None):
+        batch = [self.recs[o] for o in range(self.pos, min(self.pos + 100, 2000)) if o in self.recs]
+        self.pos = min(self.pos + 100, 2000)
+        from kafka.structs import TopicPartition
+
+        return {TopicPartition("paid", 0): batch} if batch else {}
+
+
+def test_the_log_bounds_and_the_record_s_identity_decide_what_the_broker_can_supply():
+    from tracer.replay.sources import BusinessKafka
+
+    k = object.__new__(BusinessKafka)
+    k.bootstrap, k.timeout_s, k._parts, k._c = "b:9092", 1.0, {}, _Log()
+    want = {Location("paid", 0, o): f"m{o}" for o in (3, 12, 15, 20, 1500, 1700, 2000)}
+    want[Location("paid", 0, 30)] = "another"
+    want[Location("gone", 0, 1)] = "m1"
+    got = k.read(list(want), want)
+    why = {loc.offset if loc.topic == "paid" else "gone": (r.why, r.record is not None) for loc, r in got.items()}
+    assert why == {3: (Why.BELOW_LOG_START, False), 12: (None, True), 15: (Why.NOT_AT_OFFSET, False),
+                   20: (None, True), 30: (Why.OFFSET_REUSED, False), 1500: (None, True), 1700: (None, True),
+                   2000: (Why.BEYOND_LOG_END, False), "gone": (Why.TOPIC_GONE, False)}
+    assert "retention deleted it" in got[Location("paid", 0, 3)].text and "10" in got[Location("paid", 0, 3)].text
+    assert "identity is not verified" in got[Location("paid", 0, 1500)].note
+    assert k._c.seeks == [12, 1500]  # reads on across near offsets (30 to 1700 via 1500), seeks over a gap

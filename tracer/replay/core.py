@@ -52,6 +52,8 @@ from tracer.replay.sources import BusinessKafka, SourceOfTruth
 from tracer.store import Store
 
 Progress = Callable[..., None]  # (text, total=None)
+#: messages read (and published) at a time
+CHUNK = 5000
 
 
 @dataclass(slots=True)
@@ -226,32 +228,50 @@ def replay(store: Store, sel: Selection, opts: ReplayOptions, progress: Progress
                   "source": opts.source.describe() if opts.source else None, "bootstrap": bool(opts.bootstrap)}
     run.reconcile, items = plan(store, sel, opts, progress)
     result = ReplayResult(run, items, opts.to_topic)
-    kafka = None
     try:
-        if any(i.open for i in items) and opts.bootstrap:
-            kafka = BusinessKafka(opts.bootstrap, timeout_s=min(opts.timeout_s, 10.0))
-        Fetcher(kafka, opts.source, opts.dlq_scan_limit, progress).resolve(items)
-        ready = [i for i in items if i.result == Result.PLANNED and i.message is not None]
-        if kafka is not None and ready:
-            _check_targets(kafka, ready, opts)
-            ready = [i for i in ready if i.result == Result.PLANNED]
+        _fetch_and_publish(store, run, items, opts, result, progress, advance)
+    finally:  # what was published is stored even when a later step fails
+        run.finished_us = _now()
+        with store.session():
+            write_run(store, run, items)
+    return result
+
+
+def _fetch_and_publish(store: Store, run: ReplayRun, items: list[Item], opts: ReplayOptions, result: ReplayResult,
+                       progress: Progress | None, advance: Callable[[], None] | None) -> None:
+    """Read the messages and (``execute``) re-publish them, CHUNK at a time: the bytes of one chunk
+    are held in memory at once, not those of the whole run."""
+    todo = [i for i in items if i.open]
+    kafka = BusinessKafka(opts.bootstrap, timeout_s=min(opts.timeout_s, 10.0)) if todo and opts.bootstrap else None
+    fetcher = Fetcher(kafka, opts.source, opts.dlq_scan_limit, progress)
+    tracer: Any = None
+    publisher: Publisher | None = None
+    try:
+        for k in range(0, len(todo), CHUNK):
+            chunk = todo[k:k + CHUNK]
+            fetcher.resolve(chunk)
+            ready = [i for i in chunk if i.result == Result.PLANNED and i.message is not None]
+            if kafka is not None and ready:
+                _check_targets(kafka, ready, opts)
+                ready = [i for i in ready if i.result == Result.PLANNED]
+            if opts.execute and ready:
+                if publisher is None:
+                    tracer = (opts.tracer_factory or _tracer_factory(store, opts))()
+                    publisher = Publisher(opts.bootstrap or "", run.run_id, tracer, opts.rate, opts.timeout_s)
+                if progress:
+                    progress(f"re-publishing {len(ready)} messages", len(ready))
+                publisher.publish(ready, advance)
+            for i in chunk:
+                i.message = None  # published or not, its bytes are no longer needed
     finally:
         if kafka is not None:
             kafka.close()
         if opts.source is not None:
             opts.source.close()
-    if opts.execute and ready:
-        tracer = (opts.tracer_factory or _tracer_factory(store, opts))()
-        try:
-            if progress:
-                progress(f"re-publishing {len(ready)} messages", len(ready))
-            Publisher(opts.bootstrap or "", run.run_id, tracer, opts.rate, opts.timeout_s).publish(ready, advance)
-        finally:
+        if publisher is not None:
+            publisher.close()
+        if tracer is not None:
             result.audit_shipped = bool(tracer.close(timeout=opts.timeout_s))
-    run.finished_us = _now()
-    with store.session():
-        write_run(store, run, items)
-    return result
 
 
 def _check_targets(kafka: BusinessKafka, ready: Sequence[Item], opts: ReplayOptions) -> None:

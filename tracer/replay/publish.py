@@ -67,6 +67,7 @@ class Publisher:
         self.bootstrap, self.run_id, self.tracer = bootstrap, run_id, tracer
         self.pacer = Pacer(rate)
         self.timeout_s = timeout_s
+        self._p: Any = None
 
     def _producer(self) -> Any:
         from kafka import KafkaProducer
@@ -85,31 +86,35 @@ class Publisher:
         todo = [i for i in items if i.result == Result.PLANNED and i.message is not None]
         if not todo:
             return
-        producer = self._producer()
+        if self._p is None:
+            self._p = self._producer()
+        producer = self._p
         sent: list[tuple[Item, Any]] = []
+        for item in todo:
+            self.pacer.wait()
+            fut = self._send(producer, item, advance)
+            if fut is not None:
+                sent.append((item, fut))
         try:
-            for item in todo:
-                self.pacer.wait()
-                fut = self._send(producer, item, advance)
-                if fut is not None:
-                    sent.append((item, fut))
+            producer.flush(timeout=self.timeout_s)
+        except Exception as e:  # noqa: BLE001 - what was not acknowledged is judged per message below
+            log.info("flush of the replay producer: %s", describe(e))
+        for item, fut in sent:
+            if not fut.is_done:
+                item.fail(Why.NO_ACK, f"no acknowledgement within {self.timeout_s:.0f} s: it may or may not "
+                                      "have been stored (check trace-msg before replaying again)")
+            elif fut.succeeded():
+                md = fut.value
+                item.result = Result.PUBLISHED
+                item.published = Location(md.topic, md.partition, md.offset)
+            else:
+                item.fail(Why.SEND_FAILED, f"the broker refused it: {describe(fut.exception)}")
+
+    def close(self) -> None:
+        p, self._p = self._p, None
+        if p is not None:
             try:
-                producer.flush(timeout=self.timeout_s)
-            except Exception as e:  # noqa: BLE001 - what was not acknowledged is judged per message below
-                log.info("flush of the replay producer: %s", describe(e))
-            for item, fut in sent:
-                if not fut.is_done:
-                    item.fail(Why.NO_ACK, f"no acknowledgement within {self.timeout_s:.0f} s: it may or may not "
-                                          "have been stored (check trace-msg before replaying again)")
-                elif fut.succeeded():
-                    md = fut.value
-                    item.result = Result.PUBLISHED
-                    item.published = Location(md.topic, md.partition, md.offset)
-                else:
-                    item.fail(Why.SEND_FAILED, f"the broker refused it: {describe(fut.exception)}")
-        finally:
-            try:
-                producer.close(timeout=self.timeout_s)
+                p.close(timeout=self.timeout_s)
             except Exception as e:  # noqa: BLE001 - every result is known by now
                 log.info("closing the replay producer: %s", describe(e))
 
