@@ -192,7 +192,10 @@ class Item:
             return "the source of truth"
         if self.source is not None and self.source_loc is not None:
             return f"{'the DLQ ' if self.source == Source.DLQ else ''}{self.source_loc}"
-        return " or ".join(s.value for s in self.chain) or "-"
+        where = {Source.BUSINESS_TOPIC: str(self.location) if self.location else "the business topic",
+                 Source.DLQ: f"the DLQ {self.dlq[-1].topic}" if self.dlq and self.dlq[-1].topic else "the DLQ",
+                 Source.SOURCE_OF_TRUTH: "the source of truth"}
+        return " or ".join(where[s] for s in self.chain) or "-"
 
 
 # --- facts from events ---------------------------------------------------------------
