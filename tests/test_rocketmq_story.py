@@ -65,11 +65,12 @@ def test_story_reconciles_as_documented(store_url, mode):
     if mode == "with_hooks":
         trace_args += ["--hooked-group", story.GROUP]
     code, out = run(trace_args)
+    assert code == 0
     stats = json.loads(out)
     assert stats["quarantined"] == 1 and stats["skipped"] == 1  # the truncated body; the UNKNOW check-back
     if mode == "with_hooks":
         code, out = run(["import", "events", str(EXAMPLE / "red-packet-hooks.ndjson"), "--store", store_url, "--json"])
-        assert json.loads(out)["stored"] == len(story.hook_events())
+        assert code == 0 and json.loads(out)["stored"] == len(story.hook_events())
     got = verdicts(reconcile_json(store_url))
     pending = []
     for case in story.CASES:
@@ -83,6 +84,7 @@ def test_story_reconciles_as_documented(store_url, mode):
             assert got[case.order][1] == story.FLAGS[case.order]
     # a re-import changes nothing
     code, out = run(trace_args)
+    assert code == 0
     again = json.loads(out)
     assert again["stored"] == 0 and again["quarantined"] == 0 and again["duplicates"] == stats["stored"]
     assert verdicts(reconcile_json(store_url)) == got
