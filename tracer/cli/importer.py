@@ -97,7 +97,12 @@ def rocketmq_trace(path: str, store_url: str | None, msg_id_from: str, consume_s
     The input is the bodies of the trace topic's messages as they are (records ended by \\x02, fields
     split by \\x01), one after the other or one per line; pipe a live dump in with -.
     """
-    from tracer.ingest import MsgIdFrom, RocketMQImportConfig, SuccessMeans, import_rocketmq_trace
+    from tracer.ingest import (
+        MsgIdFrom,
+        RocketMQImportConfig,
+        SuccessMeans,
+        import_rocketmq_trace,
+    )
     from tracer.store import Store
 
     config = RocketMQImportConfig(msg_id_from=MsgIdFrom(msg_id_from), success_means=SuccessMeans(consume_success),
