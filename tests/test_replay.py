@@ -334,8 +334,9 @@ class _Rec:
 
 
 class _Log:
-    """A partition whose log starts at 10 (retention deleted 0..9), ends at 2000, has offset 15 compacted
-    away and offset 1500 written without headers; poll() returns 100 records from the position."""
+    """A partition whose log starts at 10 (retention deleted 0..9), ends at 2000 but reports 1990 (as
+    Tansu 0.6 reports the last batch's base offset + 1), has offset 15 compacted away and offset 1500
+    written without headers; poll() returns up to 100 records from the position."""
 
     def __init__(self) -> None:
         self.pos = 0
@@ -349,7 +350,7 @@ class _Log:
         return {tp: 10 for tp in tps}
 
     def end_offsets(self, tps):
-        return {tp: 2000 for tp in tps}
+        return {tp: 1990 for tp in tps}
 
     def assign(self, tps) -> None:
         pass
@@ -371,14 +372,16 @@ def test_the_log_bounds_and_the_record_s_identity_decide_what_the_broker_can_sup
 
     k = object.__new__(BusinessKafka)
     k.bootstrap, k.timeout_s, k._parts, k._c = "b:9092", 1.0, {}, _Log()
-    want = {Location("paid", 0, o): f"m{o}" for o in (3, 12, 15, 20, 1500, 1700, 2000)}
+    want = {Location("paid", 0, o): f"m{o}" for o in (3, 12, 15, 20, 1500, 1700, 1995, 2000)}
     want[Location("paid", 0, 30)] = "another"
     want[Location("gone", 0, 1)] = "m1"
     got = k.read(list(want), want)
     why = {loc.offset if loc.topic == "paid" else "gone": (r.why, r.record is not None) for loc, r in got.items()}
     assert why == {3: (Why.BELOW_LOG_START, False), 12: (None, True), 15: (Why.NOT_AT_OFFSET, False),
                    20: (None, True), 30: (Why.OFFSET_REUSED, False), 1500: (None, True), 1700: (None, True),
-                   2000: (Why.BEYOND_LOG_END, False), "gone": (Why.TOPIC_GONE, False)}
+                   1995: (None, True), 2000: (Why.BEYOND_LOG_END, False), "gone": (Why.TOPIC_GONE, False)}
     assert "retention deleted it" in got[Location("paid", 0, 3)].text and "10" in got[Location("paid", 0, 3)].text
     assert "identity is not verified" in got[Location("paid", 0, 1500)].note
-    assert k._c.seeks == [12, 1500]  # reads on across near offsets (30 to 1700 via 1500), seeks over a gap
+    assert "past the partition's log end offset 1990" in got[Location("paid", 0, 2000)].text
+    # reads on across near offsets (30 to 1700 via 1500), seeks over a gap, then past the reported end
+    assert k._c.seeks == [12, 1500, 1995]

@@ -34,6 +34,8 @@ SEEK_GAP = 1000
 #: start a DLQ scan this long before the dead_lettered event (clock skew, DLQ producer latency)
 DLQ_SLACK_S = 300
 SOURCE_BATCH = 500
+#: how long a read past the reported log end (or at the end of a scan) waits for a record
+PAST_END_WAIT_S = 1.5
 
 
 def header(record: Any, name: str) -> bytes | None:
@@ -67,7 +69,7 @@ class BusinessKafka:
         self.bootstrap, self.timeout_s = bootstrap, timeout_s
         try:
             self._c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                    allow_auto_create_topics=False, auto_offset_reset="earliest",
+                                    allow_auto_create_topics=False, auto_offset_reset="none",
                                     client_id="msgtrace-replay", request_timeout_ms=int(timeout_s * 1000) + 5000,
                                     max_poll_records=500)
         except KafkaError as e:
@@ -107,7 +109,11 @@ class BusinessKafka:
         return {tp.partition: (int(begin[tp]), int(end[tp])) for tp in tps}
 
     def read(self, locs: Iterable[Location], msg_ids: dict[Location, str]) -> dict[Location, Read]:
-        """Read each location; check log bounds first and the record's identity after."""
+        """Read each location; check log bounds first and the record's identity after.
+
+        Below the log start is final. At or past the reported log end, a short read decides: a
+        broker may report a low end (Tansu 0.6 reports the last batch's base offset + 1), and a
+        record that is there is there."""
         by_tp: dict[tuple[str, int], list[int]] = {}
         for loc in locs:
             by_tp.setdefault((loc.topic, loc.partition), []).append(loc.offset)
@@ -128,23 +134,26 @@ class BusinessKafka:
                         out[Location(topic, p, o)] = Read(why=Why.TOPIC_GONE, text=f"{topic} has no partition {p}")
                     continue
                 start, end = bounds[p]
-                readable = []
+                inside: list[int] = []
+                past: list[int] = []
                 for o in sorted(set(offs)):
                     loc = Location(topic, p, o)
                     if o < start:
                         out[loc] = Read(why=Why.BELOW_LOG_START,
                                         text=f"{loc} is below the partition's log start offset {start}: "
                                              "retention deleted it; the broker cannot supply it")
-                    elif o >= end:
-                        out[loc] = Read(why=Why.BEYOND_LOG_END,
-                                        text=f"{loc} is at or past the partition's log end offset {end}: "
-                                             "the broker's log was reset or truncated; it is gone")
                     else:
-                        readable.append(o)
-                got = self._read_offsets(topic, p, readable) if readable else {}
-                for o in readable:
+                        (inside if o < end else past).append(o)
+                got = self._read_offsets(topic, p, inside, self.timeout_s) if inside else {}
+                got.update(self._read_offsets(topic, p, past, PAST_END_WAIT_S) if past else {})
+                for o in inside + past:
                     loc = Location(topic, p, o)
-                    out[loc] = self._check(loc, got.get(o), msg_ids.get(loc, ""))
+                    if o in past and got.get(o) is None:
+                        out[loc] = Read(why=Why.BEYOND_LOG_END,
+                                        text=f"{loc} is past the partition's log end offset {end} and no record is "
+                                             "there: the broker's log was reset or truncated; it is gone")
+                    else:
+                        out[loc] = self._check(loc, got.get(o), msg_ids.get(loc, ""))
         return out
 
     @staticmethod
@@ -160,8 +169,18 @@ class BusinessKafka:
                                                     "the offset reused")
         return Read(record)
 
-    def _read_offsets(self, topic: str, part: int, wanted: list[int]) -> dict[int, Any]:
-        """The records at ``wanted`` (sorted) offsets of one partition; None where there is none."""
+    def _poll(self, tp: Any) -> list[Any] | None:
+        """One fetch of ``tp``; None when the broker says the position is out of range."""
+        from kafka.errors import OffsetOutOfRangeError
+
+        try:
+            return list(self._c.poll(timeout_ms=200).get(tp, []))
+        except OffsetOutOfRangeError:
+            return None
+
+    def _read_offsets(self, topic: str, part: int, wanted: list[int], wait_s: float) -> dict[int, Any]:
+        """The records at ``wanted`` (sorted) offsets of one partition; None where there is none. A
+        seek that gets nothing for ``wait_s`` (or out of range) gives up on that offset."""
         from kafka.structs import TopicPartition
 
         tp = TopicPartition(topic, part)
@@ -171,16 +190,16 @@ class BusinessKafka:
         i = 0
         while i < len(wanted):
             c.seek(tp, wanted[i])
-            deadline = time.monotonic() + self.timeout_s
+            deadline = time.monotonic() + wait_s
             while i < len(wanted):
-                batch = c.poll(timeout_ms=200).get(tp, [])
+                batch = self._poll(tp)
                 if not batch:
-                    if time.monotonic() > deadline:
+                    if batch is None or time.monotonic() > deadline:
                         out[wanted[i]] = None
                         i += 1
                         break
                     continue
-                deadline = time.monotonic() + self.timeout_s
+                deadline = time.monotonic() + wait_s
                 for r in batch:
                     while i < len(wanted) and wanted[i] < r.offset:
                         out[wanted[i]] = None
@@ -213,27 +232,31 @@ class BusinessKafka:
             start, end = bounds[tp.partition]
             hit = at.get(tp)
             s = max(start, hit.offset if hit is not None else end - limit)
-            stop = min(end, s + limit)
-            if stop > s:
-                records.extend(self._read_range(tp, s, stop))
-            more = " (more follow: raise --dlq-scan-limit)" if stop < end else ""
-            said.append(f"{tp.partition}@{s}..{stop}{more}")
+            got = list(self._read_range(tp, s, limit))
+            records.extend(got)
+            last = got[-1].offset + 1 if got else s
+            more = " (stopped at the limit: raise --dlq-scan-limit)" if len(got) >= limit else ""
+            said.append(f"{tp.partition}@{s}..{last}{more}")
         return records, f"scanned {topic} partitions {', '.join(said)}"
 
-    def _read_range(self, tp: Any, start: int, stop: int) -> Iterator[Any]:
+    def _read_range(self, tp: Any, start: int, limit: int) -> Iterator[Any]:
+        """Up to ``limit`` records from ``start`` until the partition has no more (nothing new for
+        PAST_END_WAIT_S): to the log's real end, whatever end offset the broker reports."""
         c = self._c
         c.assign([tp])
         c.seek(tp, start)
-        pos = start
-        deadline = time.monotonic() + self.timeout_s
-        while pos < stop and time.monotonic() < deadline:
-            batch = c.poll(timeout_ms=200).get(tp, [])
+        n = 0
+        deadline = time.monotonic() + PAST_END_WAIT_S
+        while n < limit and time.monotonic() < deadline:
+            batch = self._poll(tp)
+            if batch is None:
+                return
             if batch:
-                deadline = time.monotonic() + self.timeout_s
+                deadline = time.monotonic() + PAST_END_WAIT_S
             for r in batch:
-                if r.offset >= stop:
+                if n >= limit:
                     return
-                pos = r.offset + 1
+                n += 1
                 yield r
 
 
