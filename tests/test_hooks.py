@@ -5,6 +5,7 @@ plain KafkaConsumer + decode_batch (the collector is not needed for this).
 """
 from __future__ import annotations
 
+import asyncio
 import collections
 import uuid
 
@@ -76,16 +77,21 @@ def assert_gap_free(events: list[Event]) -> None:
 
 
 @pytest.fixture
-def audit(kafka_bootstrap, tmp_path):
-    """A tracer shipping to a fresh audit topic on the session broker."""
+def audit(kafka_bootstrap, tmp_path, request):
+    """A tracer shipping to a fresh audit topic on the session broker (``trace_context`` by parameter)."""
     topic = new_topic(kafka_bootstrap, 1, "audit")
-    t = Tracer(service="test-svc", bootstrap=kafka_bootstrap, audit_topic=topic, spool_dir=str(tmp_path / "spool"))
+    t = Tracer(service="test-svc", bootstrap=kafka_bootstrap, audit_topic=topic, spool_dir=str(tmp_path / "spool"),
+               trace_context=getattr(request, "param", False))
     yield t, topic
     t.close(timeout=5)
 
 
+@pytest.mark.parametrize("audit", [False, True], ids=["one-header", "trace-context"], indirect=True)
 def test_1000_messages_exactly_five_stages(kafka_bootstrap, audit):
+    """Every message gets exactly its five stages. By default msgtrace adds one header (msgtrace-id) and
+    records no trace ids; configured for trace context it adds a traceparent that links both sides."""
     t, audit_topic = audit
+    trace_context = t.policy.trace_context
     topic = new_topic(kafka_bootstrap, 3)
     group = f"g-{uuid.uuid4().hex[:6]}"
     n = 1000
@@ -100,6 +106,7 @@ def test_1000_messages_exactly_five_stages(kafka_bootstrap, audit):
     consumer = t.wrap_consumer(KafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, group_id=group,
                                              enable_auto_commit=False, **GROUP_CFG))
     seen: list[str] = []
+    header_names = set()
 
     def consume() -> bool:
         batch = consumer.poll(timeout_ms=500)
@@ -107,11 +114,13 @@ def test_1000_messages_exactly_five_stages(kafka_bootstrap, audit):
             for r in records:
                 with t.processing(r):
                     seen.append(dict(r.headers)[MSG_ID_HEADER].decode())
+                    header_names.add(tuple(k for k, _ in r.headers))
         if batch:
             consumer.commit()
         return len(seen) >= n
 
     wait_until(consume, 90, f"{n} messages consumed")
+    assert header_names == {("traceparent", MSG_ID_HEADER) if trace_context else (MSG_ID_HEADER,)}
     recorded_before = t.stats["recorded"]
     assert consumer.poll(timeout_ms=300) == {}  # an empty poll records nothing
     assert t.stats["recorded"] == recorded_before
@@ -137,8 +146,11 @@ def test_1000_messages_exactly_five_stages(kafka_bootstrap, audit):
             assert s[st].consumer_group == group and s[st].topic == topic
         assert s["sent"].consumer_group is None and s["sent"].key is not None
         trace_ids = {e.trace_id for e in evs}
-        assert len(trace_ids) == 1 and None not in trace_ids  # one trace links producer and consumer
-        assert s["received"].span_id == s["sent"].span_id
+        if trace_context:
+            assert len(trace_ids) == 1 and None not in trace_ids  # one trace links producer and consumer
+            assert s["received"].span_id == s["sent"].span_id
+        else:  # no trace context anywhere: no trace ids invented
+            assert trace_ids == {None} and {e.span_id for e in evs} == {None}
 
 
 def test_iteration_and_commit_async_count_once(kafka_bootstrap, tmp_path):
@@ -280,7 +292,7 @@ def test_proxies_forward_everything(kafka_bootstrap, tmp_path):
 
 
 def test_traceparent_fast_path_agrees_with_the_regex():
-    from tracer.sdk.kafka_python import _TRACEPARENT_RE, parse_traceparent
+    from tracer.identity import _TRACEPARENT_RE, parse_traceparent
 
     def slow(v):
         if isinstance(v, str):
@@ -302,25 +314,97 @@ def test_traceparent_fast_path_agrees_with_the_regex():
 
 
 def test_send_context_new_trace_or_the_active_otel_span(tmp_path):
+    """Configured for trace context, a send without one starts a new trace, or continues the active
+    OpenTelemetry span's trace (a new span id), and carries it in the traceparent it adds."""
     from opentelemetry.sdk.trace import TracerProvider
 
-    from tracer.sdk.kafka_python import parse_traceparent
+    from tracer.identity import parse_traceparent
 
-    t = Tracer(service="ctx", sink=NullSink(), spool_dir=str(tmp_path))
+    def send_context(rec):
+        s = rec.sent("orders", msg_id="m")
+        tp = dict(s.headers)["traceparent"]
+        return s.trace_id, s.span_id, tp
+
+    t = Tracer(service="ctx", sink=NullSink(), spool_dir=str(tmp_path), trace_context=True)
+    rec = t.recorder()
     seen = set()
     for _ in range(200):
-        trace_id, span_id, tp = t._send_context()
+        trace_id, span_id, tp = send_context(rec)
         assert len(trace_id) == 32 and len(span_id) == 16 and int(trace_id, 16) and int(span_id, 16)
         assert parse_traceparent(tp) == (trace_id, span_id) and tp == f"00-{trace_id}-{span_id}-01".encode()
         seen.add(trace_id)
     assert len(seen) == 200  # a new trace per send
     otel = TracerProvider().get_tracer("test")
     with otel.start_as_current_span("checkout") as span:
-        trace_id, span_id, tp = t._send_context()
+        trace_id, span_id, tp = send_context(rec)
         assert trace_id == f"{span.get_span_context().trace_id:032x}"  # the business trace is continued
         assert span_id != f"{span.get_span_context().span_id:016x}"
-    assert t._send_context()[0] != trace_id  # context gone: a new trace again
+    assert send_context(rec)[0] != trace_id  # context gone: a new trace again
     t.close(0)
+
+
+def test_default_one_header_reuses_an_existing_trace_context(tmp_path):
+    """The default adds only msgtrace-id; an active OpenTelemetry span or a traceparent the message
+    already carries is reused for the events, never duplicated nor added."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    t = Tracer(service="ctx", sink=NullSink(), spool_dir=str(tmp_path))
+    stub = _FutureProducer()
+    p = t.wrap_producer(stub)
+    p.send("orders", b"v", msg_id="plain")
+    with TracerProvider().get_tracer("test").start_as_current_span("checkout") as span:
+        p.send("orders", b"v", msg_id="in-span")
+    theirs = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    mine = [("traceparent", theirs), ("app", b"1")]
+    p.send("orders", b"v", msg_id="carried", headers=mine)
+    p.send("orders", b"v", headers=[(MSG_ID_HEADER, b"from-header")])
+    (_, h_plain), (_, h_span), (_, h_carried), (_, h_id) = stub.futures
+    assert h_plain == [(MSG_ID_HEADER, b"plain")] and h_span == [(MSG_ID_HEADER, b"in-span")]
+    assert h_carried == mine + [(MSG_ID_HEADER, b"carried")] and len(mine) == 2  # caller's list untouched
+    assert h_id == [(MSG_ID_HEADER, b"from-header")]  # an id already there is the id, not added twice
+    sent = {e.msg_id: e for e in spool_events(t) if e.stage == "sent"}
+    assert (sent["plain"].trace_id, sent["plain"].span_id) == (None, None)
+    sc = span.get_span_context()
+    assert (sent["in-span"].trace_id, sent["in-span"].span_id) == (f"{sc.trace_id:032x}", f"{sc.span_id:016x}")
+    assert (sent["carried"].trace_id, sent["carried"].span_id) == ("0af7651916cd43dd8448eb211c80319c",
+                                                                   "b7ad6b7169203331")
+    assert "from-header" in sent
+    t.close(0)
+
+
+def test_header_free_mode_adds_nothing_and_ids_come_from_the_key(kafka_bootstrap, tmp_path):
+    """headers=False: the records carry exactly the application's headers; both sides name the message
+    by its key (or the id functions), so the audit still joins producer and consumer."""
+    t = Tracer(service="free", sink=NullSink(), spool_dir=str(tmp_path), headers=False)
+    topic = new_topic(kafka_bootstrap, 1)
+    producer = t.wrap_producer(KafkaProducer(bootstrap_servers=kafka_bootstrap))
+    producer.send(topic, b"v", key=b"order-1:paid").get(30)
+    producer.send(topic, b"v", key=b"order-2:paid", headers=[("app", b"x")]).get(30)
+    producer.close()
+    consumer = t.wrap_consumer(KafkaConsumer(topic, bootstrap_servers=kafka_bootstrap,
+                                             group_id=f"g-{uuid.uuid4().hex[:6]}", enable_auto_commit=False,
+                                             **GROUP_CFG))
+    got = []
+
+    def two() -> bool:
+        for records in consumer.poll(timeout_ms=500).values():
+            for r in records:
+                with t.processing(r):
+                    got.append(r)
+        return len(got) >= 2
+
+    wait_until(two, 60, "both records")
+    consumer.commit()
+    consumer.close()
+    assert [r.headers for r in got] == [[], [("app", b"x")]]
+    by = collections.defaultdict(set)
+    for e in spool_events(t):
+        by[e.msg_id].add(e.stage)
+    assert dict(by) == {m: {"sent", "broker_acked", "received", "offset_committed", "business_done"}
+                        for m in ("order-1:paid", "order-2:paid")}
+    t.close(0)
+    with pytest.raises(Exception, match="header-free"):
+        Tracer(service="x", sink=NullSink(), spool_dir=str(tmp_path), headers=False, trace_context=True)
 
 
 class _FutureProducer:
@@ -343,7 +427,7 @@ class _FutureProducer:
 def test_one_callback_object_records_ack_or_failure(tmp_path):
     from kafka.producer.future import RecordMetadata
 
-    t = Tracer(service="cb", sink=NullSink(), spool_dir=str(tmp_path))
+    t = Tracer(service="cb", sink=NullSink(), spool_dir=str(tmp_path), trace_context=True)
     stub = _FutureProducer()
     p = t.wrap_producer(stub)
     f1 = p.send("orders", b"v", key=b"k1", msg_id="m1")
@@ -373,8 +457,8 @@ def test_consumer_batch_events_from_stub_records(tmp_path):
     the fields survive odd ids and keys, legacy records get the id function, nothing for empty polls."""
     from kafka.consumer.fetcher import ConsumerRecord
 
-    class Coord:
-        def _send_offset_commit_request(self, offsets, *a, **kw):
+    class Coord:  # kafka-python 3's commit request: a coroutine, awaited on the IO thread
+        async def _send_offset_commit_request(self, offsets, *a, **kw):
             return "sent"
 
     class Stub:
@@ -398,8 +482,8 @@ def test_consumer_batch_events_from_stub_records(tmp_path):
     assert c.poll() == {tp: recs}
     assert c.poll() == {}  # empty: nothing recorded
     coord = c._consumer._coordinator
-    assert coord._send_offset_commit_request({tp: OffsetAndMetadata(9, "", -1)}) == "sent"
-    assert coord._send_offset_commit_request({tp: OffsetAndMetadata(9, "", -1)}) == "sent"  # nothing new
+    assert asyncio.run(coord._send_offset_commit_request({tp: OffsetAndMetadata(9, "", -1)})) == "sent"
+    assert asyncio.run(coord._send_offset_commit_request({tp: OffsetAndMetadata(9, "", -1)})) == "sent"  # nothing new
     with t.processing(recs[0]):
         pass
     evs = spool_events(t)
@@ -422,8 +506,8 @@ def test_one_tracer_two_groups_attributes_processing_to_the_receiving_consumer(t
     names the group of the consumer that returned that record object, and forgets only its entry."""
     from kafka.consumer.fetcher import ConsumerRecord
 
-    class Coord:
-        def _send_offset_commit_request(self, offsets, *a, **kw):
+    class Coord:  # kafka-python 3's commit request: a coroutine, awaited on the IO thread
+        async def _send_offset_commit_request(self, offsets, *a, **kw):
             return "sent"
 
     class Stub:

@@ -52,7 +52,7 @@ CONSUMER = textwrap.dedent("""
             for r in records:
                 work.put(r)
                 received += 1
-        if not told and received >= int(n) and not any(c._pending.values()):
+        if not told and received >= int(n) and c.inflight.uncommitted() == 0:
             print("COMMITTED", flush=True)  # auto-commit covered every message
             told = True
 """)

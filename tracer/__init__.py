@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-__all__ = ["Tracer", "wrap_producer", "wrap_consumer", "processing", "record", "default_tracer"]
+__all__ = ["Tracer", "wrap_producer", "wrap_consumer", "wrap_channel", "processing", "record", "default_tracer"]
 
 _default: Any = None
 _default_lock = threading.Lock()
@@ -26,12 +26,19 @@ def default_tracer() -> Any:
     return _default
 
 
-def wrap_producer(producer: Any) -> Any:
-    return default_tracer().wrap_producer(producer)
+def wrap_producer(producer: Any, client: str | None = None) -> Any:
+    """``default_tracer().wrap_producer``: the adapter is chosen by the producer's type."""
+    return default_tracer().wrap_producer(producer, client)
 
 
-def wrap_consumer(consumer: Any) -> Any:
-    return default_tracer().wrap_consumer(consumer)
+def wrap_consumer(consumer: Any, client: str | None = None) -> Any:
+    """``default_tracer().wrap_consumer``."""
+    return default_tracer().wrap_consumer(consumer, client)
+
+
+def wrap_channel(channel: Any, client: str | None = None) -> Any:
+    """``default_tracer().wrap_channel``: a RabbitMQ (pika) channel."""
+    return default_tracer().wrap_channel(channel, client)
 
 
 def processing(record_or_msg_id: Any, consumer_group: str | None = None) -> Any:

@@ -7,7 +7,6 @@ carries a batch of events as newline-delimited JSON whose keys are exactly the
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import socket
@@ -20,26 +19,15 @@ from typing import Any, Iterable, Mapping, Sequence
 import orjson
 
 from tracer.errors import DecodeError
+# msg_id rules (header name, cap) live in tracer.identity; re-exported here for older imports
+from tracer.identity import MAX_MSG_ID_CHARS as MAX_MSG_ID_CHARS
+from tracer.identity import MSG_ID_HEADER as MSG_ID_HEADER
+from tracer.identity import cap_msg_id as cap_msg_id
 
 FORMAT_HEADER = "msgtrace-format"
 FORMAT_VERSION = "1"
-#: Header carrying the business identity of a message from producer to consumer.
-MSG_ID_HEADER = "msgtrace-id"
 #: A record larger than this is refused on decode (quarantined by the collector).
 MAX_RECORD_BYTES = 16 * 1024 * 1024
-#: Longest msg_id kept as it is (characters). A longer one (a payload passed as the id, say) is cut
-#: and suffixed with a hash of the whole id by :func:`cap_msg_id`, the same in the hooks, in
-#: ``trace-msg`` and for expected ids, so one audit line always fits in an audit record.
-MAX_MSG_ID_CHARS = 1024
-
-
-def cap_msg_id(msg_id: str) -> str:
-    """``msg_id``, or for one longer than MAX_MSG_ID_CHARS its first 976 characters +
-    ``...sha256:`` + 32 hex digits of the SHA-256 of the whole id (idempotent)."""
-    if len(msg_id) <= MAX_MSG_ID_CHARS:
-        return msg_id
-    digest = hashlib.sha256(msg_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    return f"{msg_id[:MAX_MSG_ID_CHARS - 48]}...sha256:{digest}"
 
 
 class Stage(StrEnum):

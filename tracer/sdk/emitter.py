@@ -462,6 +462,28 @@ class Emitter:
             self.last_error = f"{describe(e)}"
             self._log_rate_limited("msgtrace: could not spool events: %s", self.last_error)
 
+    def emit_deliveries(self, stage: str, topic: str, partition: int | None, consumer_group: str | None,
+                        mq: str | None, offset: int | None, entries: Sequence[tuple], offsets: bool = True) -> None:
+        """One event per :data:`~tracer.sdk.inflight.Delivery` entry (received, offset_committed)."""
+        from tracer.identity import incoming_ids, key_text, position_id
+
+        rows = []
+        for pos, key, headers, msg_id, attrs in entries:
+            h_id, trace_id, span_id = incoming_ids(headers)
+            mid = msg_id or h_id or position_id(topic, partition, pos if offsets else None)
+            a = dict(attrs) if attrs else {}
+            if stage == "offset_committed":
+                k = None
+                off = offset
+                if offsets and offset is not None and pos is not None:
+                    a["record_offset"] = str(pos)
+            else:
+                k = key_text(key)
+                off = pos if offsets else offset
+            rows.append({"msg_id": mid, "offset": off, "key": k, "trace_id": trace_id, "span_id": span_id,
+                         "attrs": a})
+        self.emit_rows(stage, topic, consumer_group, {"partition": partition, "error": None}, rows)
+
     def _invalid(self, why: str) -> None:
         self.counters["invalid"] += 1
         self.last_error = why
