@@ -92,6 +92,21 @@ def test_broker_side_losses_need_the_source_of_truth():
         assert item.chain == [Source.SOURCE_OF_TRUTH] and item.result == Result.PLANNED
 
 
+def test_a_message_lost_in_the_broker_is_looked_for_at_its_acked_offset_first():
+    t = NOW - 3600 * S
+    f = facts_from_events([ev("sent", t), ev("broker_acked", t + 1, part=1, off=41)])
+    for v in (V.LOST_IN_BROKER, V.EXPIRED_IN_BROKER):
+        item = plan_item("m", [row(v)], f, {}, opts(has_source_of_truth=True))
+        assert item.chain == [Source.BUSINESS_TOPIC, Source.SOURCE_OF_TRUTH] and item.strict
+        assert item.location == Location("paid", 1, 41)
+    item = plan_item("m", [row(V.LOST_IN_BROKER)], f, {}, opts())
+    assert item.chain == [Source.BUSINESS_TOPIC] and item.result == Result.PLANNED
+    Fetcher(kafka=None, source=None).resolve([item])
+    assert item.why == Why.NO_BOOTSTRAP and item.reason.endswith("to rebuild it from the source of truth")
+    assert not plan_item("m", [row(V.LOST_IN_CONSUMER)], facts_from_events(lost_in_consumer_events()), {},
+                         opts()).strict
+
+
 def test_not_lost_verdicts_are_not_replayed():
     for v in (V.DELIVERED, V.PENDING_IN_BROKER, V.AUDIT_GAP, V.ROLLED_BACK):
         item = plan_item("m", [row(v)], facts_from_events([]), {}, opts(has_source_of_truth=True))
@@ -382,6 +397,11 @@ def test_the_log_bounds_and_the_record_s_identity_decide_what_the_broker_can_sup
                    1995: (None, True), 2000: (Why.BEYOND_LOG_END, False), "gone": (Why.TOPIC_GONE, False)}
     assert "retention deleted it" in got[Location("paid", 0, 3)].text and "10" in got[Location("paid", 0, 3)].text
     assert "identity is not verified" in got[Location("paid", 0, 1500)].note
+    # after a loss in the broker, a record must prove it is the message
+    strict = k.read([Location("paid", 0, 1500), Location("paid", 0, 12)], want, frozenset(
+        {Location("paid", 0, 1500), Location("paid", 0, 12)}))
+    assert strict[Location("paid", 0, 1500)].why == Why.IDENTITY_UNVERIFIED
+    assert strict[Location("paid", 0, 12)].why is None
     assert "past the partition's log end offset 1990" in got[Location("paid", 0, 2000)].text
     # reads on across near offsets (30 to 1700 via 1500), seeks over a gap, then past the reported end
-    assert k._c.seeks == [12, 1500, 1995]
+    assert k._c.seeks[:3] == [12, 1500, 1995]

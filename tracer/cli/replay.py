@@ -201,7 +201,8 @@ def replay(run_id: str | None, t_from: str | None, t_to: str | None, yesterday: 
         message's partition/offset (unless retention deleted it: below the log start);
       dead_lettered: the DLQ topic named by its dead_lettered event;
       never_sent, send_failed, unacked, lost_in_broker, expired_in_broker: the broker does not have it;
-        rebuilt from the source of truth (--source-sql/--source-dsn) or skipped with the reason.
+        rebuilt from the source of truth (--source-sql/--source-dsn) or skipped with the reason (an acked
+        one is first looked for at its offset: used only if its msgtrace-id header proves it is it).
     A dry run unless --execute. A message an earlier replay run re-published is skipped unless --again.
     Every run is stored (replay_runs, replay_messages). Reconcile again once the group processed the
     replays: a replay that was processed makes its message delivered.

@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracer.events import MSG_ID_HEADER
-from tracer.replay.plan import DlqHint, Item, Location, Message, Source, Why
+from tracer.replay.plan import (
+    PRODUCER_SIDE,
+    DlqHint,
+    Item,
+    Location,
+    Message,
+    Source,
+    Why,
+)
 from tracer.replay.sources import (
     DLQ_SLACK_S,
     BusinessKafka,
@@ -76,7 +84,10 @@ class Fetcher:
                 continue
             attempts = [a for s, a in sorted(self._attempts(i), key=lambda sa: i.chain.index(sa[0]))]
             first = attempts[0] if attempts else Attempt(Why.READ_FAILED, "no source could supply it")
-            i.skip(first.why, "; ".join(a.text for a in attempts) or first.text)
+            hint = ""
+            if Source.SOURCE_OF_TRUTH not in i.chain and set(i.verdicts) & PRODUCER_SIDE:
+                hint = "; give --source-sql and --source-dsn to rebuild it from the source of truth"
+            i.skip(first.why, ("; ".join(a.text for a in attempts) or first.text) + hint)
 
     # --- bookkeeping of failed attempts ----------------------------------------------------
     def _fail(self, item: Item, source: Source, why: Why, text: str) -> None:
@@ -107,7 +118,8 @@ class Fetcher:
         for i in located:
             assert i.location is not None
             ids[i.location] = i.msg_id
-        reads = self.kafka.read([i.location for i in located if i.location is not None], ids)
+        strict = frozenset(i.location for i in located if i.strict and i.location is not None)
+        reads = self.kafka.read([i.location for i in located if i.location is not None], ids, strict)
         for i in located:
             assert i.location is not None
             r = reads.get(i.location) or Read(why=Why.READ_FAILED, text=f"{i.location} was not read")

@@ -10,7 +10,9 @@ Where a message can still be had depends on where it was lost (DESIGN.md, Verdic
   the broker still holds it at the partition/offset its events name (broker_acked, else received);
 * ``dead_lettered``: the DLQ topic its dead_lettered event names, then the business topic;
 * lost before or inside the broker (``never_sent``, ``send_failed``, ``unacked``, ``lost_in_broker``,
-  ``expired_in_broker``): the broker does not have it; only the source of truth can rebuild it.
+  ``expired_in_broker``): the broker should not have it; the source of truth rebuilds it. One that was
+  acknowledged is first looked for at its acked offset (a group that skipped it by an offset reset
+  leaves it there): only a record whose ``msgtrace-id`` header proves it is the message is used.
 
 The source of truth (``--source-sql``) is the last resort for every message: a consumer-side loss
 whose offset retention has deleted is rebuilt from it too. Nothing here does I/O except the store
@@ -75,6 +77,7 @@ class Why(StrEnum):
     BELOW_LOG_START = "below_log_start"
     BEYOND_LOG_END = "beyond_log_end"
     OFFSET_REUSED = "offset_reused"
+    IDENTITY_UNVERIFIED = "identity_unverified"
     NOT_AT_OFFSET = "not_at_offset"
     NOT_IN_DLQ = "not_in_dlq"
     NOT_IN_SOURCE = "not_in_source"
@@ -163,6 +166,8 @@ class Item:
     source: Source | None = None
     source_loc: Location | None = None
     published: Location | None = None
+    #: a record read at ``location`` must prove it is this message (msgtrace-id header)
+    strict: bool = False
 
     def skip(self, why: Why, reason: str) -> None:
         self.result, self.why, self.reason = Result.SKIPPED, why.value, reason
@@ -298,12 +303,16 @@ def plan_item(msg_id: str, rows: Sequence[VerdictRow], facts: Facts, prior: Mapp
     kinds = {r.verdict for r in live}
     if kinds & {V.DEAD_LETTERED}:
         item.chain.append(Source.DLQ)
+    acked = facts.acked if facts.acked and facts.acked.topic == item.business_topic else None
     if kinds & (CONSUMER_SIDE | {V.DEAD_LETTERED}):
         item.chain.append(Source.BUSINESS_TOPIC)
-        item.location = facts.acked if facts.acked and facts.acked.topic == item.business_topic else None
-        if item.location is None:
-            item.location = next((facts.received[g] for g in groups if g in facts.received), None) \
-                or next(iter(facts.received.values()), None)
+        item.location = acked or next((facts.received[g] for g in groups if g in facts.received), None) \
+            or next(iter(facts.received.values()), None)
+    elif acked is not None:
+        # lost or expired in the broker: does the broker still hold it after all (a group that skipped
+        # it by an offset reset)? Only a record proven to be it by its msgtrace-id header counts
+        item.chain.append(Source.BUSINESS_TOPIC)
+        item.location, item.strict = acked, True
     if opts.has_source_of_truth:
         item.chain.append(Source.SOURCE_OF_TRUTH)
     if not item.chain:

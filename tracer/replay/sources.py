@@ -108,7 +108,8 @@ class BusinessKafka:
         end = self._c.end_offsets(tps)
         return {tp.partition: (int(begin[tp]), int(end[tp])) for tp in tps}
 
-    def read(self, locs: Iterable[Location], msg_ids: dict[Location, str]) -> dict[Location, Read]:
+    def read(self, locs: Iterable[Location], msg_ids: dict[Location, str],
+             strict: frozenset[Location] = frozenset()) -> dict[Location, Read]:
         """Read each location; check log bounds first and the record's identity after.
 
         Below the log start is final. At or past the reported log end, a short read decides: a
@@ -153,14 +154,17 @@ class BusinessKafka:
                                         text=f"{loc} is past the partition's log end offset {end} and no record is "
                                              "there: the broker's log was reset or truncated; it is gone")
                     else:
-                        out[loc] = self._check(loc, got.get(o), msg_ids.get(loc, ""))
+                        out[loc] = self._check(loc, got.get(o), msg_ids.get(loc, ""), loc in strict)
         return out
 
     @staticmethod
-    def _check(loc: Location, record: Any, msg_id: str) -> Read:
+    def _check(loc: Location, record: Any, msg_id: str, strict: bool = False) -> Read:
         if record is None:
             return Read(why=Why.NOT_AT_OFFSET, text=f"no record at {loc} (compacted away or not returned in time)")
         h = header(record, MSG_ID_HEADER)
+        if h is None and strict:
+            return Read(why=Why.IDENTITY_UNVERIFIED, text=f"the record at {loc} has no msgtrace-id header: after a "
+                                                          "loss in the broker it may be another message; not used")
         if h is None:
             return Read(record, note=f"{loc} has no msgtrace-id header: its identity is not verified")
         if h.decode("utf-8", "replace") != msg_id:
