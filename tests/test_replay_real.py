@@ -324,7 +324,18 @@ def test_a_broker_that_lost_its_log_cannot_supply_the_message_and_the_outbox_can
     assert "not from business_topic" in " ".join(res[mid("a")]["notes"])
     assert res[mid("c")]["result"] == "skipped" and res[mid("c")]["reason_code"] == "beyond_log_end"
     assert "no row for it" in res[mid("c")]["reason"]
+    # a replay never creates a topic: --execute to a missing retry topic stops before publishing anything
+    r = cli(*base, "--source-sql", SOURCE_SQL, "--source-dsn", dsn, "--to-topic", "no-such-retry", "--execute")
+    assert r.exit_code == 2 and "--to-topic no-such-retry does not exist" in r.output, r.output
     assert end_offsets(b, topic) == before
+    with Store(chdb_url) as s:
+        assert s.query("SELECT count() AS n FROM {db:Identifier}.replay_messages WHERE result = 'published'") == \
+            [{"n": 0}]
+    c = KafkaConsumer(bootstrap_servers=b, group_id=None)
+    try:
+        assert "no-such-retry" not in c.topics()
+    finally:
+        c.close()
 
 
 def admin_topic(bootstrap: str, name: str) -> None:
