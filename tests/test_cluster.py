@@ -284,3 +284,28 @@ def test_shard_local_declarations_on_the_cluster(cluster):
     assert s.query(staged, shard_local=ShardLocal.PER_SHARD)[0]["n"] == want
     s.command("DROP DATABASE {db:Identifier} ON CLUSTER " + cluster.name)
     s.close()
+
+
+def test_retention_on_the_cluster_drops_on_every_shard(cluster):
+    import time
+
+    database = f"m_{uuid.uuid4().hex[:8]}"
+    url = cluster.url(1, database)
+    s = Store(url)
+    s.init_schema(cluster=cluster.name)
+    now, day = int(time.time() * 1e6), 86_400_000_000
+    s.insert_events([Event(msg_id=f"r{d}-{i}", stage="sent", ts_us=now - d * day, service="s", emitter_id="e",
+                           seq=d * 100 + i + 1) for d in range(5) for i in range(40)])
+    per_shard = [int(Store(cluster.url(i, database)).query(
+        "SELECT count() AS n FROM {db:Identifier}.trace_events_local WHERE msg_id LIKE 'r4-%'")[0]["n"])
+        for i in range(2)]
+    assert all(per_shard) and sum(per_shard) == 40  # the oldest day's rows are on both shards
+    dry = cli_json("retention", "--keep-days", "2", "--dry-run", "--store", url)
+    assert dry["cluster"] == cluster.name and dry["rows"] == 80 and dry["dropped"] == 0
+    done = cli_json("retention", "--keep-days", "2", "--store", url)
+    assert done["dropped"] == 2
+    left = s.query("SELECT count() AS n, countIf(msg_id LIKE 'r3-%' OR msg_id LIKE 'r4-%') AS old "
+                   "FROM {db:Identifier}.trace_events")[0]
+    assert (left["n"], left["old"]) == (120, 0)
+    s.command("DROP DATABASE {db:Identifier} ON CLUSTER " + cluster.name)
+    s.close()

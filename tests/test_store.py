@@ -199,3 +199,130 @@ def test_forked_child_does_not_keep_the_chdb_store_locked(chdb_url):
         os.close(w)
         os.waitpid(pid, 0)
     store.close()
+
+
+# --- schema variants, retention ------------------------------------------------------
+
+def test_schema_renders_per_server_version_and_cluster():
+    from tracer.store.schema import ALL_FEATURES, Feature, SchemaOptions, parse_features, render_schema
+
+    assert parse_features("auto", "18.16.1") == Feature.NONE
+    assert parse_features("auto", "26.9.2.1") != Feature.NONE
+    with pytest.raises(ConfigError, match="lacks schema feature"):
+        parse_features("ttl", "18.16.1")
+    with pytest.raises(ConfigError, match="unknown schema feature 'zstd'"):
+        parse_features("zstd", "26.9")
+    old = "\n".join(render_schema("msgtrace", SchemaOptions()))
+    for word in ("LowCardinality", "CODEC", "TTL", "__", "Replicated", "ON CLUSTER"):
+        assert word not in old
+    new = "\n".join(render_schema("msgtrace", SchemaOptions(ALL_FEATURES, keep_days=7)))
+    assert "stage LowCardinality(String)" in new and "CODEC(ZSTD(1))" in new and "INTERVAL 7 DAY" in new
+    stmts = render_schema("msgtrace", SchemaOptions(cluster="prod"))
+    dist = [s for s in stmts if "Distributed" in s]
+    assert len(dist) == 4 and all("ON CLUSTER `prod`" in s for s in stmts)
+    assert "Distributed(`prod`, `msgtrace`, trace_events_local, cityHash64(msg_id))" in dist[0]
+    assert "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/msgtrace/trace_events_local', '{replica}')" \
+        in "\n".join(stmts)
+    with pytest.raises(ConfigError, match="invalid cluster name"):
+        SchemaOptions(cluster="a`; DROP")
+
+
+def test_db_init_print_shows_ddl_without_running_it(tmp_path):
+    from click.testing import CliRunner
+
+    from tracer.cli import main
+
+    url = f"chdb://{tmp_path / 'never'}"
+    r = CliRunner().invoke(main, ["db", "init", "--print", "--cluster", "prod", "--server-version", "18.16",
+                                  "--store", url])
+    assert r.exit_code == 0, r.output
+    assert "CREATE TABLE IF NOT EXISTS `msgtrace`.trace_events_local ON CLUSTER `prod`" in r.output
+    assert "LowCardinality" not in r.output
+    assert not (tmp_path / "never").exists()  # nothing ran
+
+
+def test_schema_features_on_each_engine(store_url):
+    s = Store(store_url)
+    s.init_schema()
+    types = s.column_types("trace_events")
+    modern = s.engine == "chdb"  # chDB is 26.x; the test server is 18.16
+    assert types["stage"] == ("LowCardinality(String)" if modern else "String")
+    assert types["consumer_group"] == ("LowCardinality(Nullable(String))" if modern else "Nullable(String)")
+    assert s.init_schema() == []  # present: no DDL at all (a collector without DDL rights starts)
+    src = events(3)
+    src[1].consumer_group = "g"
+    s.insert_events(src)
+    assert s.select_events(src[1].msg_id) == [src[1]]
+    if s.engine == "clickhouse":
+        s.command("DROP DATABASE IF EXISTS {db:Identifier}")
+    s.close()
+
+
+def _retention_events(days: int) -> list[Event]:
+    import time
+
+    now, day = int(time.time() * 1e6), 86_400_000_000
+    return [Event(msg_id=f"m{d}-{i}", stage="sent", ts_us=now - d * day, service="s", emitter_id="e",
+                  seq=d * 10 + i + 1) for d in range(days) for i in range(3)]
+
+
+def test_retention_drops_old_day_partitions(store, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from tracer.cli import main
+
+    store.insert_events(_retention_events(6))
+    store.close()
+    args = ["retention", "--keep-days", "3", "--store", _url_of(store), "--json"]
+    dry = CliRunner().invoke(main, [*args, "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    plan = json.loads(dry.output)
+    # today and the 3 days before stay (as a 3-day TTL would keep them), the 2 older days go
+    assert [p["table"] for p in plan["partitions"]] == ["trace_events", "trace_events"]
+    assert plan["rows"] == 6 and plan["dropped"] == 0
+    assert store.query("SELECT count() AS n FROM {db:Identifier}.trace_events")[0]["n"] == 18
+    done = json.loads(CliRunner().invoke(main, args).output)
+    assert done["dropped"] == 2
+    left = store.query("SELECT min(msg_id) AS lo, count() AS n FROM {db:Identifier}.trace_events")[0]
+    assert left["n"] == 12 and not {r["msg_id"][:2] for r in store.query(
+        "SELECT msg_id FROM {db:Identifier}.trace_events")} & {"m4", "m5"}
+    assert json.loads(CliRunner().invoke(main, args).output)["dropped"] == 0  # idempotent
+
+
+def _url_of(store: Store) -> str:
+    u = store.url
+    if u.engine == "chdb":
+        return f"chdb://{u.path}"
+    return f"clickhouse://{u.user}:{u.password}@{u.host}:{u.port}/{u.database}"
+
+
+def test_keep_days_is_a_ttl_on_modern_servers(chdb_url):
+    from click.testing import CliRunner
+
+    from tracer.cli import main
+
+    r = CliRunner().invoke(main, ["db", "init", "--keep-days", "7", "--store", chdb_url])
+    assert r.exit_code == 0 and "ttl" in r.output, r.output
+    s = Store(chdb_url)
+    ddl = s.query("SELECT create_table_query AS q FROM system.tables WHERE database = {db:String} "
+                  "AND name = 'trace_events'", {"db": s.database})[0]["q"]
+    assert "TTL" in ddl and "toIntervalDay(7)" in ddl.replace(" ", "")
+    s.insert_events(_retention_events(10))
+    s.command("OPTIMIZE TABLE {db:Identifier}.trace_events FINAL")  # a merge applies the TTL now
+    days = {r["msg_id"].split("-")[0] for r in s.query("SELECT DISTINCT msg_id FROM {db:Identifier}.trace_events")}
+    assert "m0" in days and "m9" not in days and "m8" not in days
+    s.close()
+
+
+def test_global_in_rewrite_only_touches_subqueries():
+    from tracer.store.cluster import ShardLocal, declared, global_in
+
+    sql = ("SELECT 1 FROM t WHERE a IN (SELECT x FROM s) AND b NOT IN (\n SELECT y FROM s) "
+           "AND c IN (1, 2) AND d GLOBAL IN (SELECT z FROM s) AND stage IN ('sent')")
+    out = global_in(sql)
+    assert "a GLOBAL IN (SELECT x" in out and "b GLOBAL NOT IN (\n SELECT" in out
+    assert "c IN (1, 2)" in out and "d GLOBAL IN (SELECT z" in out and "GLOBAL GLOBAL" not in out
+    assert declared("-- msgtrace: shard-local per-shard\nSELECT 1") is ShardLocal.PER_SHARD
+    assert declared("SELECT 1 -- msgtrace: shard-local group-by") is None  # a whole comment line only

@@ -21,6 +21,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "ship": "tracer.cli.ship:ship",
     "demo": "tracer.demo:demo",
     "db": "tracer.cli.db:db",
+    "retention": "tracer.cli.retention:retention",
     "replay": "tracer.cli.replay:replay",
     "import": "tracer.cli.importer:import_group",
 }

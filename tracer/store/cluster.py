@@ -8,7 +8,8 @@ unchanged. Three things differ from one server, and this module handles them for
   table on the node it is connected to. In a Distributed query an ``IN (SELECT ... FROM staging)``
   is sent as is to every shard, where that table does not exist; ``GLOBAL IN`` runs the subquery
   once on the initiator and ships its result. On a cluster the store turns every
-  ``IN (SELECT`` into ``GLOBAL IN (SELECT`` (before parameters are rendered, so never inside a value).
+  ``IN (SELECT`` into ``GLOBAL IN (SELECT`` before parameters are rendered, so never inside a bound
+  value (it would also rewrite that text inside a literal written in the SQL itself: ours have none).
   Harmless where the outer table is local: the subquery is simply run first.
 * **Shard-local aggregation.** Because all of a message's events live on one shard, a query whose
   per-message aggregation is all that is needed can skip the merge across shards. A query declares
