@@ -1,6 +1,6 @@
--- Staging table of one reconcile run's expected ids (dropped after the run). __TABLE__ is a
--- generated, validated name (expected_<run id>), never user input.
-CREATE TABLE IF NOT EXISTS {db:Identifier}.`__TABLE__`
+-- Staging table of one reconcile run's ids (expected ids, candidate messages; dropped after the
+-- run). {table} is a generated, validated name, never user input.
+CREATE TABLE IF NOT EXISTS {db:Identifier}.{table:Identifier}
 (
     msg_id String
 )

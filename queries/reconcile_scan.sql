@@ -1,18 +1,18 @@
--- Reconcile, pass 1 over the whole window: the verdict of every (msg_id, consumer group) pair,
+-- Reconcile, pass 1 per pair, for windows pass 1 by message (reconcile_scan_msg.sql) cannot judge
+-- (fan-out: several groups on a topic; mixed topics): every (msg_id, consumer group) pair,
 -- returned as counts for plainly delivered pairs (per topic and group) and one row per other pair,
--- whose details come from reconcile_pairs.sql (pass 2, only for those messages).
--- Lean on purpose (this is the part that scales with the window): one GROUP BY over the events,
--- replicated by ARRAY JOIN to the groups expected for their topic (producer stages to every expected
--- group, consumer stages also to their own); the bitmasks of the producer side, the pair's own group
--- and any group are packed in one integer, the receipt and outcome counts in another.
--- Codes (tracer.verdicts.VERDICTS order): 0 delivered, 1 never_sent, 2 send_failed, 3 unacked,
--- 4 lost_in_broker, 5 pending_in_broker, 6 lost_in_consumer, 7 failed_and_committed, 8 in_flight,
--- 9 dead_lettered, 10 audit_gap. A pair is plain when delivered with one receipt, one outcome and
--- no ack_lost; the counts here are of rows, so duplicated audit events may make a pair look not
--- plain: pass 2 counts exactly (uniqExact of event_id) and puts it back among the delivered.
--- JUDGE_EXTRA marker: "OR msg_id IN (expected ids)" when an expected source is given.
+-- whose verdict pass 2 (reconcile_pairs.sql) decides for those messages only.
+-- Lean on purpose: one GROUP BY over the events, replicated by ARRAY JOIN to the groups expected for
+-- their topic (producer stages to every expected group, consumer stages also to their own). Per
+-- event, code = its stage bit (tracer.events.STAGE_BITS) for a producer stage, the bit shifted by 16
+-- for a consumer stage (any group), {replay_bit} for an event of a replay run; for the pair's own
+-- group the consumer bits are copied back to their place by the shift below. Receipts and outcomes
+-- are counted by rows (received in bits 0-19, business_done from bit 20): a duplicated audit event
+-- may make a pair look not plain, and pass 2 counts exactly (uniqExact of event_id).
+-- {plain} is generated from tracer.analysis.rules: delivered with no flag.
+-- {judge_extra}: "OR msg_id IN (expected ids)" when an expected source is given, else nothing.
 SELECT
-    vcode,
+    plain,
     topic,
     grp AS consumer_group,
     if(plain, '', msg_id) AS mid,
@@ -23,32 +23,18 @@ FROM
         msg_id,
         grp,
         topic,
-        bitAnd(masks, 255) AS pmask,
-        bitAnd(bitShiftRight(masks, 8), 255) AS cm,
-        bitAnd(bitShiftRight(masks, 16), 255) AS any_cmask,
+        bitAnd(masks, {producer_mask:SQL}) AS pmask,
+        bitAnd(masks, {consumer_mask:SQL}) AS cm,
+        bitAnd(bitShiftRight(masks, 16), {consumer_mask:SQL}) AS any_cmask,
         bitAnd(counts, 1048575) AS n_recv,
         bitShiftRight(counts, 20) AS n_done,
-        toUInt8(multiIf(
-            pmask = 0 AND any_cmask = 0, 1,
-            bitAnd(pmask, 3) = 0, 10,
-            bitAnd(pmask, 4) != 0 AND bitAnd(pmask, 1) = 0, 10,
-            cm != 0 AND bitAnd(cm, 8) = 0, 10,
-            n_done > 0, 0,
-            bitAnd(cm, 128) != 0, 9,
-            bitAnd(cm, 64) != 0 AND bitAnd(cm, 16) != 0, 7,
-            bitAnd(cm, 16) != 0, 6,
-            bitAnd(cm, 8) != 0, 8,
-            bitAnd(pmask, 4) != 0 OR bitAnd(any_cmask, 248) != 0, 5,
-            bitAnd(pmask, 2) != 0, 2,
-            3)) AS vcode,
-        vcode = 0 AND n_recv <= 1 AND n_done <= 1
-            AND NOT (bitAnd(pmask, 2) != 0 AND bitAnd(pmask, 4) = 0 AND bitAnd(any_cmask, 248) != 0) AS plain
+        bitAnd(masks, {replay_bit:SQL}) = 0 AND {plain:SQL} AS plain
     FROM
     (
         SELECT
             msg_id,
             grp,
-            groupBitOr(if(g = grp, bitOr(code, bitShiftRight(code, 8)), code)) AS masks,
+            groupBitOr(if(g = grp, bitOr(code, bitShiftRight(code, 16)), code)) AS masks,
             sum(if(g = grp, cnt, 0)) AS counts,
             min(tcode) AS tmin,
             anyIf(topic, topic != '') AS topic,
@@ -57,18 +43,15 @@ FROM
         (
             SELECT
                 msg_id,
-                toUInt8(transform(stage,
-                    ['sent', 'send_failed', 'broker_acked', 'received', 'offset_committed',
-                     'business_done', 'business_failed', 'dead_lettered'],
-                    [1, 2, 4, 8, 16, 32, 64, 128], 0)) AS bit,
-                if(bit < 8, '', if(ifNull(consumer_group, '') = '', '(no group)', assumeNotNull(consumer_group))) AS g,
-                -- producer bits stay in bits 0-7; consumer bits go to 16-23 (any group) and, for the
-                -- pair's own group, are copied to 8-15 by the shift above
-                toUInt32(if(bit < 8, bit, bitShiftLeft(toUInt32(bit), 16))) AS code,
-                toUInt64(multiIf(bit = 8, 1, bit = 32, 1048576, 0)) AS cnt,
+                {stage_bit:SQL} AS bit,
+                bitAnd(bit, {producer_mask:SQL}) != 0 AS producer,
+                if(producer OR bit = 0, '', if(ifNull(consumer_group, '') = '', '(no group)',
+                                               assumeNotNull(consumer_group))) AS g,
+                toUInt32(bitOr(if(producer OR bit = 0, toUInt32(bit), bitShiftLeft(toUInt32(bit), 16)),
+                               if(has(attr_keys, 'replay_run'), toUInt32({replay_bit:SQL}), toUInt32(0)))) AS code,
+                toUInt64(multiIf(bit = {received_bit:SQL}, 1, bit = {done_bit:SQL}, 1048576, 0)) AS cnt,
                 -- message time: the first sent, else the first event (offset by 2^62 so sent wins)
-                if(bit = 1, ts_us, ts_us + 4611686018427387904) AS tcode,
-                ts_us,
+                if(bit = {sent_bit:SQL}, ts_us, ts_us + 4611686018427387904) AS tcode,
                 topic,
                 arrayElement({topic_groups:Array(Array(String))}, indexOf({topics:Array(String)}, topic)) AS tg,
                 if({restrict_groups:UInt8} = 1, {groups:Array(String)},
@@ -78,7 +61,7 @@ FROM
         )
         ARRAY JOIN if(empty(garr), [''], garr) AS grp
         GROUP BY msg_id, grp
-        HAVING (msg_time >= {from_us:UInt64} AND msg_time < {to_us:UInt64}) /*JUDGE_EXTRA*/
+        HAVING (msg_time >= {from_us:UInt64} AND msg_time < {to_us:UInt64}) {judge_extra:SQL}
     )
 )
-GROUP BY vcode, topic, consumer_group, mid
+GROUP BY plain, topic, consumer_group, mid

@@ -10,10 +10,12 @@ import uuid
 
 import pytest
 
-from tracer.events import Event, cap_msg_id
+from tracer import verdicts as V
+from tracer.analysis.broker import StaticBroker
 from tracer.analysis.expected import ExpectedSource
 from tracer.analysis.reconcile import reconcile
-from tracer import verdicts as V
+from tracer.analysis.window import Window
+from tracer.events import Event, cap_msg_id
 
 T0 = 1_795_219_200_000_000  # 2026-11-21T00:00:00Z
 HOUR = 3_600_000_000
@@ -179,7 +181,35 @@ def scenario_events() -> Builder:
     b.add("too-late", "offset_committed", 3_590_300, group="g1", p=6, o=2)
     b.add("too-late", "business_done", 3_600_000 + 700_000, group="g1")
     b.consumed("too-late", 3_590_400, "g2", 6, 1)
+    # a Kafka transaction aborted after its send was acked: never visible to consumers, not lost;
+    # the same message aborted once and then sent again in a committed transaction is delivered
+    b.produced("rolled-back", 3100, 7, 0)
+    b.add("rolled-back", "rolled_back", 3102)
+    b.produced("rb-retry", 3200, 7, 1)
+    b.add("rb-retry", "rolled_back", 3202)
+    b.produced("rb-retry", 3300, 7, 2)
+    b.consumed("rb-retry", 3310, "g1", 7, 2)
+    b.consumed("rb-retry", 3320, "g2", 7, 2)
+    # acked at p10@2; the partition's log now starts at 5 (BROKER) and no group read p10: retention
+    b.produced("expired", 3400, 10, 2)
+    # replays (msgtrace replay: attrs replay_run): one that the groups then processed, and one whose
+    # re-publish failed too (the original verdict stays, the attempt is in the evidence)
+    b.produced("replayed", 3500, 8, 0)
+    for e in b.events[-2:]:
+        e.attrs = {}
+    b.add("replayed", "sent", 3600).attrs = {"replay_run": "r1"}
+    b.add("replayed", "broker_acked", 3601, p=8, o=1).attrs = {"replay_run": "r1"}
+    b.consumed("replayed", 3610, "g1", 8, 1)
+    b.consumed("replayed", 3620, "g2", 8, 1)
+    b.add("replay-failed", "sent", 3700)
+    b.add("replay-failed", "send_failed", 3710, error="TimeoutError")
+    b.add("replay-failed", "sent", 3800).attrs = {"replay_run": "r2"}
+    b.add("replay-failed", "send_failed", 3810, error="still down").attrs = {"replay_run": "r2"}
     return b
+
+
+#: a snapshot of the business broker (the partition log starts reconcile reads live with --bootstrap)
+BROKER = StaticBroker(log_starts={(TOPIC, 10): 5})
 
 
 #: (msg_id, group) -> (verdict, flags); pairs not listed are checked elsewhere or must be plainly delivered
@@ -209,15 +239,22 @@ EXPECT: dict[tuple[str, str], tuple[str, set[str]]] = {
     ("gap-norecv", "g1"): (V.AUDIT_GAP, set()),
     ("seqgap", "g1"): (V.LOST_IN_CONSUMER, {V.EMITTER_SEQ_GAP}),
     ("too-late", "g1"): (V.LOST_IN_CONSUMER, set()),
+    ("rolled-back", "g1"): (V.ROLLED_BACK, set()),
+    ("rolled-back", "g2"): (V.ROLLED_BACK, set()),
+    ("expired", "g1"): (V.EXPIRED_IN_BROKER, set()),
+    ("expired", "g2"): (V.EXPIRED_IN_BROKER, set()),
+    ("replayed", "g1"): (V.DELIVERED, {V.REPLAYED}),
+    ("replayed", "g2"): (V.DELIVERED, {V.REPLAYED}),
+    ("replay-failed", "g1"): (V.SEND_FAILED, {V.REPLAYED}),
 }
 PLAIN = [("ok", "g1"), ("ok", "g2"), ("dup-audit", "g1"), ("dup-audit", "g2"), ("retry-ok", "g1"),
-         ("retry-ok", "g2"), ("skew", "g1"), ("skew", "g2"), ("late-ok", "g1"), ("split", "g1")]
+         ("retry-ok", "g2"), ("skew", "g1"), ("skew", "g2"), ("late-ok", "g1"), ("split", "g1"), ("rb-retry", "g1"), ("rb-retry", "g2")]
 
 
 @pytest.fixture
 def judged(store):
     store.insert_events(scenario_events().events)
-    res = reconcile(store, T0, T0 + HOUR, grace_s=600, now_us=T0 + 10 * HOUR)
+    res = reconcile(store, T0, T0 + HOUR, grace_s=600, now_us=T0 + 10 * HOUR, broker=BROKER)
     return store, res, {(r.msg_id, r.consumer_group): r for r in res.rows}
 
 
@@ -262,6 +299,12 @@ def test_broker_evidence_names_what_decided(judged):
     ep = rows[("epoch-pending", "g1")]
     assert ep.decided_by == "no_evidence_of_passing" and "reset" in ep.evidence
     assert rows[("pending", "g1")].decided_by == "no_evidence_of_passing"
+    ex = rows[("expired", "g2")]
+    assert ex.decided_by == "log_start_passed" and "log starts at offset 5" in ex.evidence
+    assert ex.remedy == V.REMEDY[V.EXPIRED_IN_BROKER] and ex.stopped_at == "broker_acked"
+    rb = rows[("rolled-back", "g1")]
+    assert rb.stopped_at == "rolled_back" and "rolled_back at" in rb.evidence and rb.verdict not in V.LOST
+    assert "replayed by run r2" in rows[("replay-failed", "g1")].evidence
 
 
 def test_consumer_evidence_names_what_decided(judged):
@@ -399,7 +442,8 @@ def test_unique_ids_do_not_collide(store):
 def test_single_group_path_agrees_with_the_general_one(judged):
     """--group g1 runs reconcile_scan_single.sql (no ARRAY JOIN); g1's verdicts must not change."""
     store, res, rows = judged
-    one = reconcile(store, T0, T0 + HOUR, grace_s=600, now_us=T0 + 10 * HOUR, groups=["g1"], write=False)
+    one = reconcile(store, T0, T0 + HOUR, grace_s=600, now_us=T0 + 10 * HOUR, groups=["g1"], write=False,
+                    broker=BROKER)
     mine = {(r.msg_id, r.consumer_group): (r.verdict, sorted(r.flags), r.decided_by) for r in one.rows}
     full = {k: (r.verdict, sorted(r.flags), r.decided_by) for k, r in rows.items() if k[1] == "g1"}
     assert mine == full
@@ -430,18 +474,18 @@ def _view(res):
 def _both_paths(store, monkeypatch, **kw):
     """reconcile() by message (the default) and by pair (reconcile_topic_groups + reconcile_scan*.sql),
     and how often the topic-groups scan ran in the first."""
-    import tracer.analysis.reconcile as R
+    import tracer.analysis.passes as R
 
     calls = []
-    orig = R._topic_groups
-    monkeypatch.setattr(R, "_topic_groups", lambda *a: calls.append(1) or orig(*a))
+    orig = R.topic_groups
+    monkeypatch.setattr(R, "topic_groups", lambda *a: calls.append(1) or orig(*a))
     args = dict(grace_s=600, now_us=T0 + 10 * HOUR, write=False)
     args.update(kw)
     fast = reconcile(store, T0, T0 + HOUR, **args)
     n_tg = len(calls)
-    monkeypatch.setattr(R, "_MSG_SCAN", False)
+    monkeypatch.setattr(R, "MSG_SCAN", False)
     slow = reconcile(store, T0, T0 + HOUR, **args)
-    monkeypatch.setattr(R, "_MSG_SCAN", True)
+    monkeypatch.setattr(R, "MSG_SCAN", True)
     return fast, slow, n_tg
 
 
@@ -499,16 +543,16 @@ def test_message_pass_fan_out_uses_the_per_pair_scan(store, monkeypatch):
     b.consumed("f2", 15, "g2", 0, 1)
     b.produced("f3", 20, 0, 2)
     store.insert_events(b.events)
-    import tracer.analysis.reconcile as R
+    import tracer.analysis.passes as R
 
     # the hint (first receipts) sees two groups on the topic: straight to the per-pair pass
     fast, slow, n_tg = _both_paths(store, monkeypatch)
     assert n_tg == 1 and _view(fast) == _view(slow)
     assert {(r.msg_id, r.consumer_group) for r in fast.rows} == {("f1", "g2"), ("f2", "g1"), ("f3", "g1"),
                                                                   ("f3", "g2")}
-    assert R._fan_out_hint(store, T0, T0 + 2 * HOUR)
+    assert R.fan_out_hint(store, Window.build(T0, T0 + HOUR, now=T0 + 2 * HOUR))
     # without the hint, pass 1 by message finds the fan-out and hands its groups per topic over
-    monkeypatch.setattr(R, "_fan_out_hint", lambda *a: False)
+    monkeypatch.setattr(R, "fan_out_hint", lambda *a: False)
     fast, slow, n_tg = _both_paths(store, monkeypatch)
     assert n_tg == 0 and _view(fast) == _view(slow)
 
@@ -524,17 +568,17 @@ def test_message_pass_counts_duplicates_and_producer_groups_exactly(store, monke
     b.produced("pg", 20, 0, 2)
     b.consumed("pg", 25, "g1", 0, 2)
     store.insert_events(b.events)
-    import tracer.analysis.reconcile as R
+    import tracer.analysis.passes as R
 
     made = []
     orig = R.pairs_sql
-    monkeypatch.setattr(R, "pairs_sql", lambda **kw: made.append(kw) or orig(**kw))
+    monkeypatch.setattr(R, "pairs_sql", lambda events, exact=True: made.append(exact) or orig(events, exact))
     fast, slow, _ = _both_paths(store, monkeypatch)
     assert _view(fast) == _view(slow)
     got = {(r.msg_id, r.consumer_group): (r.verdict, r.flags) for r in fast.rows}
     assert got == {("d2", "g1"): (V.DELIVERED, [V.DUPLICATE_PROCESSING])}
     # pass 2 by rows first, then d1 (two rows of one received, one ts_us) again with event_id
-    assert [k.get("row_counts", False) for k in made] == [True, False, False]  # fast: 2 queries, per pair: 1
+    assert made == [False, True, True]  # fast: by rows, then d1 exactly; per pair: exactly
     # a producer stage naming a consumer group: the per-pair path decides
     store.insert_events([Event(msg_id="pg", stage="sent", ts_us=T0 + 30 * MS, topic=TOPIC, consumer_group="g1",
                                service="producer", host="h1", pid=7)])
@@ -545,7 +589,7 @@ def test_message_pass_counts_duplicates_and_producer_groups_exactly(store, monke
 def test_frontier_from_the_latest_acks_agrees_with_the_full_query(store, monkeypatch):
     """lost_in_broker evidence (1) found from the latest ack per partition, checked, or else by
     reconcile_frontier.sql: the same verdicts and evidence either way."""
-    import tracer.analysis.reconcile as R
+    import tracer.analysis.passes as R
 
     b = Builder()
     b.produced("lost-a", 0, 0, 0)  # p0: passed over, a later message received
@@ -562,17 +606,19 @@ def test_frontier_from_the_latest_acks_agrees_with_the_full_query(store, monkeyp
     b.produced("odd-c", day + 50, 2, 1)
     b.consumed("odd-c", day + 55, "g1", 3, 1)
     store.insert_events(b.events)
+    import tracer.analysis.broker as B
+
     calls = []
-    orig = store.query_file
-    monkeypatch.setattr(store, "query_file", lambda name, *a, **k: calls.append(name) or orig(name, *a, **k))
+    orig = B.render
+    monkeypatch.setattr(B, "render", lambda name, **kw: calls.append(name) or orig(name, **kw))
     for start, lost, fell_back in ((T0, {"lost-a"}, False), (T0 + 24 * HOUR, {"lost-b"}, True)):
         args = dict(grace_s=600, now_us=start + 10 * HOUR, write=False, lookback_s=3600)
         calls.clear()
         fast = reconcile(store, start, start + HOUR, **args)
         used = list(calls)
-        monkeypatch.setattr(R, "_MSG_SCAN", False)
+        monkeypatch.setattr(R, "MSG_SCAN", False)
         slow = reconcile(store, start, start + HOUR, **args)
-        monkeypatch.setattr(R, "_MSG_SCAN", True)
+        monkeypatch.setattr(R, "MSG_SCAN", True)
         assert _view(fast) == _view(slow)
         assert {r.msg_id for r in fast.rows if r.decided_by == "later_acked_received"} == lost
         assert "reconcile_frontier_latest" in used and "reconcile_frontier_check" in used

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from tests.test_reconcile import HOUR, T0, Builder, scenario_events
 from tracer import verdicts as V
 from tracer.cli import LAZY_COMMANDS, main
+from tracer.cli.reconcile import parse_duration, resolve_window
 from tracer.errors import ConfigError
 from tracer.events import cap_msg_id
-from tracer.cli.reconcile import parse_duration, resolve_window
 
 WINDOW = ["--from", "2026-11-21T00:00:00Z", "--to", "2026-11-21T01:00:00Z"]
 
@@ -35,9 +35,11 @@ def wide_console(monkeypatch):
     monkeypatch.setattr(out, "_width", 250)
 
 
-def test_reconcile_json_lists_every_non_delivered_pair(store):
+def test_reconcile_json_lists_every_non_delivered_pair(store, tmp_path):
     store.insert_events(scenario_events().events)
-    r = run(store, "reconcile", *WINDOW, "--json")
+    snap = tmp_path / "offsets.json"  # the partition log start expired_in_broker needs (--bootstrap reads it live)
+    snap.write_text('{"log_start": [{"topic": "orders.paid", "partition": 10, "offset": 5}]}', encoding="utf-8")
+    r = run(store, "reconcile", *WINDOW, "--json", "--broker-snapshot", str(snap))
     assert r.exit_code == 1, r.stderr
     doc = orjson.loads(r.stdout)
     assert {"run_id", "window", "summary", "messages"} <= set(doc)
@@ -106,7 +108,9 @@ def test_reconcile_usage_errors_exit_2(store):
                        ([*WINDOW, "--grace", "soon"], "invalid --grace"),
                        ([*WINDOW, "--tz", "Mars/Olympus"], "unknown time zone"),
                        (["--from", "2026-11-21", "--to", "2026-11-20"], "empty window"),
-                       ([*WINDOW, "--expected-sql", "SELECT 1"], "--expected-dsn")):
+                       ([*WINDOW, "--expected-sql", "SELECT 1"], "--expected-dsn"),
+                       ([*WINDOW, "--broker-snapshot", "/no/such/file.json"], "cannot read broker snapshot"),
+                       ([*WINDOW, "--broker-snapshot", "x.json", "--bootstrap", "h:1"], "not both")):
         r = run(store, "reconcile", *args)
         assert r.exit_code == 2 and text in r.stderr, (args, r.stderr)
     r = CliRunner().invoke(main, ["reconcile", *WINDOW, "--store", "clickhouse://u:pw@127.0.0.1:1/db"])

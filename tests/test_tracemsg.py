@@ -9,9 +9,11 @@ import pytest
 from click.testing import CliRunner
 
 from tests.test_reconcile import EXPECT, HOUR, T0, Builder, scenario_events
-from tracer.events import Event
-from tracer.analysis.reconcile import judge_events, judge_message_sql, make_verdict
+from tracer.analysis import passes
+from tracer.analysis.judge import judge_events
+from tracer.analysis.result import Verdict
 from tracer.cli.tracemsg import similar_prefix, trace_msg
+from tracer.events import Event
 
 HOSTILE = ["q'uote", 'd"q', "back\\slash\\", "uni-čšž-红包-🧧", "x" * 10_240,
            "'; DROP TABLE trace_events; --", "{msg_id:String}", "tab\tnl\nend", "nul\0byte"]
@@ -36,7 +38,8 @@ def _server_url(store) -> str:
 
 
 def test_python_judge_matches_the_sql(store):
-    """trace-msg judges one message in Python; it must agree with reconcile_pairs.sql everywhere."""
+    """trace-msg judges one message in Python; it must agree with reconcile_pairs.sql everywhere
+    (rolled back, replayed and expired messages included)."""
     b = scenario_events()
     store.insert_events(b.events)
     ids = sorted({e.msg_id for e in b.events})
@@ -45,8 +48,8 @@ def test_python_judge_matches_the_sql(store):
         for m in ids:
             events = store.select_events(m)
             for groups in ((), ("g1", "g2", "ghost")):
-                py = {r["consumer_group"]: make_verdict(r) for r in judge_events(m, events, groups, 1)}
-                sql = {r["consumer_group"]: make_verdict(r) for r in judge_message_sql(store, m, groups, 1)}
+                py = {v.consumer_group: v for v in judge_events(m, events, groups, 1)}
+                sql = {f.consumer_group: Verdict.judge(f) for f in passes.one_message(store, m, groups, 1)}
                 for g in sorted(set(py) | set(sql)):
                     a, s = py.get(g), sql.get(g)
                     pa = a and (a.verdict, sorted(a.flags), a.stopped_at, a.evidence)

@@ -10,11 +10,12 @@ import io
 import sys
 import uuid
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Protocol, Sequence
 
+from tracer.analysis.sql import Ident, render
 from tracer.errors import ConfigError
 from tracer.events import MAX_MSG_ID_CHARS, cap_msg_id
-from tracer.store import Store, check_identifier, load_sql
+from tracer.store import Store
 
 BATCH = 200_000
 
@@ -135,24 +136,63 @@ def _sql_batches(query: str, dsn: str) -> Iterator[list[str]]:
         engine.dispose()
 
 
-def load_expected(store: Store, source: ExpectedSource, run_id: str | None = None) -> tuple[str, int]:
+def load_expected(store: Store, source: "IdSource", run_id: str | None = None) -> tuple[str, int]:
     """Create the run's staging table and fill it; return (table name, number of ids loaded)."""
-    table = check_identifier(f"expected_{(run_id or uuid.uuid4().hex)[:32]}", "table name")
-    store.command(load_sql("expected_table").replace("__TABLE__", table))
+    table = Ident(f"expected_{(run_id or uuid.uuid4().hex)[:32]}")
+    store.command(render("expected_table", table=table))
     n = 0
     try:
         for batch in source.batches():
             if batch:
                 if max(map(len, batch)) > MAX_MSG_ID_CHARS:  # stored ids that long are capped
                     batch = [cap_msg_id(m) for m in batch]
-                n += store.insert(table, {"msg_id": batch})
+                n += store.insert(table.name, {"msg_id": batch})
     except BaseException:
-        drop_expected(store, table)
+        drop_expected(store, table.name)
         raise
-    return table, n
+    return table.name, n
 
 
 def drop_expected(store: Store, table: str) -> None:
-    check_identifier(table, "table name")
-    store.command(f"DROP TABLE IF EXISTS {{db:Identifier}}.`{table}`")
+    store.command(render("reconcile_drop_staging", table=Ident(table)))
     store._types.pop(table, None)
+
+
+class IdSource(Protocol):
+    def batches(self) -> Iterator[list[str]]: ...
+
+
+@dataclass(slots=True)
+class IdList:
+    """Ids already in memory (candidate messages of a run), as an id source."""
+
+    ids: Sequence[str]
+
+    def batches(self) -> Iterator[list[str]]:
+        for i in range(0, len(self.ids), BATCH):
+            yield list(self.ids[i:i + BATCH])
+
+
+class Staging:
+    """The staging tables of one run: made on demand, all dropped at the end (``with``)."""
+
+    def __init__(self, store: Store, run_id: str) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.tables: list[str] = []
+
+    def ids(self, ids: Sequence[str], tag: str) -> Ident:
+        return self.load(IdList(ids), tag)[0]
+
+    def load(self, source: IdSource, tag: str = "") -> tuple[Ident, int]:
+        table, n = load_expected(self.store, source, tag + self.run_id)
+        self.tables.append(table)
+        return Ident(table), n
+
+    def __enter__(self) -> "Staging":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for t in self.tables:
+            drop_expected(self.store, t)
+        self.tables.clear()

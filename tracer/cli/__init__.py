@@ -16,7 +16,7 @@ from tracer.cli.util import err
 LAZY_COMMANDS: dict[str, str] = {
     "trace-msg": "tracer.cli.tracemsg:trace_msg",
     "reconcile": "tracer.cli.reconcile:reconcile",
-    "incident": "tracer.cli.reconcile:incident",
+    "incident": "tracer.cli.incident:incident",
     "collect": "collectors.cli:collect",
     "ship": "tracer.cli.ship:ship",
     "demo": "tracer.demo:demo",

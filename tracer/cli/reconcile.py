@@ -1,6 +1,6 @@
-"""``msgtrace reconcile`` (the nightly job) and ``msgtrace incident`` (where losses cluster).
-
-Both are thin click layers over :mod:`tracer.reconcile`; ClickHouse does the heavy work.
+"""``msgtrace reconcile``: the nightly job. A thin click layer over :mod:`tracer.analysis.reconcile`
+(ClickHouse does the heavy work); the window options and report writers are shared with
+``msgtrace incident`` (:mod:`tracer.cli.incident`).
 """
 from __future__ import annotations
 
@@ -189,7 +189,7 @@ def print_result(res: Any, limit: int | None) -> None:
     out.print(f"pairs judged: {res.total}, lost: [{colour} bold]{res.lost}[/] (loss rate {_pct(res.loss_rate)})")
     if res.seq_gaps:
         out.print(f"[yellow]emitters with seq gaps: {len(res.seq_gaps)} "
-                  f"({sum(g['missing'] for g in res.seq_gaps)} audit events missing)[/]")
+                  f"({sum(g.missing for g in res.seq_gaps)} audit events missing)[/]")
     listed = [r for r in res.rows if r.verdict != V.DELIVERED or r.flags]
     if listed:
         shown = listed if limit is None else listed[:limit]
@@ -273,58 +273,6 @@ def write_out(path: str, res: Any) -> None:
         raise ConfigError(f"cannot write --out {path}: {e.strerror}") from None
 
 
-def _lat(q: dict[str, Any]) -> str:
-    def f(us: Any) -> str:
-        if us is None:
-            return "-"
-        return f"{us / 1000:.1f}ms" if us < 10_000_000 else f"{us / 1e6:.1f}s"
-
-    return " / ".join(f(q[k]) for k in ("p50", "p90", "p99"))
-
-
-def print_report(rep: Any, top: int) -> None:
-    from rich.table import Table
-
-    res = rep.result
-    w = res.to_json()["window"]
-    out.print(f"[bold]incident[/] window {w['from']} .. {w['to']}: pairs {res.total}, lost {res.lost} "
-              f"(loss rate {_pct(res.loss_rate)})")
-    if rep.clusters:
-        t = Table(title=f"where messages stopped (top {min(top, len(rep.clusters))} of {len(rep.clusters)} clusters)")
-        for c in ("verdict", "stopped at", "topic", "partition", "host/pid", "minute (UTC)", "pairs"):
-            t.add_column(c, justify="right" if c == "pairs" else "left")
-        for (v, s, topic, p, host, minute), n in rep.clusters[:top]:
-            t.add_row(v, s, _esc(topic), str(p) if p >= 0 else "-", _esc(host),
-                      fmt_minute(minute), str(n))
-        out.print(t)
-    else:
-        out.print("[green]every message of the window was delivered[/]")
-    if rep.funnel:
-        t = Table(title="stage funnel: messages reaching each stage")
-        cols = ("topic", "group", "messages", "sent", "send_failed", "broker_acked", "received",
-                "offset_committed", "business_done", "business_failed", "dead_lettered")
-        for c in cols:
-            t.add_column(c.replace("_", " "), justify="left" if c in ("topic", "group") else "right")
-        for row in rep.funnel:
-            t.add_row(_esc(row["topic"]), _esc(row["consumer_group"]) or "-", *[str(row[c]) for c in cols[2:]])
-        out.print(t)
-        t = Table(title="hop latencies p50 / p90 / p99")
-        t.add_column("topic")
-        t.add_column("group")
-        hops = {"sent_acked": "sent→acked", "acked_received": "acked→received", "received_done": "received→done",
-                "sent_done": "sent→done"}
-        for label in hops.values():
-            t.add_column(label)
-        for row in rep.funnel:
-            t.add_row(_esc(row["topic"]), _esc(row["consumer_group"]) or "-",
-                      *[_lat(row[f"latency_{h}_us"]) for h in hops])
-        out.print(t)
-
-
-def fmt_minute(us: int) -> str:
-    return datetime.fromtimestamp(us / 1e6, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
-
-
 # --- commands --------------------------------------------------------------------------
 
 @click.command("reconcile")
@@ -339,6 +287,10 @@ def fmt_minute(us: int) -> str:
 @click.option("--bootstrap", envvar="MSGTRACE_BUSINESS_KAFKA_BOOTSTRAP", metavar="HOST:PORT",
               help="The business Kafka (where the consumer groups commit): ask it live for the groups' committed "
                    "offsets (lost_in_broker vs pending_in_broker, lost_in_consumer vs in_flight).")
+@click.option("--broker-snapshot", metavar="FILE",
+              help="The business Kafka's offsets taken elsewhere, as JSON: {\"log_start\": [{\"topic\", "
+                   "\"partition\", \"offset\"}], \"committed\": [{\"group\", \"topic\", \"partition\", "
+                   "\"offset\"}]}; used like --bootstrap's live reads (expired_in_broker, lost_in_broker).")
 @click.option("--limit", default=20, show_default=True, help="How many non-delivered messages to print.")
 @click.option("--all", "show_all", is_flag=True, help="Print every non-delivered message.")
 @click.option("--out", "out_path", metavar="FILE", help="Also write the report to FILE (.json, .md or .html).")
@@ -348,7 +300,8 @@ def fmt_minute(us: int) -> str:
 @handle_errors
 def reconcile(t_from: str | None, t_to: str | None, yesterday: bool, tz_name: str | None, grace: str,
               lookback: str, groups: tuple[str, ...], expected: str | None, expected_column: str | None,
-              expected_sql: str | None, expected_dsn: str | None, bootstrap: str | None, limit: int,
+              expected_sql: str | None, expected_dsn: str | None, bootstrap: str | None,
+              broker_snapshot: str | None, limit: int,
               show_all: bool, out_path: str | None, no_write: bool, store_url: str | None, as_json: bool) -> None:
     """Judge every message of a window per consumer group; store and print the verdicts.
 
@@ -362,9 +315,17 @@ def reconcile(t_from: str | None, t_to: str | None, yesterday: bool, tz_name: st
     grace_s = parse_duration(grace, "--grace")
     lookback_s = parse_duration(lookback, "--lookback")
     source = _expected_source(expected, expected_column, expected_sql, expected_dsn)
+    broker = None
+    if broker_snapshot:
+        if bootstrap:
+            raise ConfigError("give --bootstrap (live offsets) or --broker-snapshot (offsets taken elsewhere), not both")
+        from tracer.analysis.broker import StaticBroker
+
+        broker = StaticBroker.from_json(broker_snapshot)
     with Store(store_url) as store, _progress_ctx(not as_json) as progress:
         res = run_reconcile(store, w.from_us, w.to_us, grace_s, groups=list(groups) or None, expected=source,
-                            bootstrap=bootstrap, lookback_s=lookback_s, write=not no_write, progress=progress)
+                            bootstrap=bootstrap, lookback_s=lookback_s, write=not no_write, progress=progress,
+                            broker=broker)
     if out_path:
         write_out(out_path, res)
     if as_json:
@@ -376,32 +337,3 @@ def reconcile(t_from: str | None, t_to: str | None, yesterday: bool, tz_name: st
         if out_path:
             out.print(f"report written to {out_path}")
     sys.exit(EXIT_LOST if res.lost else EXIT_OK)
-
-
-@click.command("incident")
-@window_options
-@click.option("--top", default=15, show_default=True, help="How many loss clusters to show.")
-@store_option
-@json_option
-@handle_errors
-def incident(t_from: str | None, t_to: str | None, yesterday: bool, tz_name: str | None, grace: str,
-             lookback: str, groups: tuple[str, ...], top: int, store_url: str | None, as_json: bool) -> None:
-    """Where losses cluster in a window: stage x topic x partition x host x minute, the stage funnel
-    and hop latencies.
-
-    Exit status: 0 nothing lost, 1 messages lost, 2 error.
-    """
-    from tracer.analysis.reconcile import analyse_incident
-    from tracer.store import Store
-
-    w = resolve_window(t_from, t_to, yesterday, tz_name)
-    with Store(store_url) as store, _progress_ctx(not as_json) as progress:
-        rep = analyse_incident(store, w.from_us, w.to_us, parse_duration(grace, "--grace"), groups=list(groups) or None,
-                      lookback_s=parse_duration(lookback, "--lookback"), progress=progress)
-    if as_json:
-        import orjson
-
-        sys.stdout.write(orjson.dumps(rep.to_json(top=None)).decode() + "\n")
-    else:
-        print_report(rep, top)
-    sys.exit(EXIT_LOST if rep.result.lost else EXIT_OK)

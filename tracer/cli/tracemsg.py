@@ -120,7 +120,7 @@ def trace_msg(msg_id: str, groups: tuple[str, ...], topic_groups: bool, bootstra
     --group, and with --topic-groups those receiving from its topic around its time.
     Exit status: 0 delivered to every expected group, 1 not, 3 unknown id, 2 error.
     """
-    from tracer.analysis.reconcile import judge_message
+    from tracer.analysis.judge import judge_message
     from tracer.store import Store
 
     if not msg_id:
