@@ -7,6 +7,8 @@ the emitter or the spool format. The calls, by stage (DESIGN.md, Stages):
 ========================  ====================================================================
 ``sent(...) -> Send``      the app handed a message to the client: identity (msg_id, trace
                            context, the headers to add) decided, ``sent`` spooled
+                           (``sent_instrumented`` + ``sent_done``: a client whose own
+                           OpenTelemetry instrumentation injects the context in the call)
 ``Send.acked(p, o)``       ``broker_acked``            (``Send.acked_metadata(md)``: md.partition/offset)
 ``Send.failed(e)``         ``send_failed``
 ``rolled_back(sends)``     ``rolled_back`` (an aborted transaction)
@@ -294,6 +296,50 @@ class Recorder:
             add.append((MSG_ID_HEADER, msg_id.encode()))
         self._emit(SENT, msg_id, topic, partition, None, None, k, None, trace_id, span_id)
         return Send((self, msg_id, topic, partition, k, trace_id, span_id, span, tuple(add)))
+
+    def sent_instrumented(self, topic: str, key: Any = None, value: Any = None, msg_id: Any = None,
+                          headers: Any = None, partition: int | None = None) -> Send:
+        """:meth:`sent` for a client that carries OpenTelemetry's own instrumentation, which injects the
+        trace context inside the client call: the identity is decided (``s.headers`` holds only the
+        ``msgtrace-id`` to add: no traceparent, no span of msgtrace's, so nothing is duplicated) but
+        ``sent`` is not spooled yet. After the client call, :meth:`sent_done` reads the context the
+        instrumentation put on the message and spools ``sent`` with it. Raises only on a bug."""
+        pol = self._policy
+        k = key_text(key) if key is not None else None
+        existing_id = text(get_header(headers, MSG_ID_HEADER)) if headers else None
+        if msg_id is None:
+            msg_id = existing_id or None
+        if msg_id is None:
+            if pol.id_fn is not None:
+                msg_id = self._call_id_fn(topic, key, value)
+            elif not pol.headers and k:
+                msg_id = k
+            else:
+                msg_id = self._ids.new()
+        msg_id = str(msg_id)
+        if len(msg_id) > MAX_MSG_ID_CHARS:
+            msg_id = cap_msg_id(msg_id)
+        add = ((MSG_ID_HEADER, msg_id.encode()),) if pol.headers and existing_id is None else ()
+        return Send((self, msg_id, topic, partition, k, None, None, None, add))
+
+    def sent_done(self, send: Send, carrier: Any) -> Send:
+        """Spool ``sent`` for a :meth:`sent_instrumented` send, with the trace context found in
+        ``carrier`` (the headers as the client call left them); returns the Send with those ids.
+        Never raises."""
+        try:
+            tp = get_header(carrier, TRACEPARENT) if carrier else None
+            trace_id, span_id = parse_traceparent(tp) if tp is not None else (None, None)
+            if trace_id is None:
+                ctx = self._ctx.current()
+                if ctx is not None:
+                    trace_id, span_id = ctx
+            rec, msg_id, topic, partition, k, _t, _s, span, add = send
+            out = Send((rec, msg_id, topic, partition, k, trace_id, span_id, span, add))
+            self._emit(SENT, msg_id, topic, partition, None, None, k, None, trace_id, span_id)
+            return out
+        except Exception as e:
+            self.hook_error(e)
+            return send
 
     def _new_ids(self) -> tuple[str, str]:
         """(trace_id, span_id) for a traceparent msgtrace adds: the active trace continued, else a new one."""

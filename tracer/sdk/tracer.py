@@ -256,7 +256,7 @@ class _Processing:
                 self._ident = self._rec.identify(ref, self._group)
             spans = t._core.spans
             ident = self._ident
-            if spans is not None and ident is not None:
+            if spans is not None and ident is not None and not _consumer_span_active():
                 self._span, self._token = spans.start_process(self._rec.mq, ident.msg_id, ident.topic,
                                                               ident.partition, ident.offset, ident.consumer_group,
                                                               ident.trace_id, ident.span_id)
@@ -281,6 +281,18 @@ class _Processing:
         except Exception as e:
             t._hook_error(e)
         return False  # re-raise the business exception unchanged
+
+
+def _consumer_span_active() -> bool:
+    """True when a CONSUMER span is already current: the client's own OpenTelemetry instrumentation
+    (confluent-kafka's, pika's) made one for this message, so msgtrace starts no second one."""
+    try:
+        from opentelemetry import trace
+        from opentelemetry.trace import SpanKind
+
+        return getattr(trace.get_current_span(), "kind", None) == SpanKind.CONSUMER
+    except Exception:
+        return False
 
 
 @atexit.register
