@@ -326,3 +326,23 @@ def test_global_in_rewrite_only_touches_subqueries():
     assert "c IN (1, 2)" in out and "d GLOBAL IN (SELECT z" in out and "GLOBAL GLOBAL" not in out
     assert declared("-- msgtrace: shard-local per-shard\nSELECT 1") is ShardLocal.PER_SHARD
     assert declared("SELECT 1 -- msgtrace: shard-local group-by") is None  # a whole comment line only
+
+
+def test_password_from_the_environment_or_a_secret_file(monkeypatch, tmp_path, clickhouse_server):
+    if clickhouse_server is None:
+        pytest.skip("needs the test's own server (its password is known)")
+    secret = tmp_path / "pw"
+    secret.write_text(clickhouse_server.password + "\n")
+    url = f"clickhouse://{clickhouse_server.user}@127.0.0.1:{clickhouse_server.tcp_port}/msgtrace"
+    monkeypatch.delenv("MSGTRACE_STORE_PASSWORD", raising=False)
+    monkeypatch.setenv("MSGTRACE_STORE_PASSWORD_FILE", str(secret))
+    assert Store(url).query("SELECT 1 AS x") == [{"x": 1}]
+    monkeypatch.setenv("MSGTRACE_STORE_PASSWORD", "wrong-" + clickhouse_server.password)  # the variable wins
+    with pytest.raises(QueryError) as ei:
+        Store(url).query("SELECT 1")
+    assert clickhouse_server.password not in str(ei.value)
+    monkeypatch.delenv("MSGTRACE_STORE_PASSWORD")
+    monkeypatch.setenv("MSGTRACE_STORE_PASSWORD_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="MSGTRACE_STORE_PASSWORD_FILE: cannot read"):
+        parse_store_url(url)
+    assert parse_store_url(url.replace("@", ":inline@")).password == "inline"  # the URL's own wins

@@ -6,7 +6,9 @@
   share a store by taking turns, waiting a bounded time, and a waiter that
   gives up names the holder.
 * ``clickhouse://user:password@host:9000/database`` -- a server over the native
-  protocol (clickhouse-driver), 18.16 or newer.
+  protocol (clickhouse-driver), 18.16 or newer; without a password in the URL, it comes from
+  ``MSGTRACE_STORE_PASSWORD`` or the file ``MSGTRACE_STORE_PASSWORD_FILE`` (a secret). On a
+  cluster the URL names any node; see :mod:`tracer.store.cluster`.
 
 SQL lives in ``queries/*.sql`` and runs unchanged on both. Values are always
 bound as ``{name:Type}`` parameters: chDB binds them server side; for old
@@ -106,11 +108,29 @@ def parse_store_url(url: str) -> StoreURL:
         if not parts.hostname:
             raise ConfigError("clickhouse store URL has no host (expected clickhouse://user:pass@host:9000/db)")
         db = unquote(parts.path.lstrip("/")) or query.get("database", [DEFAULT_DATABASE])[0]
+        password = unquote(parts.password) if parts.password is not None else _env_password()
         return StoreURL("clickhouse", check_identifier(db), host=parts.hostname, port=port or 9000,
-                        user=unquote(parts.username or "default"), password=unquote(parts.password or ""),
+                        user=unquote(parts.username or "default"), password=password,
                         secure=scheme == "clickhouses")
     shown = url.split("://", 1)[0] if "://" in url else url[:40]
     raise ConfigError(f"unsupported store URL scheme {shown!r} (expected chdb:// or clickhouse://)")
+
+
+def _env_password() -> str:
+    """The password of a store URL that has none: ``MSGTRACE_STORE_PASSWORD``, else the first line of
+    the file ``MSGTRACE_STORE_PASSWORD_FILE`` names (a Docker or Kubernetes secret), else empty. The
+    URL can then live in plain configuration and the password in a secret, never percent-encoded."""
+    pw = os.environ.get("MSGTRACE_STORE_PASSWORD")
+    if pw:
+        return pw
+    path = os.environ.get("MSGTRACE_STORE_PASSWORD_FILE")
+    if not path:
+        return ""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().rstrip("\r\n")
+    except OSError as e:
+        raise ConfigError(f"MSGTRACE_STORE_PASSWORD_FILE: cannot read {path}: {e.strerror}") from None
 
 
 def load_sql(name: str) -> str:
