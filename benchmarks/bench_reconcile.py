@@ -104,31 +104,30 @@ def stats(xs: list[float]) -> str:
             f"n={len(xs)})")
 
 
-def bench_reconcile(root: str, messages: int, repeats: int, lossy: bool) -> dict:
-    import tracer.analysis.reconcile as R
+def _step(sql: str) -> str:
+    """A query's name: the first words of its header comment (every query file starts with one)."""
+    for line in sql.splitlines():
+        line = line.strip()
+        if line.startswith("--"):
+            return line[2:].strip()[:60]
+        if line:
+            return line[:40]
+    return "?"
 
+
+def bench_reconcile(root: str, messages: int, repeats: int, lossy: bool) -> dict:
     store = Store(f"chdb://{root}/rec-{'lossy' if lossy else 'clean'}")
     store.init_schema()
     gen_s = generate(store, messages, lossy=lossy)
     steps: dict[str, list[float]] = {}
-    orig_run, orig_qf = R._run, store.query_file
+    orig_query = store.query
 
-    def timed(key, fn, *args, **kwargs):
+    def timed_query(sql, params=None, **kw):
         t = time.perf_counter()
         try:
-            return fn(*args, **kwargs)
+            return orig_query(sql, params, **kw)
         finally:
-            steps.setdefault(key, []).append(time.perf_counter() - t)
-
-    def step(sql: str) -> str:
-        low = sql.lower()
-        if "reconcile, pass 2" in low:
-            return "pass 2 (details)"
-        if "seq numbers show gaps" in low:
-            return "reconcile_seq_gaps"
-        if "reconcile, pass 1 by message" in low:
-            return "pass 1 by message (reconcile_scan_msg)"
-        return "pass 1 per pair (reconcile_scan*)"
+            steps.setdefault(_step(sql), []).append(time.perf_counter() - t)
 
     lo, hi = T0, T0 + messages * STEP_US + 60_000_000
     now = hi + 3600 * 1_000_000
@@ -137,22 +136,20 @@ def bench_reconcile(root: str, messages: int, repeats: int, lossy: bool) -> dict
     with store.session():
         # warm-up of both (page cache, first-use costs), not timed
         store.query(BARE_SQL, {"lo": lo, "hi": hi})
-        R._run, store.query_file = orig_run, orig_qf
         reconcile(store, lo, hi, grace_s=600, now_us=now, write=False)
-        R._run = lambda st, sql, params, small=False: timed(step(sql), orig_run, st, sql, params, small)
-        store.query_file = lambda name, params=None, **kw: timed(name, orig_qf, name, params, **kw)
         for _ in range(repeats):
             c, t = _cpu(), time.perf_counter()
             b = store.query(BARE_SQL, {"lo": lo, "hi": hi})
             tb, cb = time.perf_counter() - t, _cpu() - c
+            store.query = timed_query  # type: ignore[method-assign]
             c, t = _cpu(), time.perf_counter()
             res = reconcile(store, lo, hi, grace_s=600, now_us=now, write=True)
             tr, cr = time.perf_counter() - t, _cpu() - c
+            store.query = orig_query  # type: ignore[method-assign]
             bare.append(tb)
             rec.append(tr)
             ratios.append(tr / tb)
             cpu_ratios.append(cr / cb)
-    R._run = orig_run
     assert b[0]["messages"] == messages, b
     assert res is not None and res.total == messages, res.total
     store.close()

@@ -248,3 +248,52 @@ def test_lost_in_consumer_when_the_commit_answer_is_lost(chdb_url, tmp_path):
         t.close(timeout=5)
         proxy.close()
         broker.stop()
+
+
+@pytest.mark.timeout(240)
+def test_expired_in_broker_reads_the_log_start_live(tansu, chdb_url, tmp_path):
+    """expired_in_broker needs the partition's log start past the message's offset. Tansu (0.6,
+    memory storage) answers ListOffsets(earliest) but not DeleteRecords (its storage panics with "not
+    yet implemented" and drops the connection) and has no retention, so on Tansu this test checks the
+    live read and that a log starting at 0 expires nothing; on a Kafka that deletes records
+    (MSGTRACE_TEST_KAFKA_BOOTSTRAP pointing at a real one would need this test to use it) the
+    deleted messages must come out expired_in_broker, decided by log_start_passed."""
+    from kafka.structs import TopicPartition
+
+    from tracer.analysis.broker import LiveKafka
+
+    store = Store(chdb_url)
+    store.init_schema()
+    t = Tracer(service="order-service", store=chdb_url, spool_dir=str(tmp_path / "spool"))
+    try:
+        t0 = time.time_ns() // 1000
+        create_topic(tansu.bootstrap)
+        p = t.wrap_producer(KafkaProducer(bootstrap_servers=tansu.bootstrap, acks="all", linger_ms=0))
+        for i in range(3):
+            p.send(TOPIC, b"paid", msg_id=f"order:exp-{i}").get(timeout=30)
+        p.close(5)
+        assert t.flush(timeout=30)
+        admin = KafkaAdminClient(bootstrap_servers=tansu.bootstrap, request_timeout_ms=5000)
+        try:
+            admin.delete_records({TopicPartition(TOPIC, 0): 2})
+            deleted = True
+        except KafkaError:  # Tansu: connection reset by the broker (DeleteRecords not implemented)
+            deleted = False
+        finally:
+            admin.close()
+        live = LiveKafka(tansu.bootstrap, timeout_s=5)
+        assert live.log_start(TOPIC, 0) == (2 if deleted else 0)  # a real ListOffsets(earliest) answer
+        got, _ = judge(store, t0, groups=[GROUP])
+        now = time.time_ns() // 1000
+        res = reconcile(store, t0, now + 1_000_000, grace_s=0, now_us=now + 2_000_000, groups=[GROUP],
+                        bootstrap=tansu.bootstrap, write=False)
+        rows = {v.msg_id: v for v in res.rows}
+        for i in range(3):
+            r = rows[f"order:exp-{i}"]
+            assert got[(f"order:exp-{i}", GROUP)].verdict == V.PENDING_IN_BROKER  # the audit alone
+            if deleted and i < 2:
+                assert (r.verdict, r.decided_by) == (V.EXPIRED_IN_BROKER, "log_start_passed"), r.evidence
+            else:
+                assert (r.verdict, r.decided_by) == (V.PENDING_IN_BROKER, "no_evidence_of_passing"), r.evidence
+    finally:
+        t.close(timeout=10)
