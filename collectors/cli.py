@@ -18,8 +18,16 @@ from typing import Any
 import click
 import orjson
 
-from tracer.cli.util import EXIT_ERROR, EXIT_OK, audit_topic_option, bootstrap_option, err, handle_errors, \
-    json_option, store_option
+from tracer.cli.util import (
+    EXIT_ERROR,
+    EXIT_OK,
+    audit_topic_option,
+    bootstrap_option,
+    err,
+    handle_errors,
+    json_option,
+    store_option,
+)
 
 
 class LogFormatter(logging.Formatter):
@@ -113,7 +121,8 @@ def collect(bootstrap: str | None, audit_topic: str, store_url: str | None, grou
     Run several with the same --group to share the audit topic's partitions: a rebalance (one
     joins, one dies) loses nothing and stores nothing twice by event id.
     """
-    from .consumer import CollectorConfig, run_collector
+    from .consumer import CollectorConfig
+    from .run import run_collector
     from .types import CollectorStats
 
     setup_logging(log_level, log_json)
@@ -121,7 +130,7 @@ def collect(bootstrap: str | None, audit_topic: str, store_url: str | None, grou
     metrics = None
     if metrics_port is not None:
         from tracer.errors import ConfigError
-        from tracer.store import parse_store_url, default_store_url
+        from tracer.store import default_store_url, parse_store_url
 
         from .decode import FAST_C
         from .metrics import MetricsServer

@@ -16,6 +16,12 @@ events (``max_batch_events``) after each assignment is looked up. Repeats within
 one batch are counted too. Copies that an emitter re-sent later, outside those
 windows, are not looked up (that would cost a lookup per batch, ~0.3 s per 20k
 ids on chDB); the store still collapses them at read time.
+
+Rebalances (collectors side by side in one group): on revocation the pipeline's
+unwritten and uncommitted data is dropped, and every partition of the new
+assignment is sought back to the group's committed offset -- kafka-python keeps the
+position of a partition that stays assigned, which would otherwise skip what was
+dropped. A partition that moved is read by its new owner from the same offset.
 """
 from __future__ import annotations
 
@@ -26,13 +32,29 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from tracer.errors import ConfigError, MsgtraceError, describe
+from tracer.errors import MsgtraceError, describe
 from tracer.events import MAX_RECORD_BYTES
 
-from .steps import DEFAULT_RAW_LIMIT, Backoff, BatchStep, CommitStep, DecodeStep, StateLog, WriteStep, log_event
+from .steps import (
+    DEFAULT_RAW_LIMIT,
+    Backoff,
+    BatchStep,
+    CommitStep,
+    DecodeStep,
+    StateLog,
+    WriteStep,
+    log_event,
+)
+from .types import (
+    AuditSourceUnavailable,
+    Batch,
+    CollectorStats,
+    Message,
+    MessageRejected,
+    Partition,
+    RawRecord,
+)
 from .writer import StoreWriter
-from .types import AuditSourceUnavailable, Batch, CollectorStats, FlushTimeout, Message, MessageRejected, Partition, \
-    RawRecord
 
 INTENT_PREFIX = "msgtrace-upto="
 
@@ -92,6 +114,7 @@ class Processor:
         self.window_budget: dict[Partition, int] = {}
         self.held: deque[Any] = deque()
         self._revoked = False
+        self._rewind = False
         self._assigned_news: list[Any] | None = None
         self.paused = False
         self.assigned: set[Partition] = set()
@@ -164,21 +187,32 @@ class Processor:
     def on_assigned(self, assigned: Any) -> None:
         self._assigned_news = list(assigned)
 
-    def _after_rebalance(self) -> None:
+    def _after_rebalance(self) -> bool:
+        """Act on a rebalance seen by the last poll; True when the positions were rewound (then the
+        records that poll returned are dropped: they are read again from the rewound positions)."""
         if self._revoked:
             self._revoked = False
-            # Unwritten or uncommitted data of revoked partitions is dropped: the next owner
-            # reads it again from the last commit, and the store de-duplicates what was written.
+            # Unwritten or uncommitted data is dropped: it is read again from the last commit (by
+            # the next owner, or by this collector: see _take_assignment), and the store
+            # de-duplicates what was written.
             dropped = not self.strategy.empty or bool(self.held)
             self.strategy.reset()
             self.held.clear()
             self.paused = False
+            self._rewind = True
             log_event(logging.INFO, "partitions revoked", dropped_uncommitted=dropped)
         if self._assigned_news is not None:
             assigned, self._assigned_news = self._assigned_news, None
-            self._take_assignment(assigned)
+            rewind, self._rewind = self._rewind, False
+            self._take_assignment(assigned, rewind=rewind)
+            return rewind
+        return False
 
-    def _take_assignment(self, assigned: list[Any]) -> None:
+    def _take_assignment(self, assigned: list[Any], *, rewind: bool = False) -> None:
+        """Take a new assignment. ``rewind``: data was dropped at the revocation before it, and
+        kafka-python keeps the position of a partition that stays assigned: every partition is
+        sought back to the group's committed offset, or what was dropped would be skipped."""
+        previous = self.committed_at
         self.assigned = {Partition(tp.topic, tp.partition) for tp in assigned}
         self.committed_at = {}
         self.paused = False
@@ -190,17 +224,21 @@ class Processor:
             self.window_budget[p] = self.cfg.max_batch_events
             try:
                 om = self.consumer.committed(tp, metadata=True)
-            except Exception as e:  # only the duplicate count depends on it
-                log_event(logging.DEBUG, "cannot read committed metadata", partition=str(p), error=str(e))
-                continue
-            if om is None:  # never committed: no collector wrote anything (the intent comes first)
-                self.window_budget.pop(p, None)
-                try:  # the lag counts from the log start
+                if om is None:  # never committed: no collector wrote anything (the intent comes first)
+                    self.window_budget.pop(p, None)
                     self.committed_at[p] = int(self.consumer.beginning_offsets([tp])[tp])
-                except Exception:
-                    pass
+                else:
+                    self.committed_at[p] = int(om.offset)
+            except Exception as e:
+                om = None
+                log_event(logging.WARNING if rewind else logging.DEBUG, "cannot read the committed offset",
+                          partition=str(p), error=str(e))
+                if p in previous:  # what this collector committed itself
+                    self.committed_at[p] = previous[p]
+            if rewind:
+                self._seek(tp, p)
+            if om is None:
                 continue
-            self.committed_at[p] = int(om.offset)
             meta = getattr(om, "metadata", None)
             if meta is None:  # a broker that drops commit metadata (Tansu)
                 continue
@@ -213,6 +251,16 @@ class Processor:
         log_event(logging.INFO, "partitions assigned", partitions=sorted(str(p) for p in self.assigned),
                   intent_windows={str(p): e for p, e in self.window_end.items()},
                   lookup_budgets={str(p): b for p, b in self.window_budget.items()})
+
+    def _seek(self, tp: Any, p: Partition) -> None:
+        start = self.committed_at.get(p)
+        try:
+            if start is None:
+                raise RuntimeError("committed offset unknown")
+            self.consumer.seek(tp, start)
+        except Exception as e:  # never guess a position: stop rather than skip records
+            raise AuditSourceUnavailable(f"cannot rewind {p} to its committed offset after a rebalance: "
+                                         f"{describe(e)}") from None
 
     # --- main loop -------------------------------------------------------------------
     def _drain_held(self) -> None:
@@ -258,7 +306,8 @@ class Processor:
             self.kafka_backoff.wait(time.monotonic() + self.kafka_backoff.delay)
             self._after_rebalance()
             return 0
-        self._after_rebalance()
+        if self._after_rebalance():
+            recs = {}  # fetched before the rewind: read again from the committed offsets
         if self.kafka_backoff.since is not None:
             self.kafka_backoff.ok()
             self.stats.kafka_down_since = None
@@ -269,11 +318,12 @@ class Processor:
             n += len(lst)
         return n
 
-    def _lag(self, exact: bool = False) -> int | None:
+    def _lag(self, exact: bool = False, *, unread: bool = False) -> int | None:
         """Records of the assigned partitions not yet stored and committed (None: not known yet).
 
         Per partition: the log end minus the committed offset (records read and still in the
-        pipeline count: they are not safe yet), also kept in ``stats.lag_by_partition``."""
+        pipeline count: they are not safe yet), also kept in ``stats.lag_by_partition``.
+        ``unread``: records not yet read instead (the end minus the position, plus those held)."""
         if not self.assigned:
             self.stats.lag_by_partition = {}
             return None
@@ -286,10 +336,12 @@ class Processor:
                 end = ends.get(tp)
                 if end is None:
                     return None
-                start = self.committed_at.get(p)
+                start = None if unread else self.committed_at.get(p)
                 by_partition[p] = max(0, end - (start if start is not None else self.consumer.position(tp)))
         except Exception:
             return None
+        if unread:
+            return sum(by_partition.values()) + len(self.held)
         self.stats.lag_by_partition = by_partition
         return sum(by_partition.values())
 
@@ -309,11 +361,11 @@ class Processor:
     def _idle(self) -> bool:
         if self.held or not self.strategy.empty or not self.assigned:
             return False
-        if self._lag(exact=True) != 0:
+        if self._lag(exact=True, unread=True) != 0:
             return False
         if not self.strategy.join(self.cfg.shutdown_timeout_s):
             return False
-        return self.strategy.empty and self._lag(exact=True) == 0
+        return self.strategy.empty and self._lag(exact=True, unread=True) == 0
 
     def run(self) -> None:
         deadline = time.monotonic() + self.cfg.startup_timeout_s
@@ -353,158 +405,3 @@ class Processor:
         if not ok:
             log_event(logging.ERROR, "stopped with unwritten events",
                       note="their offsets stay uncommitted; the next run reads them again")
-
-
-def _make_consumer(bootstrap: str, topic: str, group_id: str, cfg: CollectorConfig, listener: Any) -> Any:
-    from kafka import KafkaConsumer
-    from kafka.errors import KafkaError
-
-    opts = dict(bootstrap_servers=bootstrap.split(","), group_id=group_id, enable_auto_commit=False,
-                auto_offset_reset="earliest", session_timeout_ms=cfg.session_timeout_ms,
-                heartbeat_interval_ms=cfg.heartbeat_interval_ms, max_poll_records=cfg.max_poll_records,
-                fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=32 * 1024 * 1024,
-                client_id="msgtrace-collector")
-    opts.update(cfg.consumer_options)
-    try:
-        consumer = KafkaConsumer(**opts)
-        consumer.subscribe([topic], listener=listener)
-    except KafkaError as e:
-        raise AuditSourceUnavailable(f"cannot reach the audit Kafka at {bootstrap}: {describe(e)}") from None
-    return consumer
-
-
-def run_collector(bootstrap: str, topic: str, store_url: str | None, group_id: str = "msgtrace-collector",
-                  until_idle: bool = False, *, config: CollectorConfig | None = None,
-                  stop: threading.Event | None = None,
-                  on_status: Callable[[CollectorStats, str], None] | None = None,
-                  init_schema: bool = True, stats: CollectorStats | None = None) -> CollectorStats:
-    """Collect the audit topic into the store; returns the run's stats.
-
-    ``until_idle``: drain the topic (every assigned partition read to its end and
-    committed) and return. Otherwise run until ``stop`` is set. Kafka that cannot be
-    reached at start is retried until ``config.startup_timeout_s``. ``stats``: the object to
-    count into (e.g. one a metrics server already reads); a new one by default.
-    """
-    from tracer.store import Store
-
-    if not bootstrap:
-        raise ConfigError("no audit Kafka bootstrap servers (use --bootstrap or MSGTRACE_KAFKA_BOOTSTRAP)")
-    if not topic:
-        raise ConfigError("no audit topic (use --audit-topic or MSGTRACE_AUDIT_TOPIC)")
-    cfg = config or CollectorConfig()
-    if until_idle and cfg.give_up_after_s is None:
-        import dataclasses
-
-        cfg = dataclasses.replace(cfg, give_up_after_s=300.0)
-    stop = stop or threading.Event()
-    stats = stats if stats is not None else CollectorStats()
-    store = Store(store_url, lock_timeout=cfg.store_lock_timeout_s)
-    if init_schema:
-        _init_schema(store, cfg, stop, stats)
-    proc_box: list[Processor] = []
-    listener = _listener_proxy(proc_box)
-    backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s)
-    state = StateLog("kafka")
-    start_deadline = time.monotonic() + cfg.startup_timeout_s
-    consumer = None
-    while consumer is None:
-        try:
-            consumer = _make_consumer(bootstrap, topic, group_id, cfg, listener)
-        except AuditSourceUnavailable as e:
-            stats.kafka_failures += 1
-            backoff.failed()
-            stats.kafka_down_since, stats.last_error = backoff.since, str(e)
-            state.set("unavailable", error=str(e))
-            if stop.is_set() or (until_idle and time.monotonic() > start_deadline):
-                store.close()
-                raise
-            backoff.wait(time.monotonic() + backoff.delay)
-    state.set("ok")
-    stats.kafka_down_since = None
-    proc = Processor(consumer, topic, store, cfg, stats, until_idle=until_idle, stop=stop, on_status=on_status)
-    proc_box.append(proc)
-    from .decode import FAST_C
-
-    decoder = "c" if cfg.c_decoder and FAST_C else "python"
-    log_event(logging.INFO, "collector started", topic=topic, group=group_id, store=store.url.redacted(),
-              until_idle=until_idle, decoder=decoder)
-    if decoder == "python" and cfg.c_decoder:
-        log_event(logging.WARNING, "C decoder not built: decoding in Python (about 4x slower); "
-                  "reinstall msgtrace with a C compiler present to build collectors._fastjson")
-    gc_restore = _tune_gc(cfg.gc_threshold)
-    try:
-        proc.run()
-    finally:
-        gc_restore()
-        proc.strategy.close()
-        try:
-            consumer.close(autocommit=False)
-        except Exception as e:
-            log_event(logging.WARNING, "consumer close failed", error=str(e))
-        store.close()
-        stats.finished = time.monotonic()
-    log_event(logging.INFO, "collector stopped", **stats.to_dict())
-    if not stats.clean_exit:
-        raise FlushTimeout(f"stopped with unwritten events after {cfg.shutdown_timeout_s:.0f} s; "
-                           "their audit offsets stay uncommitted and the next run reads them again")
-    return stats
-
-
-def _tune_gc(threshold: tuple[int, int, int] | None) -> Callable[[], None]:
-    """Set the collection thresholds and freeze what exists now; returns the undo."""
-    import gc
-
-    if threshold is None:
-        return lambda: None
-    old = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(*threshold)
-
-    def restore() -> None:
-        gc.set_threshold(*old)
-        gc.unfreeze()
-
-    return restore
-
-
-def _listener_proxy(box: list[Processor]) -> Any:
-    """A kafka-python rebalance listener forwarding to the processor (made after the consumer)."""
-    from kafka import ConsumerRebalanceListener
-
-    class _ListenerProxy(ConsumerRebalanceListener):
-        def __init__(self, box: list[Processor]) -> None:
-            self.box = box
-
-        def on_partitions_revoked(self, revoked: Any) -> None:
-            if self.box:
-                self.box[0].on_revoked(revoked)
-
-        def on_partitions_assigned(self, assigned: Any) -> None:
-            if self.box:
-                self.box[0].on_assigned(assigned)
-
-    return _ListenerProxy(box)
-
-
-def _init_schema(store: Any, cfg: CollectorConfig, stop: threading.Event, stats: CollectorStats) -> None:
-    """Create the tables if needed, waiting (with backoff) for a store that is not up yet."""
-    from tracer.errors import QueryError, StoreError
-
-    backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s)
-    state = StateLog("store")
-    deadline = time.monotonic() + cfg.startup_timeout_s
-    while True:
-        try:
-            store.init_schema()
-            state.set("ok")
-            stats.store_down_since = None
-            return
-        except QueryError:
-            raise
-        except StoreError as e:
-            backoff.failed()
-            stats.store_down_since, stats.last_error = backoff.since, str(e)
-            state.set("unavailable", error=str(e))
-            if stop.is_set() or time.monotonic() > deadline:
-                raise
-            backoff.wait(time.monotonic() + backoff.delay)

@@ -35,9 +35,20 @@ from typing import Any, Sequence
 import orjson
 
 from tracer.errors import DecodeError
-from tracer.events import _LIMITS as INT_LIMITS  # validate_event's integer ranges (one source)
-from tracer.events import COLUMNS, MAX_RECORD_BYTES, SCHEMA, STAGES, STORE_COLUMNS, BadLine, Stage, \
-    check_format_header, decode_batch
+from tracer.events import (
+    _LIMITS as INT_LIMITS,  # validate_event's integer ranges (one source)
+)
+from tracer.events import (
+    COLUMNS,
+    MAX_RECORD_BYTES,
+    SCHEMA,
+    STAGES,
+    STORE_COLUMNS,
+    BadLine,
+    Stage,
+    check_format_header,
+    decode_batch,
+)
 
 from .types import Decoded
 

@@ -81,7 +81,11 @@ class StatsCollector:
         self.unhealthy_after = unhealthy_after
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            InfoMetricFamily,
+        )
 
         s = self.stats
         if self.labels:

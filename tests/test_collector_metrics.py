@@ -16,6 +16,7 @@ from conftest import unavailable
 
 from collectors.metrics import health
 from collectors.testing import create_topic, make_events, produce_events, produce_records
+from collectors.testing import scrape_metrics as scrape
 from collectors.types import CollectorStats, Partition
 from tracer.events import record_headers
 from tracer.localsvc import ClickHouseServer, ServiceError, free_port, wait_until
@@ -42,21 +43,6 @@ def _get(port: int, path: str) -> tuple[int | None, str]:
         return e.code, e.read().decode()
     except OSError:
         return None, ""
-
-
-def scrape(port: int) -> dict[str, float]:
-    """``/metrics`` parsed: sample name with its labels (sorted) -> value."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    status, text = _get(port, "/metrics")
-    if status != 200:
-        return {}
-    out: dict[str, float] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return out
 
 
 @pytest.mark.slow

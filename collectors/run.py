@@ -1,0 +1,172 @@
+"""Running a collector: the consumer group, the store and the steps, wired in one function.
+
+:func:`run_collector` is the library entry point (``msgtrace collect``, the demo and batch jobs
+call it); the consumer loop itself is :class:`collectors.consumer.Processor`.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from tracer.errors import ConfigError, describe
+
+from .consumer import CollectorConfig, Processor
+from .step_base import Backoff, StateLog, log_event
+from .types import AuditSourceUnavailable, CollectorStats, FlushTimeout
+
+
+def _make_consumer(bootstrap: str, topic: str, group_id: str, cfg: CollectorConfig, listener: Any) -> Any:
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
+
+    opts = dict(bootstrap_servers=bootstrap.split(","), group_id=group_id, enable_auto_commit=False,
+                auto_offset_reset="earliest", session_timeout_ms=cfg.session_timeout_ms,
+                heartbeat_interval_ms=cfg.heartbeat_interval_ms, max_poll_records=cfg.max_poll_records,
+                fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=32 * 1024 * 1024,
+                client_id="msgtrace-collector")
+    opts.update(cfg.consumer_options)
+    try:
+        consumer = KafkaConsumer(**opts)
+        consumer.subscribe([topic], listener=listener)
+    except KafkaError as e:
+        raise AuditSourceUnavailable(f"cannot reach the audit Kafka at {bootstrap}: {describe(e)}") from None
+    return consumer
+
+
+def run_collector(bootstrap: str, topic: str, store_url: str | None, group_id: str = "msgtrace-collector",
+                  until_idle: bool = False, *, config: CollectorConfig | None = None,
+                  stop: threading.Event | None = None,
+                  on_status: Callable[[CollectorStats, str], None] | None = None,
+                  init_schema: bool = True, stats: CollectorStats | None = None) -> CollectorStats:
+    """Collect the audit topic into the store; returns the run's stats.
+
+    ``until_idle``: drain the topic (every assigned partition read to its end and
+    committed) and return. Otherwise run until ``stop`` is set. Kafka that cannot be
+    reached at start is retried until ``config.startup_timeout_s``. ``stats``: the object to
+    count into (e.g. one a metrics server already reads); a new one by default.
+    """
+    from tracer.store import Store
+
+    if not bootstrap:
+        raise ConfigError("no audit Kafka bootstrap servers (use --bootstrap or MSGTRACE_KAFKA_BOOTSTRAP)")
+    if not topic:
+        raise ConfigError("no audit topic (use --audit-topic or MSGTRACE_AUDIT_TOPIC)")
+    cfg = config or CollectorConfig()
+    if until_idle and cfg.give_up_after_s is None:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, give_up_after_s=300.0)
+    stop = stop or threading.Event()
+    stats = stats if stats is not None else CollectorStats()
+    store = Store(store_url, lock_timeout=cfg.store_lock_timeout_s)
+    if init_schema:
+        _init_schema(store, cfg, stop, stats)
+    proc_box: list[Processor] = []
+    listener = _listener_proxy(proc_box)
+    backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s)
+    state = StateLog("kafka")
+    start_deadline = time.monotonic() + cfg.startup_timeout_s
+    consumer = None
+    while consumer is None:
+        try:
+            consumer = _make_consumer(bootstrap, topic, group_id, cfg, listener)
+        except AuditSourceUnavailable as e:
+            stats.kafka_failures += 1
+            backoff.failed()
+            stats.kafka_down_since, stats.last_error = backoff.since, str(e)
+            state.set("unavailable", error=str(e))
+            if stop.is_set() or (until_idle and time.monotonic() > start_deadline):
+                store.close()
+                raise
+            backoff.wait(time.monotonic() + backoff.delay)
+    state.set("ok")
+    stats.kafka_down_since = None
+    proc = Processor(consumer, topic, store, cfg, stats, until_idle=until_idle, stop=stop, on_status=on_status)
+    proc_box.append(proc)
+    from .decode import FAST_C
+
+    decoder = "c" if cfg.c_decoder and FAST_C else "python"
+    log_event(logging.INFO, "collector started", topic=topic, group=group_id, store=store.url.redacted(),
+              until_idle=until_idle, decoder=decoder)
+    if decoder == "python" and cfg.c_decoder:
+        log_event(logging.WARNING, "C decoder not built: decoding in Python (about 4x slower); "
+                  "reinstall msgtrace with a C compiler present to build collectors._fastjson")
+    gc_restore = _tune_gc(cfg.gc_threshold)
+    try:
+        proc.run()
+    finally:
+        gc_restore()
+        proc.strategy.close()
+        try:
+            consumer.close(autocommit=False)
+        except Exception as e:
+            log_event(logging.WARNING, "consumer close failed", error=str(e))
+        store.close()
+        stats.finished = time.monotonic()
+    log_event(logging.INFO, "collector stopped", **stats.to_dict())
+    if not stats.clean_exit:
+        raise FlushTimeout(f"stopped with unwritten events after {cfg.shutdown_timeout_s:.0f} s; "
+                           "their audit offsets stay uncommitted and the next run reads them again")
+    return stats
+
+
+def _tune_gc(threshold: tuple[int, int, int] | None) -> Callable[[], None]:
+    """Set the collection thresholds and freeze what exists now; returns the undo."""
+    import gc
+
+    if threshold is None:
+        return lambda: None
+    old = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(*threshold)
+
+    def restore() -> None:
+        gc.set_threshold(*old)
+        gc.unfreeze()
+
+    return restore
+
+
+def _listener_proxy(box: list[Processor]) -> Any:
+    """A kafka-python rebalance listener forwarding to the processor (made after the consumer)."""
+    from kafka import ConsumerRebalanceListener
+
+    class _ListenerProxy(ConsumerRebalanceListener):
+        def __init__(self, box: list[Processor]) -> None:
+            self.box = box
+
+        def on_partitions_revoked(self, revoked: Any) -> None:
+            if self.box:
+                self.box[0].on_revoked(revoked)
+
+        def on_partitions_assigned(self, assigned: Any) -> None:
+            if self.box:
+                self.box[0].on_assigned(assigned)
+
+    return _ListenerProxy(box)
+
+
+def _init_schema(store: Any, cfg: CollectorConfig, stop: threading.Event, stats: CollectorStats) -> None:
+    """Create the tables if needed, waiting (with backoff) for a store that is not up yet."""
+    from tracer.errors import QueryError, StoreError
+
+    backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s)
+    state = StateLog("store")
+    deadline = time.monotonic() + cfg.startup_timeout_s
+    while True:
+        try:
+            store.init_schema()
+            state.set("ok")
+            stats.store_down_since = None
+            return
+        except QueryError:
+            raise
+        except StoreError as e:
+            backoff.failed()
+            stats.store_down_since, stats.last_error = backoff.since, str(e)
+            state.set("unavailable", error=str(e))
+            if stop.is_set() or time.monotonic() > deadline:
+                raise
+            backoff.wait(time.monotonic() + backoff.delay)
