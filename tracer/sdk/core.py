@@ -129,6 +129,16 @@ class Core:
 _get = itemgetter
 
 
+def _lane_group(book: InFlight, lane: Hashable) -> str | None:
+    """The group a book received ``lane`` for: the lane's own (a RabbitMQ channel's book holds lanes of
+    several queues), else the book's."""
+    try:
+        g = book.meta(lane)[2]
+    except (KeyError, IndexError, TypeError):
+        return book.group
+    return g if g is not None else book.group
+
+
 class Send(tuple):  # type: ignore[type-arg]
     """One outgoing message: ``(recorder, msg_id, topic, partition, key, trace_id, span_id, span, headers)``.
 
@@ -468,10 +478,10 @@ class Recorder:
             e, exact = b.find(ref.lane, ref.position, ref.headers)
             if e is not None:
                 if exact:
-                    found, found_group = e, b.group
+                    found, found_group = e, _lane_group(b, ref.lane)
                     break
                 if found is None:
-                    found, found_group = e, b.group
+                    found, found_group = e, _lane_group(b, ref.lane)
         msg_id = found[3] if found is not None else None
         h_id, trace_id, span_id = incoming_ids(ref.headers) if ref.headers else (None, None, None)
         if msg_id is None:
