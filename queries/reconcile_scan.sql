@@ -48,7 +48,7 @@ FROM
                 if(producer OR bit = 0, '', if(ifNull(consumer_group, '') = '', '(no group)',
                                                assumeNotNull(consumer_group))) AS g,
                 toUInt32(bitOr(if(producer OR bit = 0, toUInt32(bit), bitShiftLeft(toUInt32(bit), 16)),
-                               if(has(attr_keys, 'replay_run'), toUInt32({replay_bit:SQL}), toUInt32(0)))) AS code,
+                               if(notEmpty(attr_keys) AND has(attr_keys, 'replay_run'), toUInt32({replay_bit:SQL}), toUInt32(0)))) AS code,
                 toUInt64(multiIf(bit = {received_bit:SQL}, 1, bit = {done_bit:SQL}, 1048576, 0)) AS cnt,
                 -- message time: the first sent, else the first event (offset by 2^62 so sent wins)
                 if(bit = {sent_bit:SQL}, ts_us, ts_us + 4611686018427387904) AS tcode,

@@ -21,7 +21,8 @@
 -- rest of the query. reconcile_names.sql reads the names behind the hashes from one sample message
 -- each. Two different names with one 64-bit hash in a window would be taken for one.
 -- code per event: the stage bit (tracer.events.STAGE_BITS, {stage_bit}), {replay_bit} for an
--- event of a replay run, 65536 for a received in [from, cut), 131072 for a producer stage naming a
+-- event of a replay run (notEmpty first: most events have no attrs, and it reads only the sizes),
+-- 65536 for a received in [from, cut), 131072 for a producer stage naming a
 -- consumer group.
 -- {judge_extra}: "OR msg_id IN (expected ids)" when an expected source is given, else nothing.
 -- {group_filter}: with one group named (--group), "AND (producer stage OR that group)"; else
@@ -74,7 +75,8 @@ FROM
                 msg_id,
                 {stage_bit:SQL} AS bit,
                 toUInt8(bitAnd(bit, {consumer_mask:SQL}) != 0) AS consumer,
-                toUInt32(bitOr(bitOr(bitOr(toUInt32(bit), if(has(attr_keys, 'replay_run'), toUInt32({replay_bit:SQL}), toUInt32(0))),
+                toUInt32(bitOr(bitOr(bitOr(toUInt32(bit), if(notEmpty(attr_keys) AND has(attr_keys, 'replay_run'),
+                                                           toUInt32({replay_bit:SQL}), toUInt32(0))),
                                      if(bit = {received_bit:SQL} AND ts_us >= {from_us:UInt64}, toUInt32(65536), toUInt32(0))),
                                if(consumer = 0 AND gh1 != cityHash64(''), toUInt32(131072), toUInt32(0)))) AS code,
                 -- message time: the first sent, else the first event (offset by 2^62 so sent wins)

@@ -46,7 +46,7 @@ class ExpectedSource:
         from sqlalchemy.engine import make_url
 
         try:
-            return f"sql on {make_url(self.dsn).render_as_string(hide_password=True)}"
+            return f"sql on {make_url(self.dsn or '').render_as_string(hide_password=True)}"
         except Exception:
             return "sql"
 

@@ -71,6 +71,7 @@ def _judge_extra(expected: Ident | None) -> str:
     return f"OR {in_table('msg_id', expected)}" if expected else ""
 
 
+@lru_cache(maxsize=16)
 def scan_msg_sql(expected: Ident | None, one_group: bool) -> str:
     parts = _stage_parts()
     plain = R.plain_sql(_MSG_NAMES)
@@ -79,6 +80,7 @@ def scan_msg_sql(expected: Ident | None, one_group: bool) -> str:
                   once=R.popcount_sql("masks", R.ALL_STAGES_MASK), **parts)
 
 
+@lru_cache(maxsize=16)
 def scan_pairs_sql(expected: Ident | None) -> str:
     return render("reconcile_scan", judge_extra=_judge_extra(expected), plain=R.plain_sql(_SCAN_NAMES),
                   done_bit=str(R.BUSINESS_DONE), **_stage_parts())

@@ -9,7 +9,7 @@ import re
 import sys
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone, tzinfo
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import click
 
@@ -17,6 +17,7 @@ from tracer import verdicts as V
 from tracer.cli.util import EXIT_LOST, EXIT_OK, err, handle_errors, json_option, out, store_option
 from tracer.errors import ConfigError
 
+F = TypeVar("F", bound=Callable[..., Any])
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|min|h|d)?\s*$")
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, None: 1}
 
@@ -94,7 +95,7 @@ def resolve_window(t_from: str | None, t_to: str | None, yesterday: bool, tz_nam
 
 # --- shared options --------------------------------------------------------------------
 
-def window_options(fn):
+def window_options(fn: F) -> F:
     fn = click.option("--tz", "tz_name", default="UTC", show_default=True, envvar="MSGTRACE_TZ",
                       help="Time zone for dates and times without an offset (e.g. Asia/Shanghai, local).")(fn)
     fn = click.option("--yesterday", is_flag=True, help="The window is yesterday (00:00 to 00:00 in --tz).")(fn)
