@@ -1,0 +1,76 @@
+"""Fixtures of the fault suite: services the test itself breaks.
+
+Every fault test is bounded (``pytest.mark.timeout``) and waits on conditions, never on fixed
+sleeps. They run in the default suite; the longest are marked ``slow``.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from typing import Iterator
+
+import pytest
+from faultkit import unavailable
+
+from tracer.demo.proxy import FaultProxy
+from tracer.localsvc import ClickHouseServer, ServiceError, TansuBroker, free_port
+
+
+@pytest.fixture
+def own_server() -> Iterator[ClickHouseServer]:
+    """A ClickHouse 18.16 server of the test's own, which it stops, kills and starts."""
+    try:
+        server = ClickHouseServer().start()
+    except (ServiceError, TimeoutError, OSError) as e:
+        unavailable("clickhouse-server", e)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.workdir, ignore_errors=True)
+
+
+class ProxiedBroker:
+    """A Tansu broker reached only through a :class:`FaultProxy` (it advertises the proxy's port):
+    ``proxy.cut()`` makes it unreachable without losing its log."""
+
+    def __init__(self) -> None:
+        port = free_port()
+        self.broker = TansuBroker(advertised_port=port).start()
+        self.proxy = FaultProxy(self.broker.port, port=port)
+
+    @property
+    def bootstrap(self) -> str:
+        return self.proxy.address
+
+    def close(self) -> None:
+        self.proxy.close()
+        self.broker.stop()
+        shutil.rmtree(self.broker.workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def proxied_audit() -> Iterator[ProxiedBroker]:
+    try:
+        b = ProxiedBroker()
+    except (ServiceError, TimeoutError, OSError) as e:
+        unavailable("Tansu broker", e)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path) -> Iterator[str]:
+    """A 3 MiB tmpfs (a disk that fills up); None-equivalent skip is not allowed: without mount
+    rights the test falls back to the emitter's size cap (see the test)."""
+    path = tmp_path / "tmpfs"
+    path.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(path)], capture_output=True, text=True)
+    mounted = r.returncode == 0
+    try:
+        yield str(path) if mounted else ""
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
