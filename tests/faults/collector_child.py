@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.crash:
         step, _, n = args.crash.partition(":")
         install_crash(step, int(n or 1), args.marker)
-    setup_logging("warning", False)
+    setup_logging("info", False)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     cfg = CollectorConfig(max_batch_events=args.batch_events, max_batch_wait_s=args.batch_wait,
