@@ -15,7 +15,7 @@ from kafka import KafkaProducer
 from tracer import Tracer
 from tracer.sdk.emitter import Emitter, NullSink, drain_spools
 from tracer.errors import ConfigError
-from tracer.events import decode_batch
+from tracer.events import MSG_ID_HEADER, decode_batch
 from tracer.localsvc import wait_until
 
 from test_hooks import assert_gap_free, by_msg, new_topic, read_audit
@@ -123,15 +123,17 @@ def test_live_spool_is_not_adopted(tmp_path):
 
 
 def test_torn_last_line_is_skipped(tmp_path):
+    from tracer.sdk.frames import split_frames
+
     e = Emitter("torn", NullSink(), str(tmp_path))
     e.emit("sent", "m1")
     e.emit("sent", "m2")
     path = e.stats["spool"]
     e.close(0)
-    with open(os.path.join(path, "seg-00000001.ndjson"), "r+b") as f:
-        end = f.read().index(b"\0")  # segments are preallocated: the data ends at the zero tail
-        f.seek(end)
-        f.write(b'{"event_id": "half a li')  # a line cut by the kill (no newline yet)
+    with open(os.path.join(path, "seg-00000001.spool"), "r+b") as f:
+        _, end = split_frames(f.read())  # segments are preallocated: the frames end at a zero length
+        f.seek(end + 4)
+        f.write(b'\x05\0\0\0\0\0\0\0half a fra')  # a frame cut by the kill: its length never written
     sink = ListSink()
     stats = drain_spools(str(tmp_path), sink)
     assert stats == {"spools": 1, "events": 2, "torn": 1, "left": 0}
@@ -142,10 +144,10 @@ def test_spool_is_bounded_drops_are_counted_and_leave_a_seq_gap(tmp_path):
     sink = ListSink()
     sink.down = True
     e = Emitter("bounded", sink, str(tmp_path), max_spool_bytes=20_000)
-    for i in range(200):
+    for i in range(400):  # frames are compact (~75 bytes): 400 overflow 20 KB
         e.emit("sent", f"m{i}", "orders")
     s = e.stats
-    assert s["dropped"] > 0 and s["recorded"] + s["dropped"] == 200
+    assert s["dropped"] > 0 and s["recorded"] + s["dropped"] == 400
     assert 0 < s["spooled_bytes"] <= 20_000
     assert e.flush(0.3) is False
     sink.down = False  # the broker is back: the spool drains
@@ -154,7 +156,7 @@ def test_spool_is_bounded_drops_are_counted_and_leave_a_seq_gap(tmp_path):
     seqs = [ev.seq for ev in sink.events]
     assert seqs == list(range(1, s["recorded"] + 1))  # dropped events are the missing seq tail
     e.emit("sent", "after")
-    assert e.flush(10) and sink.events[-1].seq == 201  # the gap stays visible to the audit
+    assert e.flush(10) and sink.events[-1].seq == 401  # the gap stays visible to the audit
     e.close()
 
 
@@ -329,18 +331,20 @@ def test_ship_command_to_the_audit_topic(kafka_bootstrap, tmp_path):
     assert os.listdir(tmp_path / "spool") == []
 
 
-def test_emit_rows_lines_are_valid_and_share_the_seq(tmp_path):
-    """Batch spooling (a poll's received, a commit's offset_committed): valid wire lines, one gap-free seq."""
+def test_emit_deliveries_lines_are_valid_and_share_the_seq(tmp_path):
+    """Batch spooling (a poll's received, a commit's offset_committed): valid wire lines, one gap-free seq;
+    ids and trace context read from the entries' headers at shipping time."""
     sink = ListSink()
     e = Emitter("rows", sink, str(tmp_path))
     e.emit("sent", "m0", "orders", key="k\"0\n")  # JSON escaping still done by orjson
-    e.emit_rows("received", "orders", "g1", {"partition": 2, "error": None, "attrs": {}},
-                [{"msg_id": f"m{i}", "offset": 10 + i, "key": None, "trace_id": "0af7651916cd43dd8448eb211c80319c",
-                  "span_id": "b7ad6b7169203331"} for i in range(1, 4)])
-    e.emit_rows("offset_committed", "orders", "g1", {"partition": 2, "offset": 13, "key": None, "error": None},
-                [{"msg_id": "", "trace_id": None, "span_id": None, "attrs": {}},  # invalid: counted, no seq used
-                 {"msg_id": "m1", "trace_id": None, "span_id": None, "attrs": {"record_offset": "11"}}])
-    e.emit_rows("received", "orders", "g1", {"partition": 0, "error": None, "attrs": {}}, [])  # nothing to do
+    tp = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    e.emit_deliveries("received", "orders", 2, "g1", None, None,
+                      [(10 + i, None, [("traceparent", tp), (MSG_ID_HEADER, f"m{i}".encode())], None, None)
+                       for i in range(1, 4)])
+    e.emit("offset_committed", "")  # type: ignore[arg-type]  # invalid: counted, no seq used
+    e.emit_deliveries("offset_committed", "orders", 2, "g1", None, 13,
+                      [(11, b"k", [(MSG_ID_HEADER, b"m1")], None, None)])
+    e.emit_deliveries("received", "orders", 0, "g1", None, None, [])  # nothing to do
     e.emit_many([("received", "m9", "other", 1, 5, None, "k", None, None, None)])
     assert e.flush(10)
     evs = sink.events
@@ -351,23 +355,26 @@ def test_emit_rows_lines_are_valid_and_share_the_seq(tmp_path):
         ("received", f"m{i}", 2, 10 + i, "g1") for i in range(1, 4)]
     assert {ev.trace_id for ev in rec} == {"0af7651916cd43dd8448eb211c80319c"}
     com = evs[4]
-    assert (com.stage, com.msg_id, com.partition, com.offset, com.attrs) == (
-        "offset_committed", "m1", 2, 13, {"record_offset": "11"})
+    assert (com.stage, com.msg_id, com.partition, com.offset, com.attrs, com.key, com.trace_id) == (
+        "offset_committed", "m1", 2, 13, {"record_offset": "11"}, None, None)
     assert evs[5].topic == "other" and evs[5].consumer_group is None
     assert len({ev.event_id for ev in evs}) == 6 and {ev.emitter_id for ev in evs} == {e.emitter_id}
     assert e.stats["invalid"] == 1
     e.close()
 
 
-def test_emit_rows_respects_the_spool_bound(tmp_path):
+def test_emit_deliveries_respects_the_spool_bound(tmp_path):
+    """A batch that does not fit is dropped whole and counted per event; its seqs are the gap."""
     sink = ListSink()
     sink.down = True
     e = Emitter("rows-bounded", sink, str(tmp_path), max_spool_bytes=5_000)
-    e.emit_rows("received", "orders", "g", {"partition": 0, "error": None, "attrs": {}},
-                [{"msg_id": f"m{i}", "offset": i, "key": None, "trace_id": None, "span_id": None}
-                 for i in range(100)])
+    for b in range(50):
+        e.emit_deliveries("received", "orders", 0, "g", None, None,
+                          [(b * 10 + i, None, [(MSG_ID_HEADER, b"m%d" % (b * 10 + i))], None, None)
+                           for i in range(10)])
     s = e.stats
-    assert s["dropped"] > 0 and s["recorded"] + s["dropped"] == 100 and s["spooled_bytes"] <= 5_000
+    assert s["dropped"] > 0 and s["recorded"] + s["dropped"] == 500 and s["spooled_bytes"] <= 5_000
+    assert s["recorded"] % 10 == 0 and s["dropped"] % 10 == 0  # whole batches
     sink.down = False
     assert e.flush(20)
     assert [ev.seq for ev in sink.events] == list(range(1, s["recorded"] + 1))
@@ -379,8 +386,8 @@ def test_line_heads_cache_is_bounded_and_correct(tmp_path):
     e = Emitter("heads", sink, str(tmp_path), max_spool_bytes=1 << 30)
     for i in range(5000):
         e.emit("sent", f"m{i}", f"topic-{i}")
-    assert len(e._heads) <= 4096
     assert e.flush(30)
+    assert e._loop.expander.heads <= 4096  # the shipper's cache of constant line starts
     assert [(ev.msg_id, ev.topic) for ev in sink.events] == [(f"m{i}", f"topic-{i}") for i in range(5000)]
     e.close()
 
@@ -392,31 +399,30 @@ def test_shipper_lingers_when_caught_up_but_flush_is_prompt(tmp_path):
     e = Emitter("linger", sink, str(tmp_path))
     e.emit("sent", "m1")
     assert e.flush(5)  # woken, not waiting an hour
-    for i in range(1000):  # a backlog of several chunks: shipped chunk after chunk
+    for i in range(4000):  # a backlog of several chunks: shipped chunk after chunk
         e.emit("sent", f"x{i}")
     assert e.pending_bytes() > 3 * sink.chunk_bytes
     calls = sink.calls
-    assert e.flush(10) and len(sink.events) == 1001
+    assert e.flush(10) and len(sink.events) == 4001
     assert sink.calls - calls >= 3
-    assert [ev.seq for ev in sink.events] == list(range(1, 1002))
+    assert [ev.seq for ev in sink.events] == list(range(1, 4002))
     e.close()
 
 
-def test_emit_rows_with_encoded_members(tmp_path):
-    """The hooks' form of a row: (msg_id, JSON members without braces), encoded once per message."""
-    import orjson
-
+def test_deliveries_with_odd_ids_and_no_id_at_all(tmp_path):
+    """Ids that need JSON escaping survive; an entry with no usable id is named by its position."""
     sink = ListSink()
     e = Emitter("frag", sink, str(tmp_path))
-    ids = orjson.dumps({"msg_id": 'a "quoted"\nid', "trace_id": None, "span_id": None})[1:-1]
-    e.emit_rows("received", "orders", "g", {"partition": 1, "error": None, "attrs": {}},
-                [('a "quoted"\nid', b'"offset":3,"key":null,' + ids), ("", b'"offset":4,"key":null,' + ids)])
-    e.emit_rows("offset_committed", "orders", "g", {"partition": 1, "offset": 4, "key": None, "error": None},
-                [('a "quoted"\nid', b'"attrs":{"record_offset":"3"},' + ids)])
+    odd = 'a "quoted"\nid'
+    e.emit_deliveries("received", "orders", 1, "g", None, None,
+                      [(3, None, [(MSG_ID_HEADER, odd.encode())], None, None), (4, None, [(MSG_ID_HEADER, b"")], "", None),
+                       (5, "ключ", None, odd, {"x": "1"})])
+    e.emit_deliveries("offset_committed", "orders", 1, "g", None, 4, [(3, None, None, odd, None)])
     assert e.flush(10)
-    assert [(ev.stage, ev.msg_id, ev.offset, ev.seq) for ev in sink.events] == [
-        ("received", 'a "quoted"\nid', 3, 1), ("offset_committed", 'a "quoted"\nid', 4, 2)]
-    assert sink.events[1].attrs == {"record_offset": "3"} and e.stats["invalid"] == 1
+    assert [(ev.stage, ev.msg_id, ev.offset, ev.seq, ev.key) for ev in sink.events] == [
+        ("received", odd, 3, 1, None), ("received", "orders/1/4", 4, 2, None), ("received", odd, 5, 3, "ключ"),
+        ("offset_committed", odd, 4, 4, None)]
+    assert sink.events[2].attrs == {"x": "1"} and sink.events[3].attrs == {"record_offset": "3"}
     e.close()
 
 

@@ -193,14 +193,10 @@ def test_iteration_and_commit_async_count_once(kafka_bootstrap, tmp_path):
 
 
 def spool_events(t: Tracer) -> list[Event]:
-    """Events in a tracer's own spool (for NullSink tracers)."""
-    import glob
-    import os
+    """Events in a tracer's own spool (for NullSink tracers), as the shipper would ship them."""
+    from tracer.sdk.spool import spooled_wire_lines
 
-    # segments are preallocated: each ends in a zero tail
-    data = b"".join(open(p, "rb").read().rstrip(b"\0")
-                    for p in sorted(glob.glob(os.path.join(t.stats["spool"], "seg-*"))))
-    batch = decode_batch(data, check_header=False)
+    batch = decode_batch(spooled_wire_lines(t.stats["spool"]), check_header=False)
     assert batch.bad == []
     return batch.events
 

@@ -1,36 +1,44 @@
 """The audit emitter: spool first, ship in the background, never block the business.
 
-``Emitter.emit`` builds the wire line, stamps ``emitter_id`` + a gap-free ``seq``
-and appends it to this process's spool with one unbuffered write (so an event
-recorded before a SIGKILL is on disk). A daemon thread ships complete lines to
-a sink, remembers what it shipped, and adopts the spools of dead processes.
-Sinks: :class:`KafkaSink` (the audit topic, acks=all, many events per record)
-and :class:`StoreSink` (straight into ``trace_events``, batched generously so
-several processes can share one chDB directory).
+``emit`` / ``emit_deliveries`` are the hot path: they stamp a gap-free ``seq`` (per emitter) and
+append one compact frame (:mod:`tracer.sdk.frames`) to this process's memory-mapped spool, so an
+event recorded before a SIGKILL is on disk, with no system call and no JSON work on the business
+thread. Turning frames into wire lines and shipping them happens elsewhere (:mod:`tracer.sdk.shipper`):
 
-When the sink is down the spool grows up to ``max_spool_bytes``; beyond it
-events are dropped, counted and logged (their seq numbers stay unused, so the
-audit sees the gap).
+- ``ship_process=True`` (the default for the audit topic): a shipper process reads the spool, so
+  JSON encoding and kafka-python's producer never compete with the business threads for the GIL;
+- ``ship_process=False`` (the default for the store sink and custom sinks): a daemon thread.
+
+When the sink is down the spool grows up to ``max_spool_bytes``; beyond it events are dropped,
+counted and logged (their seq numbers stay unused, so the audit sees the gap).
 """
 from __future__ import annotations
 
 import logging
-import mmap
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
 import weakref
-from typing import Any, Protocol, Sequence
-
-import orjson
+from typing import Any, Sequence
 
 from tracer.errors import ConfigError, describe
-from tracer.events import MAX_MSG_ID_CHARS, cap_msg_id, decode_batch, local_identity, record_headers
-from tracer.sdk.spool import Chunk, SpoolReader, SpoolWriter, dead_spools
+from tracer.events import local_identity
+from tracer.sdk.frames import BATCH, EVENT, HEADER, HEADER_SIZE, Expander, SpoolMeta, encode, sanitize_entries
+from tracer.sdk.shipper import Adopted, DictCounters, FileCounters, ShipLoop
+from tracer.sdk.shipper import drain_spools as drain_spools
+from tracer.sdk.sinks import KafkaSink as KafkaSink
+from tracer.sdk.sinks import NullSink as NullSink
+from tracer.sdk.sinks import Sink as Sink
+from tracer.sdk.sinks import StoreSink as StoreSink
+from tracer.sdk.sinks import sink_spec
+from tracer.sdk.spool import SpoolWriter
 
 log = logging.getLogger("msgtrace.emitter")
 _EMITTERS: "weakref.WeakSet[Emitter]" = weakref.WeakSet()
+_Adopted = Adopted  # the name before tracer.sdk.shipper
 
 
 def _emitters_after_fork() -> None:
@@ -42,9 +50,9 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_emitters_after_fork)
 
 FSYNC_POLICIES = ("never", "batch", "always")
-_dumps = orjson.dumps
 _time_ns = time.time_ns
-_NO_ATTRS: dict[str, str] = {}
+_pack_header = HEADER.pack_into
+_encode = encode
 
 
 def default_spool_dir() -> str:
@@ -56,201 +64,15 @@ def default_spool_dir() -> str:
     return os.path.join(base, "msgtrace", "spool")
 
 
-class Sink(Protocol):
-    """Where shipped lines go. ``ship`` raises on failure (the lines are shipped again later)."""
-
-    name: str
-    #: bytes read from the spool per ship call, and seconds between ship calls when idle
-    chunk_bytes: int
-    interval: float
-
-    def ship(self, data: bytes, lines: int) -> None: ...
-
-    def close(self) -> None: ...
-
-
-def _split_records(data: bytes, max_bytes: int) -> list[bytes]:
-    """Cut NDJSON ``data`` at line ends into record values of at most ~max_bytes (no trailing newline)."""
-    out: list[bytes] = []
-    start, n = 0, len(data)
-    while start < n:
-        end = min(start + max_bytes, n)
-        if end < n:
-            cut = data.rfind(b"\n", start, end)
-            end = cut + 1 if cut >= start else data.find(b"\n", end) + 1 or n
-        out.append(data[start:end].rstrip(b"\n"))
-        start = end
-    return [v for v in out if v]
-
-
-class KafkaSink:
-    """Ships to the audit topic with kafka-python: acks=all, one record = a batch of events.
-
-    Creates the topic if it is missing (a restarted memory broker loses it) and
-    rebuilds the producer after a failure, so a broker that comes back is used.
-    """
-
-    name = "kafka"
-    chunk_bytes = 4 << 20
-    interval = 0.25
-
-    def __init__(self, bootstrap: str, topic: str = "msgtrace.audit", partitions: int = 3,
-                 record_bytes: int = 512 << 10, timeout: float = 10.0, **producer_config: Any) -> None:
-        self.bootstrap, self.topic, self.partitions = bootstrap, topic, partitions
-        self.record_bytes, self.timeout = record_bytes, timeout
-        self.producer_config = producer_config
-        self._producer = None
-        self._headers = record_headers()
-
-    def _connect(self):
-        from kafka import KafkaProducer
-
-        self.ensure_topic()
-        cfg: dict[str, Any] = dict(bootstrap_servers=self.bootstrap, acks="all", linger_ms=0,
-                                   enable_idempotence=False, retries=2, request_timeout_ms=5000,
-                                   delivery_timeout_ms=int(self.timeout * 1000), max_block_ms=5000,
-                                   max_request_size=max(1 << 20, 2 * self.record_bytes),
-                                   reconnect_backoff_max_ms=1000, client_id="msgtrace-emitter")
-        cfg.update(self.producer_config)
-        self._producer = KafkaProducer(**cfg)
-        return self._producer
-
-    def ensure_topic(self) -> None:
-        """Create the audit topic unless it exists (best effort: auto-creation may do it)."""
-        from kafka.admin import KafkaAdminClient, NewTopic
-        from kafka.errors import TopicAlreadyExistsError
-
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000,
-                                 client_id="msgtrace-emitter-admin")
-        try:
-            if self.topic not in set(admin.list_topics()):
-                try:
-                    admin.create_topics([NewTopic(self.topic, self.partitions, 1)])
-                except TopicAlreadyExistsError:
-                    pass
-        finally:
-            admin.close()
-
-    def ship(self, data: bytes, lines: int) -> None:
-        producer = self._producer or self._connect()
-        t0 = time.monotonic()
-        try:
-            futures = [producer.send(self.topic, value=v, headers=self._headers)
-                       for v in _split_records(data, self.record_bytes)]
-            producer.flush(self.timeout)
-            for f in futures:
-                f.get(0)
-            if time.monotonic() - t0 > 0.5:
-                self._verify_topic()
-        except Exception:
-            self._drop_producer()
-            raise
-
-    def _verify_topic(self) -> None:
-        """After a slow ship (the broker may have restarted meanwhile), make sure the topic still exists.
-
-        A memory broker (Tansu) restarted under a producer with cached metadata acknowledges
-        writes to the vanished topic and keeps nothing; shipping again is then the only remedy.
-        """
-        from kafka.admin import KafkaAdminClient
-
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000,
-                                 client_id="msgtrace-emitter-admin")
-        try:
-            exists = self.topic in set(admin.list_topics())
-        finally:
-            admin.close()
-        if not exists:
-            raise RuntimeError(f"audit topic {self.topic} vanished while shipping (broker restarted?); "
-                               "shipping again")
-
-    def _drop_producer(self) -> None:
-        p, self._producer = self._producer, None
-        if p is not None:
-            try:
-                p.close(timeout=0)
-            except Exception:
-                pass
-
-    def close(self) -> None:
-        self._drop_producer()
-
-
-class StoreSink:
-    """Writes straight into the ClickHouse store (``Store.insert_events``).
-
-    For chDB each insert briefly takes the directory lock, so batches are large
-    and spaced out (``interval``) to let several processes share one directory.
-    """
-
-    name = "store"
-    chunk_bytes = 16 << 20
-    interval = 1.0
-
-    def __init__(self, url: str | None = None, interval: float = 1.0) -> None:
-        self.url, self.interval = url, interval
-        self._store = None
-        self.bad_lines = 0
-
-    def ship(self, data: bytes, lines: int) -> None:
-        if self._store is None:
-            from tracer.store import Store
-
-            store = Store(self.url)
-            store.init_schema()
-            self._store = store
-        batch = decode_batch(data, check_header=False)
-        for bad in batch.bad:
-            self.bad_lines += 1
-            log.error("msgtrace spool line not stored: %s", bad.error)
-        self._store.insert_events(batch.events)
-
-    def close(self) -> None:
-        s, self._store = self._store, None
-        if s is not None:
-            s.close()
-
-
-class NullSink:
-    """Keeps everything in the spool (another process or ``msgtrace ship`` drains it)."""
-
-    name = "none"
-    chunk_bytes = 1 << 20
-    interval = 3600.0
-
-    def ship(self, data: bytes, lines: int) -> None:
-        raise RuntimeError("no sink configured")
-
-    def close(self) -> None:
-        pass
-
-
-class _Adopted:
-    """A dead process's spool that this shipper now owns (lock held until drained)."""
-
-    __slots__ = ("path", "lock_fd", "reader", "shipped")
-
-    def __init__(self, path: str, lock_fd: int) -> None:
-        self.path, self.lock_fd = path, lock_fd
-        self.reader = SpoolReader(path)
-        self.shipped = 0
-
-    def release(self, remove: bool) -> None:
-        self.reader.close()
-        if remove:
-            import shutil
-
-            shutil.rmtree(self.path, ignore_errors=True)
-        os.close(self.lock_fd)
-
-
 class Emitter:
     """Spool + shipper for one process. ``emit`` is the hot path and never raises."""
 
     def __init__(self, service: str, sink: Sink | None, spool_dir: str | None = None, *,
                  fsync: str = "never", max_spool_bytes: int = 256 << 20, mq: str = "kafka",
                  adopt: bool = True, adopt_interval: float = 5.0, segment_bytes: int = 8 << 20,
-                 start: bool = True) -> None:
+                 start: bool = True, ship_process: bool | None = None) -> None:
+        """``ship_process``: ship from a separate process (None: yes when the sink can be rebuilt
+        there, i.e. the audit topic with JSON-able settings)."""
         if fsync not in FSYNC_POLICIES:
             raise ConfigError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, got {fsync!r}")
         self.service, self.mq = service, mq
@@ -263,20 +85,24 @@ class Emitter:
         self.fsync = fsync
         self.max_spool_bytes = max_spool_bytes
         self._segment_bytes = segment_bytes
-        self._open_spool()
-        self._recorded = 0
-        self.counters = {"shipped": 0, "dropped": 0, "errors": 0, "ship_failures": 0,
-                         "adopted_spools": 0, "adopted_events": 0, "invalid": 0}
+        spec = sink_spec(self.sink)
+        if ship_process and spec is None:
+            raise ConfigError(f"the {self.sink.name} sink cannot ship from a separate process "
+                              "(only the audit topic with JSON-able settings can)")
+        self._spec = spec if (ship_process is None or ship_process) else None
+        self._adopt = adopt
+        self._adopt_interval_s = adopt_interval
+        self.counters = {"dropped": 0, "errors": 0, "invalid": 0}
         self.last_error: str | None = None
         self._last_drop_log = 0.0
-        self._adopt = adopt
-        self._adopt_interval = adopt_interval
-        self._adopted: list[_Adopted] = []
         self._wake = threading.Event()
         self._progress = threading.Condition()
         self._stop = False
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._supervisor: threading.Thread | None = None
+        self._open_spool()
         _EMITTERS.add(self)  # weakly: fork handling must not keep an emitter alive
         if start:
             self.start()
@@ -287,39 +113,63 @@ class Emitter:
         # event_id = 80 random bits of this emitter + the 48-bit seq: unique, cheap, and the
         # same on every re-ship, so de-duplication by event_id absorbs re-sent batches.
         r = uuid.uuid4().hex
-        self._eid_prefix = f"{r[:8]}-{r[8:12]}-4{r[13:16]}-{'89ab'[int(r[16], 16) & 3]}{r[17:20]}-"
+        eid_prefix = f"{r[:8]}-{r[8:12]}-4{r[13:16]}-{'89ab'[int(r[16], 16) & 3]}{r[17:20]}-"
         self.host, self.pid = local_identity()
-        self._tail = self._make_tail()
-        self._heads: dict[tuple, bytes] = {}
+        self.meta = SpoolMeta(self.emitter_id, eid_prefix, self.service, self.host, self.pid, self.mq)
         try:
-            self._writer = SpoolWriter(self.spool_dir, self.emitter_id, self.service, self.fsync,
-                                       self._segment_bytes)
+            self._writer = SpoolWriter(self.spool_dir, self.meta, self.fsync, self._segment_bytes)
         except OSError as e:
             raise ConfigError(f"cannot create the audit spool in {self.spool_dir}: {e.strerror or e}") from None
-        self._reader = SpoolReader(self._writer.path)
         self._lock = threading.Lock()
         self._seq = 0
-        self._written = 0        # bytes appended by this emitter
-        self._shipped_bytes = 0  # bytes of them shipped
+        self._recorded = 0
+        self._written = 0   # spool bytes appended by this emitter
+        self._shipped = 0   # spool bytes known shipped (refreshed from the shipper's counters)
+        self._process_mode = self._spec is not None and not isinstance(self.sink, NullSink)
+        self._ship_counters: Any = FileCounters(self._writer.path) if self._process_mode else DictCounters()
+        self._loop: ShipLoop | None = None
+        if not self._process_mode:
+            self._loop = ShipLoop(self.spool_dir, self.sink, self._ship_counters, own_path=self._writer.path,
+                                  own_expander=Expander(self.meta), adopt=self._adopt,
+                                  adopt_interval=self._adopt_interval_s)
+
+    @property
+    def _adopt_interval(self) -> float:
+        return self._loop.adopt_interval if self._loop is not None else self._adopt_interval_s
+
+    @_adopt_interval.setter
+    def _adopt_interval(self, seconds: float) -> None:
+        self._adopt_interval_s = seconds
+        if self._loop is not None:
+            self._loop.adopt_interval = seconds
+            self._loop._next_adopt = 0.0
 
     def _after_fork(self) -> None:
-        """A forked child must not write into its parent's mapped segment nor use its Kafka client:
-        it becomes an emitter of its own (new emitter_id, spool directory and shipper thread)."""
+        """A forked child must not write into its parent's mapped segment nor use its shipper or Kafka
+        client: it becomes an emitter of its own (new emitter_id, spool directory and shipper)."""
         if self._closed:
             return
         try:
-            for fd in [self._writer._lock_fd] + [a.lock_fd for a in self._adopted]:
-                os.close(fd)  # the parent keeps its locks: they live while any copy is open there
-            self._adopted = []
-            self._recorded = 0
+            fds = [self._writer._lock_fd]
+            if self._loop is not None:
+                fds += [a.lock_fd for a in self._loop.adopted]
+                self._loop.adopted = []
+            if self._proc is not None and self._proc.stdin is not None:
+                fds.append(self._proc.stdin.fileno())  # the parent's shipper must still see the parent go
+            for fd in fds:
+                try:
+                    os.close(fd)  # the parent keeps its own copies (locks live while any copy is open there)
+                except OSError:
+                    pass
+            self._proc = None
             self.counters = dict.fromkeys(self.counters, 0)
             for attr in ("_producer", "_store"):
                 if hasattr(self.sink, attr):
                     setattr(self.sink, attr, None)  # clients are not fork-safe: build new ones
             self._wake = threading.Event()
             self._progress = threading.Condition()
-            started = self._thread is not None
-            self._thread = None
+            started = self._thread is not None or self._supervisor is not None
+            self._thread = self._supervisor = None
             self._open_spool()
             if started:
                 self.start()
@@ -327,173 +177,87 @@ class Emitter:
             self._closed = True
             log.error("msgtrace: cannot set up the audit spool after fork(); this child records nothing: %s", e)
 
-    # --- hot path ---------------------------------------------------------------
-    def _make_tail(self) -> bytes:
-        """The constant fields of every line of this emitter, as a JSON fragment (``,"service":...``)."""
-        return orjson.dumps({"service": self.service, "host": self.host, "pid": self.pid,
-                             "emitter_id": self.emitter_id}).replace(b"{", b",", 1)[:-1]
-
-    def _head(self, stage: str, topic: str, consumer_group: str | None, mq: str | None) -> bytes:
-        """The constant start of a line for (stage, topic, group, mq), up to the event_id's seq digits.
-
-        Lines are ``head + <seq hex>", + {variable fields}``: the keys that repeat for a topic are
-        encoded once, not per event (key order is free in the wire format; the key set is fixed).
-        """
-        key = (stage, topic, consumer_group, mq)
-        head = self._heads.get(key)
-        if head is None:
-            head = (orjson.dumps({"stage": stage, "mq": mq or self.mq, "topic": topic,
-                                  "consumer_group": consumer_group})[:-1]
-                    + self._tail + b',"event_id":"' + self._eid_prefix.encode())
-            if len(self._heads) >= 4096:  # bounded: many ad-hoc topics just rebuild heads
-                self._heads.clear()
-            self._heads[key] = head
-        return head
-
+    # --- hot path ---------------------------------------------------------------------------------
     def emit(self, stage: str, msg_id: str, topic: str = "", partition: int | None = None,
-             offset: int | None = None, consumer_group: str | None = None, key: str | None = None,
+             offset: int | None = None, consumer_group: str | None = None, key: Any = None,
              error: str | None = None, trace_id: str | None = None, span_id: str | None = None,
              attrs: dict[str, str] | None = None, mq: str | None = None, ts_us: int = 0) -> None:
-        """Spool one event. Never raises, never waits for the network."""
+        """Spool one event. Never raises, never waits for the network. ``key``: text or bytes."""
         if type(msg_id) is not str or not msg_id:
             self._invalid(f"msg_id must be a non-empty string, got {msg_id!r}"[:200])
             return
-        if len(msg_id) > MAX_MSG_ID_CHARS:
-            msg_id = cap_msg_id(msg_id)
         try:
-            head = self._heads.get((stage, topic, consumer_group, mq)) or self._head(stage, topic, consumer_group, mq)
+            payload = _encode((EVENT, ts_us or _time_ns() // 1000, stage, msg_id, topic, partition, offset,
+                               consumer_group, key, error, trace_id, span_id, attrs, mq))
+        except ValueError:  # an object marshal cannot carry (a key of an exotic type): as text
+            payload = _encode((EVENT, ts_us or _time_ns() // 1000, stage, msg_id, str(topic), partition, offset,
+                               consumer_group, None if key is None else str(key), error, trace_id, span_id,
+                               {str(k): str(v) for k, v in (attrs or {}).items()}, mq))
+        self._append(payload, 1)
+
+    def emit_deliveries(self, stage: str, topic: str, partition: int | None, consumer_group: str | None,
+                        mq: str | None, offset: int | None, entries: Sequence[tuple[Any, ...]],
+                        offsets: bool = True) -> None:
+        """One event per :data:`~tracer.sdk.inflight.Delivery` in one frame (a poll's ``received``,
+        a commit's ``offset_committed``); the ids are read from the entries' headers when shipped."""
+        if not entries:
+            return
+        ts = _time_ns() // 1000
+        try:
+            payload = _encode((BATCH, ts, stage, topic, partition, consumer_group, mq, offset, offsets, entries))
+        except ValueError:
+            payload = _encode((BATCH, ts, stage, topic, partition, consumer_group, mq, offset, offsets,
+                               sanitize_entries(entries)))
+        self._append(payload, len(entries))
+
+    def _append(self, payload: bytes, events: int) -> None:
+        try:
+            n = HEADER_SIZE + len(payload)
             with self._lock:
-                seq = self._seq = self._seq + 1
-                body = head + b'%012x",' % seq + _dumps({
-                    "seq": seq, "ts_us": ts_us or _time_ns() // 1000, "msg_id": msg_id, "partition": partition,
-                    "offset": offset, "key": key, "error": error, "trace_id": trace_id, "span_id": span_id,
-                    "attrs": attrs or _NO_ATTRS})[1:]
-                n = len(body) + 1
-                if self._written - self._shipped_bytes + n > self.max_spool_bytes or self._closed:
-                    self._dropped()
-                    return
-                w = self._writer  # the spool append, inlined: this runs twice per message sent
+                seq = self._seq + 1
+                self._seq += events
+                if self._written - self._shipped + n > self.max_spool_bytes or self._closed:
+                    self._shipped = self._ship_counters.get("shipped_bytes")
+                    if self._written - self._shipped + n > self.max_spool_bytes or self._closed:
+                        self._dropped(events)
+                        return
+                w = self._writer  # the spool append, inlined (SpoolWriter.append): this runs per message
                 pos = w.seg_size
-                if pos + n > w.seg_cap:
+                if pos + n + HEADER_SIZE > w.seg_cap:
                     w._rotate(n)
                     pos = 0
-                end = pos + n - 1
-                mm = w._mm
-                mm[pos:end] = body
-                mm[end] = 10  # the newline last: only now is the line complete
-                w.seg_size = end + 1
+                mm: Any = w._mm
+                mm[pos + HEADER_SIZE:pos + n] = payload
+                _pack_header(mm, pos, n - HEADER_SIZE, seq)  # the length last: now the frame is complete
+                w.seg_size = pos + n
                 if w.fsync_always:
-                    start = pos - pos % mmap.ALLOCATIONGRANULARITY
-                    mm.flush(start, end + 1 - start)
+                    start = pos - pos % 4096
+                    mm.flush(start, pos + n - start)
                 self._written += n
-                self._recorded += 1
+                self._recorded += events
         except Exception as e:  # the audit must never break the business path
             self.counters["errors"] += 1
             self.last_error = f"{describe(e)}"
             self._log_rate_limited("msgtrace: could not spool an event: %s", self.last_error)
 
-    def emit_many(self, events: Sequence[tuple]) -> None:
-        """Spool several events under one lock (a poll's worth of ``received``).
-
-        Each tuple is ``(stage, msg_id, topic, partition, offset, consumer_group, key, error,
-        trace_id, span_id[, attrs])``. Never raises.
-        """
-        for ev in events:  # test and tooling helper; the hooks use emit / emit_rows
+    def emit_many(self, events: Sequence[tuple[Any, ...]]) -> None:
+        """Spool several events; each tuple is ``(stage, msg_id, topic, partition, offset,
+        consumer_group, key, error, trace_id, span_id[, attrs])``. Never raises (tests and tools)."""
+        for ev in events:
             self.emit(ev[0], ev[1], topic=ev[2], partition=ev[3], offset=ev[4], consumer_group=ev[5], key=ev[6],
                       error=ev[7], trace_id=ev[8], span_id=ev[9], attrs=ev[10] if len(ev) > 10 else None)
-
-    def emit_rows(self, stage: str, topic: str, consumer_group: str | None, fixed: dict[str, Any],
-                  rows: Sequence[dict[str, Any]]) -> None:
-        """Spool one event per row for one (stage, topic, group): a poll batch or a commit in one go.
-
-        ``fixed`` holds the wire fields equal for every row (e.g. partition, committed offset),
-        each row the rest (msg_id, ...): together with stage/topic/group/ts_us and the emitter's own
-        fields they must be exactly the wire keys. The shared part is encoded once per call, not
-        per event; all rows get the same timestamp. A row is a dict, or (the hooks' hot path) its
-        JSON members already encoded: ``(msg_id, b'"offset":1,"msg_id":"m",...')`` without braces,
-        so a fragment encoded at receive time serves the commit's event too. Never raises.
-        """
-        if not rows:
-            return
-        try:
-            with self._lock:
-                const = {"stage": stage, "mq": self.mq, "topic": topic, "consumer_group": consumer_group,
-                         "ts_us": _time_ns() // 1000}
-                const.update(fixed)
-                head = _dumps(const)[:-1] + self._tail + b',"event_id":"' + self._eid_prefix.encode()
-                w = self._writer
-                limit = self.max_spool_bytes + self._shipped_bytes
-                fsync_always = w.fsync_always
-                for row in rows:
-                    if row.__class__ is tuple:
-                        msg_id, members = row
-                    else:
-                        msg_id, members = row["msg_id"], None
-                    if type(msg_id) is not str or not msg_id:
-                        self._invalid(f"msg_id must be a non-empty string, got {msg_id!r}"[:200])
-                        continue
-                    if members is None and len(msg_id) > MAX_MSG_ID_CHARS:
-                        row = {**row, "msg_id": cap_msg_id(msg_id)}  # (encoded rows: capped by the hooks)
-                    seq = self._seq = self._seq + 1
-                    if members is None:
-                        body = head + b'%012x","seq":%d,' % (seq, seq) + _dumps(row)[1:]
-                    else:
-                        body = head + b'%012x","seq":%d,%b}' % (seq, seq, members)
-                    n = len(body) + 1
-                    if self._written + n > limit or self._closed:
-                        self._dropped()
-                        continue
-                    pos = w.seg_size
-                    if pos + n > w.seg_cap:
-                        w._rotate(n)
-                        pos = 0
-                    end = pos + n - 1
-                    mm = w._mm
-                    mm[pos:end] = body
-                    mm[end] = 10  # the newline last: only now is the line complete
-                    w.seg_size = end + 1
-                    if fsync_always:
-                        start = pos - pos % mmap.ALLOCATIONGRANULARITY
-                        mm.flush(start, end + 1 - start)
-                    self._written += n
-                    self._recorded += 1
-        except Exception as e:
-            self.counters["errors"] += 1
-            self.last_error = f"{describe(e)}"
-            self._log_rate_limited("msgtrace: could not spool events: %s", self.last_error)
-
-    def emit_deliveries(self, stage: str, topic: str, partition: int | None, consumer_group: str | None,
-                        mq: str | None, offset: int | None, entries: Sequence[tuple], offsets: bool = True) -> None:
-        """One event per :data:`~tracer.sdk.inflight.Delivery` entry (received, offset_committed)."""
-        from tracer.identity import incoming_ids, key_text, position_id
-
-        rows = []
-        for pos, key, headers, msg_id, attrs in entries:
-            h_id, trace_id, span_id = incoming_ids(headers)
-            mid = msg_id or h_id or position_id(topic, partition, pos if offsets else None)
-            a = dict(attrs) if attrs else {}
-            if stage == "offset_committed":
-                k = None
-                off = offset
-                if offsets and offset is not None and pos is not None:
-                    a["record_offset"] = str(pos)
-            else:
-                k = key_text(key)
-                off = pos if offsets else offset
-            rows.append({"msg_id": mid, "offset": off, "key": k, "trace_id": trace_id, "span_id": span_id,
-                         "attrs": a})
-        self.emit_rows(stage, topic, consumer_group, {"partition": partition, "error": None}, rows)
 
     def _invalid(self, why: str) -> None:
         self.counters["invalid"] += 1
         self.last_error = why
         self._log_rate_limited("msgtrace: event not recorded: %s", why)
 
-    def _dropped(self) -> None:
-        self.counters["dropped"] += 1
+    def _dropped(self, events: int = 1) -> None:
+        self.counters["dropped"] += events
         self._log_rate_limited("msgtrace: audit spool full (%d bytes unshipped, limit %d): %d events dropped "
-                               "so far; sink %s: %s", self._written - self._shipped_bytes,
-                               self.max_spool_bytes, self.counters["dropped"], self.sink.name, self.last_error)
+                               "so far; sink %s: %s", self._written - self._shipped,
+                               self.max_spool_bytes, self.counters["dropped"], self.sink.name,
+                               self._ship_counters.last_error or self.last_error)
 
     def _log_rate_limited(self, msg: str, *args: Any) -> None:
         now = time.monotonic()
@@ -501,37 +265,107 @@ class Emitter:
             self._last_drop_log = now
             log.error(msg, *args)
 
-    # --- shipper ----------------------------------------------------------------
+    # --- shipping ---------------------------------------------------------------------------------
+    @property
+    def shipper(self) -> str:
+        """Where shipping runs: ``process``, ``thread`` or ``none`` (NullSink: the spool keeps everything)."""
+        if isinstance(self.sink, NullSink):
+            return "none"
+        return "process" if self._process_mode else "thread"
+
     def start(self) -> None:
-        if self._thread is None:
+        if isinstance(self.sink, NullSink) or self._closed:
+            return  # spool only: another process or `msgtrace ship` drains it
+        if self._process_mode:
+            if self._supervisor is None:
+                self._spawn()
+                self._supervisor = threading.Thread(target=self._supervise, daemon=True,
+                                                    name=f"msgtrace-shipper-watch-{self.emitter_id[:8]}")
+                self._supervisor.start()
+        elif self._thread is None:
             self._thread = threading.Thread(target=self._run, name=f"msgtrace-shipper-{self.emitter_id[:8]}",
                                             daemon=True)
             self._thread.start()
 
+    def _spawn(self) -> None:
+        """Start the shipper process for this spool (``python -m tracer.sdk.shipper``)."""
+        import json
+
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        cfg = {"spool_dir": self.spool_dir, "own": self._writer.path, "sink": self._spec, "adopt": self._adopt,
+               "adopt_interval": self._adopt_interval_s, "fsync": self.fsync,
+               "log_level": logging.getLogger("msgtrace").getEffectiveLevel()}
+        proc = subprocess.Popen([sys.executable, "-m", "tracer.sdk.shipper"], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, close_fds=True, start_new_session=True, env=env)
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(cfg).encode() + b"\n")
+        proc.stdin.flush()
+        self._proc = proc
+        self._spawned_at = time.monotonic()
+
+    def _supervise(self) -> None:
+        """Watch the shipper process: one that died is started again; one that cannot live (it dies
+        twice within seconds of its start) is replaced by a shipper thread, so the spool still drains."""
+        quick_deaths = 0
+        while not self._stop:
+            time.sleep(0.5)
+            proc = self._proc
+            if self._stop or proc is None or proc.poll() is None:
+                continue
+            self.last_error = f"shipper process exited with status {proc.returncode}"
+            log.error("msgtrace: the shipper process exited (status %s); starting it again", proc.returncode)
+            quick_deaths = quick_deaths + 1 if time.monotonic() - self._spawned_at < 5.0 else 0
+            try:
+                if quick_deaths >= 2:
+                    self._fall_back_to_thread()
+                    return
+                self._spawn()
+            except Exception as e:
+                log.error("msgtrace: cannot start the shipper process (%s); shipping from a thread", describe(e))
+                self._fall_back_to_thread()
+                return
+
+    def _fall_back_to_thread(self) -> None:
+        shipped = self._ship_counters.get("shipped_bytes")
+        counters = DictCounters()
+        for name in ("shipped_bytes", "shipped", "ship_failures", "adopted_spools", "adopted_events", "bad_frames"):
+            counters.set(name, self._ship_counters.get(name))
+        self._loop = ShipLoop(self.spool_dir, self.sink, counters, own_path=self._writer.path,
+                              own_expander=Expander(self.meta), adopt=self._adopt,
+                              adopt_interval=self._adopt_interval_s)
+        with self._lock:
+            self._ship_counters = counters
+            self._shipped = shipped
+            self._process_mode = False
+        self._proc = None
+        self._thread = threading.Thread(target=self._run, name=f"msgtrace-shipper-{self.emitter_id[:8]}",
+                                        daemon=True)
+        self._thread.start()
+
     def _run(self) -> None:
         backoff = 0.0
-        next_adopt = 0.0
-        if isinstance(self.sink, NullSink):
-            return  # spool only: another process or `msgtrace ship` drains it
+        loop = self._loop
+        assert loop is not None
         while not self._stop:
             busy = False
             try:
                 if self.fsync == "batch":
                     self._writer.sync()
-                if self._adopt and time.monotonic() >= next_adopt:
-                    next_adopt = time.monotonic() + self._adopt_interval
-                    self._scan_dead()
+                w = self._writer
+                with self._lock:
+                    head = (w.segno, w.seg_size)
                 # Ship again at once only while a backlog fills whole chunks; once caught up, linger
                 # for ``interval`` so steady traffic goes out in few large records (few wakeups, few
                 # position saves, little GIL taken from the business threads).
-                busy = self._ship_own() >= self.sink.chunk_bytes // 2
-                busy = self._ship_adopted() or busy
+                busy = loop.round(head)
                 backoff = 0.0
             except Exception as e:
-                self.counters["ship_failures"] += 1
-                self.last_error = f"{describe(e)}"
+                self._ship_counters.add("ship_failures")
+                self._ship_counters.error(describe(e))
                 log.warning("msgtrace: shipping to %s failed (%s); events stay in the spool", self.sink.name,
-                            self.last_error)
+                            describe(e))
                 backoff = min(5.0, max(0.2, backoff * 2))
             with self._progress:
                 self._progress.notify_all()
@@ -540,56 +374,46 @@ class Emitter:
             self._wake.wait(backoff or self.sink.interval)
             self._wake.clear()
 
-    def _ship_own(self) -> int:
-        """Ship one chunk of our own spool; its size in bytes (0: nothing to ship)."""
-        w = self._writer
-        with self._lock:
-            head = (w.segno, w.seg_size)
-        chunk = self._reader.read(self.sink.chunk_bytes, head=head)
-        if chunk is None:
-            return 0
-        self._ship(chunk)
-        self._reader.advance(chunk)
-        with self._lock:
-            self._shipped_bytes += len(chunk.data)
-            self.counters["shipped"] += chunk.lines
-        return len(chunk.data)
+    def _wake_process(self, message: bytes = b"w") -> bool:
+        proc = self._proc
+        if proc is None or proc.stdin is None:
+            return False
+        try:
+            proc.stdin.write(message)
+            proc.stdin.flush()
+            return True
+        except (OSError, ValueError):
+            return False
 
-    def _ship(self, chunk: Chunk) -> None:
-        self.sink.ship(chunk.data, chunk.lines)
-
-    def _scan_dead(self) -> None:
-        skip = {os.path.basename(a.path) for a in self._adopted} | {self.emitter_id}
-        for path, fd in dead_spools(self.spool_dir, skip):
-            self._adopted.append(_Adopted(path, fd))
-            self.counters["adopted_spools"] += 1
-            log.info("msgtrace: adopted the spool of a dead process: %s", path)
-
-    def _ship_adopted(self) -> bool:
-        busy = False
-        for a in list(self._adopted):
-            chunk = a.reader.read(self.sink.chunk_bytes, dead=True)
-            if chunk is None:
-                a.release(remove=True)
-                self._adopted.remove(a)
-                continue
-            self._ship(chunk)
-            a.reader.advance(chunk)
-            a.shipped += chunk.lines
-            self.counters["adopted_events"] += chunk.lines
-            busy = True
-        return busy
-
-    # --- control ----------------------------------------------------------------
+    # --- control ----------------------------------------------------------------------------------
     def pending_bytes(self) -> int:
-        return self._written - self._shipped_bytes
+        """Spool bytes recorded and not yet shipped."""
+        return int(self._written - self._ship_counters.get("shipped_bytes"))
+
+    def _adopted_pending(self) -> bool:
+        return bool(self._loop.adopted) if (self._loop is not None and not self._process_mode) else False
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything emitted so far (and adopted) is shipped; False on timeout."""
+        """Wait until everything emitted so far (and adopted, for a shipper thread) is shipped;
+        False on timeout, or when nothing ships (NullSink, a stopped shipper)."""
         target = self._written
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self._process_mode:
+            woken = False
+            while self._ship_counters.get("shipped_bytes") < target:
+                if not self._process_mode:  # fell back to a thread meanwhile
+                    return self.flush(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                if not woken:
+                    woken = self._wake_process()
+                    if not woken and self._proc is None:
+                        return False
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                time.sleep(0.002 if left is None else min(left, 0.002))
+            return True
         with self._progress:
-            while self._shipped_bytes < target or self._adopted:
+            while self._ship_counters.get("shipped_bytes") < target or self._adopted_pending():
                 if self._thread is None or not self._thread.is_alive():
                     return False
                 self._wake.set()
@@ -603,22 +427,38 @@ class Emitter:
         """Ship what we can within ``timeout``, stop, release the spool (removed if fully shipped)."""
         if self._closed:
             return self.pending_bytes() == 0
-        done = self.flush(timeout) if self._thread is not None else False
+        t0 = time.monotonic()
+        shipping = self._thread is not None or self._proc is not None
+        done = self.flush(timeout) if shipping else False
         with self._lock:
             self._closed = True
         self._stop = True
         self._wake.set()
+        left = max(0.1, (timeout or 0.1) - (time.monotonic() - t0))
         if self._thread is not None:
-            self._thread.join(max(0.1, timeout or 0.1))
-        if self._thread is not None and self._thread.is_alive():
-            log.warning("msgtrace: shipper still busy at close; the spool stays for adoption")
-            return False
+            self._thread.join(left)
+            if self._thread.is_alive():
+                log.warning("msgtrace: shipper still busy at close; the spool stays for adoption")
+                return False
+        proc = self._proc
+        if proc is not None:
+            self._wake_process(b"c%.3f\n" % left)
+            try:
+                if proc.stdin is not None:
+                    proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                proc.wait(left + 1.0)
+            except subprocess.TimeoutExpired:
+                log.warning("msgtrace: the shipper process is still shipping at close; it finishes on its own")
+            self._proc = None
         done = done and self.pending_bytes() == 0
-        self._reader.close()
         self._writer.close(remove=done)
-        for a in self._adopted:
-            a.release(remove=False)
-        self._adopted.clear()
+        if self._loop is not None:
+            self._loop.close()
+        if isinstance(self._ship_counters, FileCounters):
+            self._ship_counters.close()
         try:
             self.sink.close()
         except Exception:
@@ -627,38 +467,18 @@ class Emitter:
 
     @property
     def stats(self) -> dict[str, Any]:
-        s: dict[str, Any] = {"recorded": self._recorded}
-        s.update(self.counters)
+        c = self._ship_counters
+        s: dict[str, Any] = {"recorded": self._recorded, "shipped": c.get("shipped"), "dropped": self.counters["dropped"],
+                             "errors": self.counters["errors"], "ship_failures": c.get("ship_failures"),
+                             "adopted_spools": c.get("adopted_spools"), "adopted_events": c.get("adopted_events"),
+                             "invalid": self.counters["invalid"], "bad_frames": c.get("bad_frames")}
         s["spooled_bytes"] = self.pending_bytes()
         s["emitter_id"] = self.emitter_id
         s["sink"] = self.sink.name
+        s["shipper"] = self.shipper
         s["spool"] = self._writer.path
-        s["last_error"] = self.last_error
+        s["last_error"] = c.last_error or self.last_error
         return s
-
-
-def drain_spools(spool_dir: str, sink: Sink, timeout: float | None = None) -> dict[str, int]:
-    """Ship every dead spool in ``spool_dir`` to ``sink`` (``msgtrace ship``). Live ones are left alone."""
-    stats = {"spools": 0, "events": 0, "torn": 0, "left": 0}
-    deadline = None if timeout is None else time.monotonic() + timeout
-    for path, fd in dead_spools(spool_dir):
-        a = _Adopted(path, fd)
-        stats["spools"] += 1
-        drained = False
-        try:
-            while deadline is None or time.monotonic() < deadline:
-                chunk = a.reader.read(sink.chunk_bytes, dead=True)
-                if chunk is None:
-                    drained = True
-                    break
-                sink.ship(chunk.data, chunk.lines)
-                a.reader.advance(chunk)
-                stats["events"] += chunk.lines
-        finally:
-            stats["torn"] += a.reader.torn
-            stats["left"] += 0 if drained else 1
-            a.release(remove=drained)
-    return stats
 
 
 __all__ = ["Emitter", "KafkaSink", "StoreSink", "NullSink", "Sink", "drain_spools", "default_spool_dir",

@@ -3,17 +3,17 @@
 Layout, one directory per emitter (= per process and Tracer) under the spool dir::
 
     <spool>/<emitter_id>/lock          flock'd by the live owner for its whole life
-    <spool>/<emitter_id>/owner.json    pid, host, service (for people and `msgtrace ship`)
-    <spool>/<emitter_id>/seg-00000001.ndjson   wire-format lines, one event each
+    <spool>/<emitter_id>/owner.json    pid, host, service, emitter_id, event id prefix, mq
+    <spool>/<emitter_id>/seg-00000001.spool   frames (tracer.sdk.frames), one per event or batch
     <spool>/<emitter_id>/shipped       "<segment> <offset>": what has been shipped
+    <spool>/<emitter_id>/progress      the shipper's counters (a shipper process reports here)
 
-Lines are exactly the audit wire format (NDJSON), so shipping is a read and a
-join, never a re-encode. Writes are copies into preallocated, shared mmap
-segments (the kernel's page cache): a SIGKILL cannot lose a returned write,
-and each line's newline is written last, so a line cut by the kill is skipped
-on reading. A dead owner
-is detected by its released flock (the kernel drops it on any death), so a
-new process can adopt the directory and ship what is left.
+Writes are copies into preallocated, shared mmap segments (the kernel's page cache): a SIGKILL
+cannot lose a returned write, and each frame's length is written last, so a frame cut by the kill
+reads as the end of the data (counted as torn in a dead spool). A dead owner is detected by its
+released flock (the kernel drops it on any death), so another process can adopt the directory and
+ship what is left. Segments named ``*.ndjson`` (wire lines, written by msgtrace before the frame
+format) are still read, as lines.
 """
 from __future__ import annotations
 
@@ -24,29 +24,34 @@ import os
 import re
 import shutil
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
-SEG_PREFIX, SEG_SUFFIX = "seg-", ".ndjson"
+from tracer.sdk.frames import HEADER, HEADER_SIZE, Expander, SpoolMeta, split_frames
+
+SEG_PREFIX, SEG_SUFFIX = "seg-", ".spool"
+LEGACY_SUFFIX = ".ndjson"
 #: emitter directories are named by the emitter's UUID
 _EMITTER_DIR = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_pack_header = HEADER.pack_into
 
 
-def seg_name(n: int) -> str:
-    return f"{SEG_PREFIX}{n:08d}{SEG_SUFFIX}"
+def seg_name(n: int, suffix: str = SEG_SUFFIX) -> str:
+    return f"{SEG_PREFIX}{n:08d}{suffix}"
 
 
 def list_segments(path: str) -> list[int]:
-    """Segment numbers present in an emitter directory, ascending."""
-    out = []
+    """Segment numbers present in an emitter directory, ascending (either format)."""
+    out = set()
     try:
         names = os.listdir(path)
     except FileNotFoundError:
         return []
     for name in names:
-        if name.startswith(SEG_PREFIX) and name.endswith(SEG_SUFFIX):
+        if name.startswith(SEG_PREFIX) and (name.endswith(SEG_SUFFIX) or name.endswith(LEGACY_SUFFIX)):
+            stem = name[len(SEG_PREFIX):name.rindex(".")]
             try:
-                out.append(int(name[len(SEG_PREFIX):-len(SEG_SUFFIX)]))
+                out.add(int(stem))
             except ValueError:
                 pass
     return sorted(out)
@@ -66,31 +71,37 @@ def try_lock(path: str) -> int | None:
     return fd
 
 
-class SpoolWriter:
-    """The owner's side: append lines into memory-mapped segments, hold the liveness lock.
+def read_meta(path: str) -> SpoolMeta | None:
+    """The emitter identity kept in ``owner.json`` (None for a spool written before the frame format)."""
+    try:
+        with open(os.path.join(path, "owner.json"), encoding="utf-8") as f:
+            d = json.load(f)
+        return SpoolMeta.from_json(d) if "eid_prefix" in d else None
+    except (OSError, ValueError, KeyError):
+        return None
 
-    A segment is preallocated (``posix_fallocate``: a full disk fails here, at
-    rotation, not later as SIGBUS) and mapped shared, so appending a line is a
-    memory copy into the file's page cache: on disk as far as a SIGKILL is
-    concerned, with no system call and no GIL release on the business thread.
-    Each line's body is copied before its newline, so a line cut by a kill has
-    no newline and is recognised as torn.
+
+class SpoolWriter:
+    """The owner's side: append frames into memory-mapped segments, hold the liveness lock.
+
+    A segment is preallocated (``posix_fallocate``: a full disk fails here, at rotation, not later
+    as SIGBUS) and mapped shared, so appending is a memory copy into the file's page cache: on disk
+    as far as a SIGKILL is concerned, with no system call and no GIL release on the business thread.
+    The emitter inlines :meth:`append` on its hot path; this is the reference implementation.
     """
 
-    def __init__(self, root: str, emitter_id: str, service: str, fsync: str = "never",
-                 segment_bytes: int = 8 << 20) -> None:
+    def __init__(self, root: str, meta: SpoolMeta, fsync: str = "never", segment_bytes: int = 8 << 20) -> None:
         # Built under a hidden name and renamed once locked, so a scanning process never
         # mistakes a directory being born for one whose owner died.
-        self.path = os.path.join(root, emitter_id)
-        tmp = os.path.join(root, f".new-{emitter_id}")
+        self.path = os.path.join(root, meta.emitter_id)
+        tmp = os.path.join(root, f".new-{meta.emitter_id}")
         os.makedirs(tmp)
         fd = try_lock(tmp)
         if fd is None:
             raise OSError(f"cannot lock the new spool directory {tmp}")
         self._lock_fd = fd
         with open(os.path.join(tmp, "owner.json"), "w", encoding="utf-8") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "service": service,
-                       "emitter_id": emitter_id}, f)
+            json.dump({**meta.to_json(), "hostname": socket.gethostname()}, f)
         os.rename(tmp, self.path)
         self.fsync_always = fsync == "always"
         self.segment_bytes = segment_bytes
@@ -102,7 +113,7 @@ class SpoolWriter:
 
     def _rotate(self, need: int) -> None:
         n = self.segno + 1
-        cap = max(self.segment_bytes, need)
+        cap = max(self.segment_bytes, need + HEADER_SIZE)  # room for a zero length after the last frame
         fd = os.open(os.path.join(self.path, seg_name(n)), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             os.posix_fallocate(fd, 0, cap)
@@ -113,6 +124,23 @@ class SpoolWriter:
         self.segno, self.seg_size, self.seg_cap = n, 0, cap
         if old is not None:
             old.close()
+
+    def append(self, seq: int, payload: bytes) -> int:
+        """Append one frame (payload first, its length last); the bytes it took."""
+        n = HEADER_SIZE + len(payload)
+        pos = self.seg_size
+        if pos + n + HEADER_SIZE > self.seg_cap:
+            self._rotate(n)
+            pos = 0
+        mm = self._mm
+        assert mm is not None
+        mm[pos + HEADER_SIZE:pos + n] = payload
+        _pack_header(mm, pos, len(payload), seq)  # seq, and the length that makes the frame visible
+        self.seg_size = pos + n
+        if self.fsync_always:
+            start = pos - pos % mmap.ALLOCATIONGRANULARITY
+            mm.flush(start, pos + n - start)
+        return n
 
     def sync(self) -> None:
         """msync the current segment (the ``batch`` policy calls this from the shipper)."""
@@ -141,22 +169,29 @@ class SpoolWriter:
 
 @dataclass(slots=True)
 class Chunk:
-    """Complete lines read from the spool and where reading them ends."""
+    """Complete frames (or legacy lines) read from the spool and where reading them ends."""
 
-    data: bytes          # lines, each ending with b"\n"
-    lines: int
-    end: tuple[int, int]  # (segment, offset) just past the chunk
+    data: bytes
+    frames: list[tuple[int, int, int]] = field(default_factory=list)  # (seq, start, end) in data
+    end: tuple[int, int] = (1, 0)  # (segment, offset) just past the chunk
+    legacy: bool = False           # data are wire lines (a ``.ndjson`` segment)
+
+    @property
+    def lines(self) -> int:
+        """Events in a legacy chunk; frames in a frame chunk (a batch frame holds several events)."""
+        return self.data.count(b"\n") if self.legacy else len(self.frames)
 
 
 class SpoolReader:
-    """The shipper's side: read complete lines from a position, remember what was shipped."""
+    """The shipper's side: read complete frames from a position, remember what was shipped."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.pos = self._load_pos()
         self._fd: int | None = None
         self._fd_seg = 0
-        self.torn = 0  # incomplete trailing lines skipped in a dead spool
+        self._fd_legacy = False
+        self.torn = 0  # incomplete frames / lines skipped in a dead spool
 
     def _load_pos(self) -> tuple[int, int]:
         try:
@@ -171,25 +206,42 @@ class SpoolReader:
         if self._fd is not None and self._fd_seg == seg:
             return self._fd
         self._close_fd()
-        try:
-            self._fd = os.open(os.path.join(self.path, seg_name(seg)), os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        self._fd_seg = seg
-        return self._fd
+        for suffix, legacy in ((SEG_SUFFIX, False), (LEGACY_SUFFIX, True)):
+            try:
+                self._fd = os.open(os.path.join(self.path, seg_name(seg, suffix)), os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            self._fd_seg, self._fd_legacy = seg, legacy
+            return self._fd
+        return None
 
     def _close_fd(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
 
-    def read(self, max_bytes: int, dead: bool = False, head: tuple[int, int] | None = None) -> Chunk | None:
-        """The next complete lines after the shipped position (None when there are none).
+    def _finish_segment(self, seg: int) -> bool:
+        """Delete a finished segment and move to the next one; False if there is none yet."""
+        later = [s for s in list_segments(self.path) if s > seg]
+        if not later:
+            return False
+        self._close_fd()
+        for suffix in (SEG_SUFFIX, LEGACY_SUFFIX):
+            try:
+                os.unlink(os.path.join(self.path, seg_name(seg, suffix)))
+            except FileNotFoundError:
+                pass
+        self.pos = (later[0], 0)
+        self.save()
+        return True
 
-        ``head`` is the live writer's (segment, size): nothing beyond it is read.
-        Finished segments are deleted on the way; segments are preallocated, so a
-        segment ends at its zero tail. In a ``dead`` spool bytes after the last
-        newline (a line cut by the kill) are skipped and counted as torn.
+    def read(self, max_bytes: int, dead: bool = False, head: tuple[int, int] | None = None) -> Chunk | None:
+        """The next complete frames after the shipped position (None when there are none).
+
+        ``head`` is the live writer's (segment, size) when read in its process: nothing beyond it is
+        read. Without it (another process) reading stops at the first frame whose length is not set.
+        Finished segments are deleted on the way. In a ``dead`` spool (or a finished segment) bytes
+        after the last complete frame are skipped and counted as torn.
         """
         while True:
             seg, off = self.pos
@@ -206,30 +258,62 @@ class SpoolReader:
                     return None
                 self.pos = (later[0], 0)
                 continue
-            data = os.pread(fd, want, off)
-            cut = data.rfind(b"\n") + 1
+            if self._fd_legacy:
+                chunk = self._read_lines(fd, seg, off, want, dead)
+            else:
+                chunk = self._read_frames(fd, seg, off, want, dead, head)
+            if chunk is not None:
+                return chunk
+            if self.pos != (seg, off):  # moved on to a later segment
+                continue
+            return None
+
+    def _read_frames(self, fd: int, seg: int, off: int, want: int, dead: bool,
+                     head: tuple[int, int] | None) -> Chunk | None:
+        data = os.pread(fd, want, off)
+        frames, cut = split_frames(data)
+        if frames:
+            return Chunk(data[:cut], frames, (seg, off + cut))
+        live_tail = head is not None and seg == head[0]
+        if live_tail:
+            return None  # the writer has not finished a frame past here (cannot happen under its lock)
+        if len(data) >= HEADER_SIZE:
+            length = HEADER.unpack_from(data)[0]
+            if length:  # a frame longer than max_bytes: read it whole if it is all there
+                size = os.fstat(fd).st_size
+                if off + HEADER_SIZE + length <= size:
+                    whole = os.pread(fd, HEADER_SIZE + length, off)
+                    frames, cut = split_frames(whole)
+                    if frames:
+                        return Chunk(whole[:cut], frames, (seg, off + cut))
+        rest = data[:4096].strip(b"\0")
+        later = [s for s in list_segments(self.path) if s > seg]
+        if not later and not dead:
+            return None  # the live writer's last segment: more may come
+        if rest:
+            self.torn += 1
+        self._finish_segment(seg)
+        return None
+
+    def _read_lines(self, fd: int, seg: int, off: int, want: int, dead: bool) -> Chunk | None:
+        """A legacy ``.ndjson`` segment: complete lines (the newline was written last)."""
+        data = os.pread(fd, want, off)
+        cut = data.rfind(b"\n") + 1
+        if cut:
+            return Chunk(data[:cut], [], (seg, off + cut), legacy=True)
+        rest = data.strip(b"\0")
+        if rest and len(data) >= want:  # one line longer than max_bytes: read it whole
+            whole = os.pread(fd, os.fstat(fd).st_size - off, off)
+            cut = whole.find(b"\n") + 1
             if cut:
-                data = data[:cut]
-                return Chunk(data, data.count(b"\n"), (seg, off + cut))
-            if head is not None and seg == head[0]:
-                return None  # the writer is inside a line (cannot happen under its lock)
-            rest = data.strip(b"\0")
-            if rest and len(data) >= want:  # one line longer than max_bytes: read it whole
-                whole = os.pread(fd, os.fstat(fd).st_size - off, off)
-                cut = whole.find(b"\n") + 1
-                if cut:
-                    return Chunk(whole[:cut], 1, (seg, off + cut))
-            later = [s for s in list_segments(self.path) if s > seg]
-            if rest and not later and not dead:
-                return None
-            if rest:
-                self.torn += 1
-            if not later:
-                return None
-            self._close_fd()
-            os.unlink(os.path.join(self.path, seg_name(seg)))
-            self.pos = (later[0], 0)
-            self.save()
+                return Chunk(whole[:cut], [], (seg, off + cut), legacy=True)
+        later = [s for s in list_segments(self.path) if s > seg]
+        if rest and not later and not dead:
+            return None
+        if rest:
+            self.torn += 1
+        self._finish_segment(seg)
+        return None
 
     def advance(self, chunk: Chunk) -> None:
         """Mark a chunk shipped and persist the position (write + rename: atomic)."""
@@ -246,7 +330,7 @@ class SpoolReader:
         self._close_fd()
 
 
-def dead_spools(root: str, skip: set[str] = frozenset()) -> Iterator[tuple[str, int]]:
+def dead_spools(root: str, skip: set[str] | frozenset[str] = frozenset()) -> Iterator[tuple[str, int]]:
     """Emitter directories under ``root`` whose owner is gone, each with its lock fd now held by us."""
     try:
         names = sorted(os.listdir(root))
@@ -259,3 +343,44 @@ def dead_spools(root: str, skip: set[str] = frozenset()) -> Iterator[tuple[str, 
         fd = try_lock(path)
         if fd is not None:
             yield path, fd
+
+
+def expander_for(path: str) -> Expander | None:
+    meta = read_meta(path)
+    return Expander(meta) if meta is not None else None
+
+
+def spooled_wire_lines(path: str) -> bytes:
+    """Every event still in one emitter's spool directory, as wire lines (shipped or not; read-only).
+
+    For tests and inspection: a NullSink tracer's events, a dead spool before it is shipped.
+    """
+    ex = expander_for(path)
+    out = []
+    for seg in list_segments(path):
+        for suffix in (SEG_SUFFIX, LEGACY_SUFFIX):
+            p = os.path.join(path, seg_name(seg, suffix))
+            if not os.path.exists(p):
+                continue
+            with open(p, "rb") as f:
+                data = f.read()
+            if suffix == LEGACY_SUFFIX:
+                out.append(data.rstrip(b"\0"))
+            elif ex is not None:
+                frames, _ = split_frames(data)
+                out.append(ex.expand(data, frames).data)
+    return b"".join(out)
+
+
+def ship_chunk_data(expander: Expander | None, chunk: Chunk) -> tuple[bytes, int, int, str | None]:
+    """(wire lines, events, bad frames, error) of a chunk, whichever format it is in."""
+    if chunk.legacy:
+        return chunk.data, chunk.data.count(b"\n"), 0, None
+    if expander is None:
+        return b"", 0, len(chunk.frames), "spool without owner.json metadata: frames cannot be expanded"
+    ex = expander.expand(chunk.data, chunk.frames)
+    return ex.data, ex.events, ex.bad_frames, ex.last_error
+
+
+__all__ = ["SpoolWriter", "SpoolReader", "Chunk", "dead_spools", "list_segments", "seg_name", "try_lock",
+           "read_meta", "expander_for", "spooled_wire_lines", "ship_chunk_data", "SEG_SUFFIX", "LEGACY_SUFFIX"]

@@ -1,0 +1,207 @@
+"""The spool's record format: what the hot path writes, and how it becomes audit wire lines.
+
+Recording an event on the business thread must cost about a microsecond, so it does not build the
+JSON wire line (DESIGN.md, Wire format). It appends one **frame** to the spool::
+
+    <u32 payload length, little-endian> <u64 first seq> <payload: marshal of a tuple>
+
+    EVENT   (1, ts_us, stage, msg_id, topic, partition, offset, group, key, error, trace_id, span_id,
+             attrs, mq)                                                   one event, seq = first seq
+    BATCH   (2, ts_us, stage, topic, partition, group, mq, offset, offsets, entries)
+                                                   one event per Delivery entry, seq = first seq + i
+
+``marshal`` serializes the tuples the hooks already hold (ints, str, bytes keys, the client's
+header pairs) in C, and leaves every per-message decision (msg_id and trace ids from the headers,
+key text, caps) to :class:`Expander`, which runs where the events are shipped: on the shipper
+thread, in the shipper process, in ``msgtrace ship``. The expansion is deterministic (event_id =
+the emitter's prefix + seq), so a chunk shipped twice de-duplicates.
+
+The length is written last: a frame whose length is set is complete, so a SIGKILL can only leave a
+frame without length (read as the end of the data, counted as torn in a dead spool). marshal is
+Python's own format, stable across versions for these types; the spool is local data written by this
+process, never input from elsewhere, and a frame that does not decode is skipped and counted.
+"""
+from __future__ import annotations
+
+import marshal
+import struct
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import orjson
+
+from tracer.identity import (MAX_MSG_ID_CHARS, cap_msg_id, get_header, incoming_ids, key_text, position_id)
+
+EVENT, BATCH = 1, 2
+HEADER = struct.Struct("<IQ")  # payload length, first seq
+HEADER_SIZE = HEADER.size
+MARSHAL_VERSION = 4
+_dumps = orjson.dumps
+_loads = marshal.loads
+_unpack = HEADER.unpack_from
+_NO_ATTRS: dict[str, str] = {}
+_OFFSET_COMMITTED = "offset_committed"
+_MAX_HEADS = 4096
+
+
+def encode(record: tuple[Any, ...]) -> bytes:
+    """The payload of one frame (raises ValueError for objects marshal cannot carry)."""
+    return marshal.dumps(record, MARSHAL_VERSION)
+
+
+@dataclass(slots=True, frozen=True)
+class SpoolMeta:
+    """What every line of one emitter carries (kept in the spool's ``owner.json``)."""
+
+    emitter_id: str
+    eid_prefix: str
+    service: str
+    host: str
+    pid: int
+    mq: str = "kafka"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"emitter_id": self.emitter_id, "eid_prefix": self.eid_prefix, "service": self.service,
+                "host": self.host, "pid": self.pid, "mq": self.mq}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "SpoolMeta":
+        return cls(str(d["emitter_id"]), str(d["eid_prefix"]), str(d.get("service", "")), str(d.get("host", "")),
+                   int(d.get("pid", 0)), str(d.get("mq") or "kafka"))
+
+
+@dataclass(slots=True)
+class Expanded:
+    """Wire lines of a chunk of frames."""
+
+    data: bytes          # NDJSON lines, each ending with b"\n"
+    events: int
+    bad_frames: int = 0  # frames that did not decode (skipped)
+    last_error: str | None = None
+
+
+def split_frames(data: bytes | memoryview, start: int = 0) -> tuple[list[tuple[int, int, int]], int]:
+    """Complete frames in ``data`` from ``start``: ([(seq, payload start, payload end)], end offset).
+
+    Stops at a zero length (no frame yet: the end of the data) or at a frame not wholly in ``data``.
+    """
+    out = []
+    pos, n = start, len(data)
+    while pos + HEADER_SIZE <= n:
+        length, seq = _unpack(data, pos)
+        if length == 0:
+            break
+        end = pos + HEADER_SIZE + length
+        if end > n:
+            break
+        out.append((seq, pos + HEADER_SIZE, end))
+        pos = end
+    return out, pos
+
+
+class Expander:
+    """Frames of one emitter -> audit wire lines (NDJSON with exactly the contract's keys)."""
+
+    __slots__ = ("meta", "_tail", "_eid", "_heads")
+
+    def __init__(self, meta: SpoolMeta) -> None:
+        self.meta = meta
+        self._tail = _dumps({"service": meta.service, "host": meta.host, "pid": meta.pid,
+                             "emitter_id": meta.emitter_id}).replace(b"{", b",", 1)[:-1]
+        self._eid = b',"event_id":"' + meta.eid_prefix.encode()
+        self._heads: dict[tuple[Any, ...], bytes] = {}
+
+    @property
+    def heads(self) -> int:
+        return len(self._heads)
+
+    def _head(self, stage: str, topic: str, group: str | None, mq: str | None, partition: Any) -> bytes:
+        """The constant start of a line for (stage, topic, group, mq, partition), up to the event_id's seq."""
+        key = (stage, topic, group, mq, partition)
+        head = self._heads.get(key)
+        if head is None:
+            head = (_dumps({"stage": stage, "mq": mq or self.meta.mq, "topic": topic, "consumer_group": group,
+                            "partition": partition})[:-1] + self._tail + self._eid)
+            if len(self._heads) >= _MAX_HEADS:  # bounded: many ad-hoc topics just rebuild heads
+                self._heads.clear()
+            self._heads[key] = head
+        return head
+
+    def expand(self, data: bytes, frames: Sequence[tuple[int, int, int]]) -> Expanded:
+        out: list[bytes] = []
+        bad = 0
+        err = None
+        events = 0
+        for seq, start, end in frames:
+            try:
+                rec = _loads(data[start:end])
+                kind = rec[0]
+                if kind == EVENT:
+                    out.append(self._event(seq, rec))
+                    events += 1
+                elif kind == BATCH:
+                    events += self._batch(seq, rec, out)
+                else:
+                    raise ValueError(f"unknown frame kind {kind!r}")
+            except Exception as e:  # a frame this version cannot read: skipped, counted, its seqs a gap
+                bad += 1
+                err = f"spool frame at seq {seq} skipped: {type(e).__name__}: {e}"
+        return Expanded(b"".join(out), events, bad, err)
+
+    def _event(self, seq: int, rec: tuple[Any, ...]) -> bytes:
+        (_, ts_us, stage, msg_id, topic, partition, offset, group, key, error, trace_id, span_id, attrs, mq) = rec
+        if len(msg_id) > MAX_MSG_ID_CHARS:
+            msg_id = cap_msg_id(msg_id)
+        if key is not None:
+            key = key_text(key)
+        return (self._head(stage, topic or "", group, mq, partition) + b'%012x","seq":%d,' % (seq, seq)
+                + _dumps({"ts_us": ts_us, "msg_id": msg_id, "offset": offset, "key": key, "error": error,
+                          "trace_id": trace_id, "span_id": span_id, "attrs": attrs or _NO_ATTRS})[1:] + b"\n")
+
+    def _batch(self, seq: int, rec: tuple[Any, ...], out: list[bytes]) -> int:
+        (_, ts_us, stage, topic, partition, group, mq, offset, offsets, entries) = rec
+        head = self._head(stage, topic, group, mq, partition)
+        committed = stage == _OFFSET_COMMITTED
+        ts = b'"ts_us":%d,' % ts_us
+        for i, (pos, key, headers, msg_id, attrs) in enumerate(entries):
+            h_id, trace_id, span_id = incoming_ids(headers) if headers else (None, None, None)
+            mid = msg_id or h_id or position_id(topic, partition, pos if offsets else None)
+            if len(mid) > MAX_MSG_ID_CHARS:
+                mid = cap_msg_id(mid)
+            if committed:
+                k = None
+                off = offset
+                if offsets and offset is not None and pos is not None:
+                    attrs = {**attrs, "record_offset": str(pos)} if attrs else {"record_offset": str(pos)}
+            else:
+                k = key_text(key) if key is not None else None
+                off = pos if offsets else offset
+            s = seq + i
+            out.append(head + b'%012x","seq":%d,' % (s, s) + ts + _dumps(
+                {"msg_id": mid, "offset": off, "key": k, "error": None, "trace_id": trace_id, "span_id": span_id,
+                 "attrs": attrs or _NO_ATTRS})[1:] + b"\n")
+        return len(entries)
+
+
+def sanitize_entries(entries: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Entries marshal can carry: keys as text, headers reduced to their id headers (a client that
+    deserializes keys into objects, or carries exotic header values)."""
+    from tracer.identity import MSG_ID_HEADER, TRACEPARENT, text
+
+    out = []
+    for pos, key, headers, msg_id, attrs in entries:
+        hs = None
+        if headers:
+            hs = []
+            for name in (TRACEPARENT, MSG_ID_HEADER):
+                v = get_header(headers, name)
+                if v is not None:
+                    hs.append((name, v if isinstance(v, bytes) else (text(v) or "").encode()))
+        out.append((pos if pos is None or type(pos) is int else str(pos), key_text(key), hs,
+                    None if msg_id is None else str(msg_id),
+                    None if not attrs else {str(k): str(v) for k, v in attrs.items()}))
+    return out
+
+
+__all__ = ["EVENT", "BATCH", "HEADER", "HEADER_SIZE", "SpoolMeta", "Expander", "Expanded", "encode",
+           "split_frames", "sanitize_entries"]
