@@ -88,7 +88,7 @@ def collect_once(bootstrap: str, topic: str, url: str, repo: Path = ROOT, **opti
     return r["rate"], r["stored"]
 
 
-def decode_profile(per_record: int, n: int = 50_000) -> dict[str, float]:
+def decode_profile(per_record: int, n: int = 50_000, server_url: str | None = None) -> dict[str, float]:
     """Per-event cost of each part of the decode path, in events/s (one thread, this checkout)."""
     import orjson
 
@@ -142,6 +142,21 @@ def decode_profile(per_record: int, n: int = 50_000) -> dict[str, float]:
         out["chDB insert (C-decoded batches -> one table -> trace_events)"] = rate(
             lambda: s.insert("trace_events", batch_store_columns([], batches, arrow=True)[0]))
     s.close()
+    if server_url:
+        from tracer.store.core import _pylist
+        from tracer.store.native import _as_array, column_bytes, wire_type
+
+        srv = Store(server_url)
+        srv.init_schema()
+        table = batch_store_columns([], batches, arrow=True)[0]
+        types = srv.column_types("trace_events")
+        out["server: Native columns from the Arrow buffers (serialize only)"] = rate(
+            lambda: [column_bytes(_as_array(table[c]), wire_type(types[c])) for c in table])
+        out["server insert: Native block from Arrow (this checkout)"] = rate(
+            lambda: srv.insert("trace_events", table))
+        out["server insert: Arrow -> Python lists -> clickhouse-driver (before)"] = rate(
+            lambda: srv.insert("trace_events", {c: _pylist(v) for c, v in table.items()}))
+        srv.close()
     return out
 
 
@@ -197,7 +212,11 @@ def main() -> None:
     finally:
         server.stop()
         broker.stop()
-    prof = decode_profile(a.per_record)
+    server = ClickHouseServer().start()
+    try:
+        prof = decode_profile(a.per_record, server_url=server.url(f"bench_prof_{uuid.uuid4().hex[:6]}"))
+    finally:
+        server.stop()
     lines = [
         "# Collector throughput",
         "",
@@ -226,45 +245,12 @@ def main() -> None:
     print(text)
     if not a.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(text + NOTES)
+        # the reading below the figures is written by hand: kept from the file as it is
+        old = RESULTS.read_text() if RESULTS.exists() else ""
+        notes = old[old.index("\n## Reading"):] if "\n## Reading" in old else ""
+        RESULTS.write_text(text + notes)
         print(f"wrote {RESULTS}")
 
-
-NOTES = """
-## Reading
-
-- The target (>= 200k events/s into chDB on one process) is **met**: median 229,855 events/s
-  (4 of 5 repeats at 215-236k; one at 119k while the other core was busy), 48% of the raw consume
-  rate measured in the same run, 3.7x the collector before this change (61,590). Into the 18.16
-  server: 121,223 (1.9x before). The machine is shared (a helper ran reconcile benchmarks at the
-  same time); compare rows of one run, not runs.
-- What changed:
-  1. `collectors/_fastjson.c`, a C decoder built with the package (setuptools `ext-modules`, gcc):
-     one pass over a whole record, without the GIL, writing Arrow layouts (validity bitmaps, int32
-     offsets, data) that pyarrow wraps without a copy (`collectors.decode.arrow_batch`). It checks
-     everything `validate_event` checks (exact key set, types, integer ranges, stage names, UUID
-     and W3C ids, attrs of strings, UTF-8, escapes and surrogate pairs) and *refuses* what it does
-     not handle (escaped keys, duplicate keys, floats, > 64 attrs, ...): a refused record goes
-     through the Python decoders, which stay the judges of every error message. A differential fuzz
-     test (20,000 mutated records) checks that whatever C accepts, the validator accepts with the
-     same values; every decoder test runs with and without the C decoder. Row "Python decoder only"
-     is this checkout with `CollectorConfig(c_decoder=False)`; without a compiler the package still
-     installs and the collector logs that it decodes in Python.
-  2. A batch is one Arrow table with one chunk per column (`combine_chunks`): chDB reads a table of
-     many 500-row chunks ~0.4 us/event slower.
-  3. Batches of up to 100,000 events (was 20,000): the write is now the slow step, and chDB writes
-     one part per insert; per event a 100k part costs less (interleaved, 1M events, 2 runs each:
-     3 rounds of 2 runs each: median ~240k at 100k vs ~177k at 20k and ~175k at 50k). Batches still close after 1 s.
-  4. The write intent (commit metadata naming the batch end) is one commit request for all
-     partitions of a batch, not one per partition.
-- Where the time goes now (profile of one 1M-event run): the main thread mostly waits for the
-  writer; decoding takes 0.46 us/event of it. The writer spends ~2 us/event in chDB's insert
-  (sort by (msg_id, event_id), compress, write the part; merges run in the background on the same
-  2 cores). Into 18.16 the writer also turns the Arrow columns into Python lists for
-  clickhouse-driver (~1 us/event under the GIL).
-- Before this change (kept for the record): one `orjson.loads` per record, column checks in bulk,
-  GC thresholds raised while collecting; that path is now the fallback and reached ~60-85k here.
-"""
 
 
 

@@ -64,7 +64,7 @@ class _CurrentStderr:
 
 
 def setup_logging(level: str, as_json: bool) -> None:
-    handler = logging.StreamHandler(_CurrentStderr())  # type: ignore[arg-type]
+    handler = logging.StreamHandler(_CurrentStderr())
     handler.setFormatter(LogFormatter(as_json))
     for name in ("msgtrace",):
         lg = logging.getLogger(name)

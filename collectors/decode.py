@@ -78,8 +78,10 @@ def c_contract() -> tuple[tuple[tuple[str, str, bool, bool, int, int, int], ...]
 
 def _load_c() -> Any:
     """The C decoder configured with the contract, or None (not built, or a build too old)."""
+    import importlib
+
     try:
-        from . import _fastjson as fj
+        fj = importlib.import_module(f"{__package__}._fastjson")
     except ImportError:  # not built (no compiler at install time): the Python paths below
         return None
     if not hasattr(fj, "configure"):  # a stale build with its own copy of the contract
@@ -129,7 +131,7 @@ def _check_column(kind: str, nullable: bool, name: str, col: Sequence[Any]) -> b
             vals = col
         if vals:
             lo, hi = _LIMITS[name]
-            return lo <= min(vals) and max(vals) <= hi
+            return bool(lo <= min(vals) and max(vals) <= hi)
         return True
     if kind == "attrs":
         return types == _DICT and set(map(type, chain.from_iterable(map(dict.values, col)))) <= _STR
@@ -167,7 +169,7 @@ def fast_columns(objs: list[Any]) -> list[Sequence[Any]] | None:
     if set(map(len, objs)) != _NKEYS:
         return None
     try:
-        cols = list(zip(*map(_GET, objs)))
+        cols: list[Sequence[Any]] = list(zip(*map(_GET, objs)))
     except KeyError:
         return None
     for i, kind, nullable, name in _CHECKS:
@@ -243,7 +245,7 @@ def _arrow_types() -> dict[str, Any]:
     return _ARROW
 
 
-def arrow_batch(n: int, buffers: Sequence[tuple]) -> Any:  # -> pa.RecordBatch
+def arrow_batch(n: int, buffers: Sequence[tuple[Any, ...]]) -> Any:  # -> pa.RecordBatch
     """A ``trace_events`` record batch over the buffers ``_fastjson.decode`` returned (no copy)."""
     import pyarrow as pa
 

@@ -149,7 +149,7 @@ def registry_for(stats: CollectorStats, labels: dict[str, str] | None = None,
     from prometheus_client import CollectorRegistry, ProcessCollector
 
     reg = CollectorRegistry()
-    reg.register(StatsCollector(stats, labels, unhealthy_after))  # type: ignore[arg-type]
+    reg.register(StatsCollector(stats, labels, unhealthy_after))
     ProcessCollector(registry=reg)
     return reg
 

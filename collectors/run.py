@@ -133,7 +133,7 @@ def _listener_proxy(box: list[Processor]) -> Any:
     """A kafka-python rebalance listener forwarding to the processor (made after the consumer)."""
     from kafka import ConsumerRebalanceListener
 
-    class _ListenerProxy(ConsumerRebalanceListener):
+    class _ListenerProxy(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python has no types
         def __init__(self, box: list[Processor]) -> None:
             self.box = box
 

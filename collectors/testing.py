@@ -6,7 +6,7 @@ with a plain KafkaProducer, as the emitter does.
 from __future__ import annotations
 
 import uuid
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from tracer.events import Event, Stage, encode_batch, record_headers
 
@@ -41,7 +41,7 @@ def make_events(n: int, *, prefix: str | None = None, emitter_id: str | None = N
     return out
 
 
-def producer(bootstrap: str, **kw):  # -> KafkaProducer
+def producer(bootstrap: str, **kw: Any) -> Any:  # -> KafkaProducer
     from kafka import KafkaProducer
 
     opts = dict(bootstrap_servers=bootstrap, linger_ms=20, batch_size=1024 * 1024,
@@ -50,7 +50,8 @@ def producer(bootstrap: str, **kw):  # -> KafkaProducer
     return KafkaProducer(**opts)
 
 
-def produce_records(bootstrap: str, topic: str, values: Iterable[tuple[bytes | None, list | None]],
+def produce_records(bootstrap: str, topic: str,
+                    values: Iterable[tuple[bytes | None, list[tuple[str, bytes]] | None]],
                     partition: int | None = None) -> int:
     """Send raw (value, headers) records; returns how many; flushes before returning."""
     p = producer(bootstrap)

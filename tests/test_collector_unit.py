@@ -13,7 +13,7 @@ from conftest import unavailable
 from collectors.decode import decode_record, store_columns
 from collectors.steps import Backoff, BatchStep, CommitStep, DecodeStep, WriteStep
 from collectors.testing import make_events
-from collectors.types import Batch, CollectorStats, Message, MessageRejected, Offsets, Partition, RawRecord
+from collectors.types import CollectorStats, Message, MessageRejected, Offsets, Partition, RawRecord
 from collectors.writer import StoreWriter
 from tracer.errors import StoreUnavailable
 from tracer.events import COLUMNS, STORE_COLUMNS, decode_batch, encode_batch, record_headers, to_columns
@@ -449,3 +449,33 @@ def test_client_errors_name_their_class_once() -> None:
     assert describe(KafkaTimeoutError("no broker")) == "KafkaTimeoutError: no broker"
     assert describe(ConnectionRefusedError("refused")) == "ConnectionRefusedError: refused"
     assert describe(KafkaTimeoutError()) == "KafkaTimeoutError"
+
+
+def test_c_decoder_takes_the_contract_from_tracer_events() -> None:
+    """One source of truth: the C decoder's columns and stages are the ones tracer.events defines."""
+    import importlib
+
+    import collectors.decode as dec
+    from tracer.events import SCHEMA, Stage
+
+    try:  # the module itself (the "python" variant only hides it from collectors.decode)
+        fj = importlib.import_module("collectors._fastjson")
+    except ImportError as e:
+        unavailable("collectors._fastjson (the C decoder)", e)
+    cols, stages = fj.contract()
+    assert (cols, stages) == dec.c_contract()
+    assert tuple(c[0] for c in cols) == COLUMNS and stages == tuple(s.value for s in Stage)
+    assert [c[1] for c in cols if c[0] in ("ts_us", "pid", "partition", "offset", "seq")] == ["int"] * 5
+    assert {c[0]: c[4] for c in cols if c[1] == "int"} == {"ts_us": 8, "pid": 4, "partition": 4, "offset": 8, "seq": 8}
+    assert [c[0] for c in cols if c[3]] == ["msg_id"] and SCHEMA["attrs"][0] == "attrs"
+    for stage in Stage:  # every stage of the enum, rolled_back included, is decoded in C
+        events = make_events(2)
+        for e in events:
+            e.stage = stage.value
+        assert fj.decode(encode_batch(events)) is not None, stage
+    bad = make_events(1)
+    bad[0].stage = "teleported"
+    assert fj.decode(encode_batch(bad)) is None
+    with pytest.raises(ValueError, match="different contract"):
+        fj.configure(cols[:-1], stages)
+    fj.configure(cols, stages)  # the same again is fine

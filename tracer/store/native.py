@@ -92,16 +92,16 @@ def _string_bytes(arr: Any) -> bytes:
     lens = np.diff(offs)
     at = offs[:-1] - lo  # where each value starts in ``data``: its length goes in front of it
     if int(lens.max()) < 0x80:  # the usual case: a one-byte length per value
-        return np.insert(data, at, lens.astype(np.uint8)).tobytes()
+        return bytes(np.insert(data, at, lens.astype(np.uint8)).tobytes())
     size, prefix = _varints(lens)
-    return np.insert(data, np.repeat(at, size), prefix).tobytes()
+    return bytes(np.insert(data, np.repeat(at, size), prefix).tobytes())
 
 
 def _fixed_bytes(arr: Any, dtype: str) -> bytes:
     import numpy as np
 
     values = arr.to_numpy(zero_copy_only=False)
-    return np.ascontiguousarray(values, dtype=np.dtype(dtype)).tobytes()
+    return bytes(np.ascontiguousarray(values, dtype=np.dtype(dtype)).tobytes())
 
 
 def column_bytes(arr: Any, wire: str) -> bytes:
@@ -113,7 +113,7 @@ def column_bytes(arr: Any, wire: str) -> bytes:
     if wire.startswith("Nullable(") and wire.endswith(")"):
         inner = wire[9:-1]
         if arr.null_count:
-            nulls = arr.is_null().to_numpy(zero_copy_only=False).astype(np.uint8).tobytes()
+            nulls: bytes = arr.is_null().to_numpy(zero_copy_only=False).astype(np.uint8).tobytes()
             fill: Any = "" if inner == "String" else 0
             arr = pc.fill_null(arr, pa.scalar(fill, type=arr.type))
         else:
@@ -134,7 +134,7 @@ def column_bytes(arr: Any, wire: str) -> bytes:
             raise NativeUnsupported(f"{arr.type} for an {wire} column")
         offs = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=len(arr) + 1,
                              offset=arr.offset * 4).astype(np.int64)
-        ends = (offs[1:] - offs[0]).astype("<u8").tobytes()
+        ends: bytes = (offs[1:] - offs[0]).astype("<u8").tobytes()
         values = arr.values.slice(int(offs[0]), int(offs[-1] - offs[0]))
         return ends + column_bytes(values, wire[6:-1])
     raise NativeUnsupported(f"type {wire}")
