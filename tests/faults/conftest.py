@@ -6,7 +6,6 @@ sleeps. They run in the default suite; the longest are marked ``slow``.
 from __future__ import annotations
 
 import shutil
-import subprocess
 from typing import Iterator
 
 import pytest
@@ -59,18 +58,3 @@ def proxied_audit() -> Iterator[ProxiedBroker]:
         yield b
     finally:
         b.close()
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path) -> Iterator[str]:
-    """A 3 MiB tmpfs (a disk that fills up); None-equivalent skip is not allowed: without mount
-    rights the test falls back to the emitter's size cap (see the test)."""
-    path = tmp_path / "tmpfs"
-    path.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(path)], capture_output=True, text=True)
-    mounted = r.returncode == 0
-    try:
-        yield str(path) if mounted else ""
-    finally:
-        if mounted:
-            subprocess.run(["umount", "-l", str(path)], capture_output=True)
