@@ -153,7 +153,7 @@ def incoming_ids(headers: Any) -> tuple[str | None, str | None, str | None]:
     msg_id = trace_id = span_id = None
     if not headers:
         return None, None, None
-    if isinstance(headers, Mapping):
+    if headers.__class__ is not list and isinstance(headers, Mapping):
         return incoming_msg_id(headers), *parse_traceparent(_as_bytes(get_header(headers, TRACEPARENT)))
     for hk, hv in headers:
         if hk == MSG_ID_HEADER or hk == _MSG_ID_HEADER_B:

@@ -105,6 +105,8 @@ class Core:
         self.on_error = on_error
         self.books: weakref.WeakSet[InFlight] = weakref.WeakSet()
         self.books_lock = threading.Lock()
+        #: the live books as a tuple, replaced (never mutated) when one comes or goes: read without a lock
+        self.book_list: tuple[InFlight, ...] = ()
         self.default_group: str | None = None
         self.forgotten_closed = 0  # forgotten entries of books already gone
 
@@ -112,6 +114,7 @@ class Core:
         book = InFlight(group)
         with self.books_lock:
             self.books.add(book)
+            self.book_list = tuple(self.books)
         if group is not None:
             self.default_group = group
         weakref.finalize(book, self._book_gone, book.forgotten_ref)
@@ -119,6 +122,8 @@ class Core:
 
     def _book_gone(self, ref: list[int]) -> None:
         self.forgotten_closed += ref[0]
+        with self.books_lock:
+            self.book_list = tuple(self.books)
 
     def forgotten(self) -> int:
         with self.books_lock:
@@ -142,9 +147,10 @@ def _lane_group(book: InFlight, lane: Hashable) -> str | None:
 class Send(tuple):  # type: ignore[type-arg]
     """One outgoing message: ``(recorder, msg_id, topic, partition, key, trace_id, span_id, span, headers)``.
 
-    ``headers`` are the ``(name, bytes)`` pairs the adapter adds to the message (none in header-free
-    mode). A tuple, so a send costs one allocation; its bound methods serve as the client's
-    callbacks. Adapters may subclass it (``__slots__ = ()``) for client-specific callback shapes.
+    ``headers`` are the ``(name, bytes)`` pairs the adapter adds to the message (a list, possibly empty;
+    read-only: it may be handed to the client as the message's header list). A tuple, so a send costs
+    one allocation; the send itself, or its bound methods, serve as the client's callbacks. Adapters
+    may subclass it (``__slots__ = ()``) for client-specific callback shapes.
     """
 
     __slots__ = ()
@@ -173,11 +179,21 @@ class Send(tuple):  # type: ignore[type-arg]
         """``acked(md.partition, md.offset)``: the form of a kafka-python future's callback."""
         rec, msg_id, topic, _, k, trace_id, span_id, span, _h = self
         try:
-            rec._emit(BROKER_ACKED, msg_id, topic, md.partition, md.offset, None, k, None, trace_id, span_id)
+            rec._em(BROKER_ACKED, msg_id, topic, md.partition, md.offset, None, k, None, trace_id, span_id, None,
+                    rec.mq)
             if span is not None:
                 Spans.end_send(span, md.partition, md.offset, None)
         except Exception as e:
             rec.hook_error(e)
+
+    def __call__(self, result: Any) -> None:
+        """The send as one callback for both outcomes: an exception -> :meth:`failed`, anything else
+        (an object with ``.partition`` / ``.offset``) -> :meth:`acked_metadata`. Passing the send itself
+        (``future.add_both(s)``) allocates no bound methods per message."""
+        if isinstance(result, BaseException):
+            self.failed(result)
+        else:
+            self.acked_metadata(result)
 
     def failed(self, error: BaseException | str) -> None:
         """The client reported failure: ``send_failed`` with the error's type and text (never raises)."""
@@ -195,14 +211,14 @@ class Send(tuple):  # type: ignore[type-arg]
 class Recorder:
     """The internal API of one client adapter (bound to one MQ). See the module docstring."""
 
-    __slots__ = ("core", "mq", "_emit", "_emit_many", "_policy", "_ids", "_ctx", "_spans", "_plain_send",
-                 "incoming_ids_needed")
+    __slots__ = ("core", "mq", "_em", "_emit", "_emit_many", "_policy", "_ids", "_ctx", "_cv", "_spans",
+                 "_plain_send", "_mid_prefix", "_mid_counter", "_headers_on", "incoming_ids_needed")
 
     def __init__(self, core: Core, mq: str) -> None:
         self.core = core
         self.mq = mq
         emitter = core.emitter
-        emit = emitter.emit
+        emit = self._em = emitter.emit  # the hot path calls it directly, with ``mq`` last
 
         def _emit(stage: str, msg_id: str, topic: str, partition: int | None = None, offset: int | None = None,
                   group: str | None = None, key: Any = None, error: str | None = None, trace_id: str | None = None,
@@ -213,9 +229,13 @@ class Recorder:
         self._emit_many = emitter.emit_deliveries
         self._policy = core.policy
         self._ids = core.ids
+        self._mid_prefix = core.ids.prefix
+        self._mid_counter = core.ids._counter
         self._ctx = core.context
+        self._cv = core.context._cv  # OpenTelemetry's context variable: empty = no active span
         self._spans = core.spans
         p = core.policy
+        self._headers_on = p.headers
         # the common send: no caller headers to read, no span to start, no traceparent to add
         self._plain_send = core.spans is None and not p.trace_context
         #: True when adapters must compute each received message's msg_id themselves
@@ -245,25 +265,33 @@ class Recorder:
         only read (never mutated). Returns the :class:`Send`; its ``headers`` are the pairs to add.
         Raises only on a bug (adapters catch it, count it with :meth:`hook_error` and send plainly).
         """
-        k = key_text(key) if key is not None else None
-        if headers is None and self._plain_send:
+        if key is None:
+            k = None
+        elif key.__class__ is bytes and len(key) <= 1024:
+            k = key.decode("utf-8", "replace")
+        else:
+            k = key_text(key)
+        if headers is None and self._plain_send:  # the common case, kept short (it runs per message)
             if msg_id is None:
-                pol = self._policy
-                if pol.id_fn is not None:
+                if self._policy.id_fn is not None:
                     msg_id = self._call_id_fn(topic, key, value)
-                elif not pol.headers and k:
+                elif not self._headers_on and k:
                     msg_id = k
                 else:
-                    msg_id = self._ids.new()
+                    msg_id = f"{self._mid_prefix}{next(self._mid_counter):012x}"
             elif msg_id.__class__ is not str:
                 msg_id = str(msg_id)
             if len(msg_id) > MAX_MSG_ID_CHARS:
                 msg_id = cap_msg_id(msg_id)
-            ctx = self._ctx.current()
-            trace_id, span_id = ctx if ctx is not None else (None, None)
-            add = ((MSG_ID_HEADER, msg_id.encode()),) if self._policy.headers else ()
-            self._emit(SENT, msg_id, topic, partition, None, None, k, None, trace_id, span_id)
-            return Send((self, msg_id, topic, partition, k, trace_id, span_id, None, add))
+            cv = self._cv
+            if cv is not None and not cv.get():
+                trace_id = span_id = None
+            else:
+                ctx = self._ctx.current()
+                trace_id, span_id = ctx if ctx is not None else (None, None)
+            self._em(SENT, msg_id, topic, partition, None, None, k, None, trace_id, span_id, None, self.mq)
+            return Send((self, msg_id, topic, partition, k, trace_id, span_id, None,
+                         [(MSG_ID_HEADER, msg_id.encode())] if self._headers_on else ()))
         return self._sent_general(topic, key, k, value, msg_id, headers, partition)
 
     def _sent_general(self, topic: str, key: Any, k: str | None, value: Any, msg_id: Any, headers: Any,
@@ -305,7 +333,7 @@ class Recorder:
         elif existing_id is None:
             add.append((MSG_ID_HEADER, msg_id.encode()))
         self._emit(SENT, msg_id, topic, partition, None, None, k, None, trace_id, span_id)
-        return Send((self, msg_id, topic, partition, k, trace_id, span_id, span, tuple(add)))
+        return Send((self, msg_id, topic, partition, k, trace_id, span_id, span, add))
 
     def sent_instrumented(self, topic: str, key: Any = None, value: Any = None, msg_id: Any = None,
                           headers: Any = None, partition: int | None = None) -> Send:
@@ -472,9 +500,7 @@ class Recorder:
         core = self.core
         found: Delivery | None = None
         found_group = None
-        with core.books_lock:
-            books = list(core.books)
-        for b in books:
+        for b in core.book_list:
             e, exact = b.find(ref.lane, ref.position, ref.headers)
             if e is not None:
                 if exact:
@@ -499,12 +525,10 @@ class Recorder:
     def processed(self, ident: Identity, error: BaseException | None = None, duration_us: int | None = None) -> None:
         """``business_done`` (``error`` None) or ``business_failed`` for a received message."""
         try:
-            attrs: dict[str, str] = {}
-            if duration_us is not None:
-                attrs["duration_us"] = str(duration_us)
+            attrs: dict[str, str] = {} if duration_us is None else {"duration_us": str(duration_us)}
             if error is None:
-                self._emit(BUSINESS_DONE, ident.msg_id, ident.topic, ident.partition, ident.offset,
-                           ident.consumer_group, None, None, ident.trace_id, ident.span_id, attrs)
+                self._em(BUSINESS_DONE, ident.msg_id, ident.topic, ident.partition, ident.offset,
+                         ident.consumer_group, None, None, ident.trace_id, ident.span_id, attrs, self.mq)
             else:
                 attrs["error_type"] = type(error).__name__
                 self._emit(BUSINESS_FAILED, ident.msg_id, ident.topic, ident.partition, ident.offset,

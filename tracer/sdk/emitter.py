@@ -15,6 +15,7 @@ counted and logged (their seq numbers stay unused, so the audit sees the gap).
 from __future__ import annotations
 
 import logging
+import marshal
 import os
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from typing import Any, Sequence
 
 from tracer.errors import ConfigError, describe
 from tracer.events import local_identity
-from tracer.sdk.frames import BATCH, EVENT, HEADER, HEADER_SIZE, Expander, SpoolMeta, encode, sanitize_entries
+from tracer.sdk.frames import BATCH, EVENT, HEADER, HEADER_SIZE, Expander, SpoolMeta, sanitize_entries
 from tracer.sdk.shipper import Adopted, DictCounters, FileCounters, ShipLoop
 from tracer.sdk.shipper import drain_spools as drain_spools
 from tracer.sdk.sinks import KafkaSink as KafkaSink
@@ -52,7 +53,7 @@ if hasattr(os, "register_at_fork"):
 FSYNC_POLICIES = ("never", "batch", "always")
 _time_ns = time.time_ns
 _pack_header = HEADER.pack_into
-_encode = encode
+_encode = marshal.dumps  # version 4 (frames.MARSHAL_VERSION), passed at each call
 
 
 def default_spool_dir() -> str:
@@ -187,13 +188,39 @@ class Emitter:
             self._invalid(f"msg_id must be a non-empty string, got {msg_id!r}"[:200])
             return
         try:
-            payload = _encode((EVENT, ts_us or _time_ns() // 1000, stage, msg_id, topic, partition, offset,
-                               consumer_group, key, error, trace_id, span_id, attrs, mq))
-        except ValueError:  # an object marshal cannot carry (a key of an exotic type): as text
-            payload = _encode((EVENT, ts_us or _time_ns() // 1000, stage, msg_id, str(topic), partition, offset,
-                               consumer_group, None if key is None else str(key), error, trace_id, span_id,
-                               {str(k): str(v) for k, v in (attrs or {}).items()}, mq))
-        self._append(payload, 1)
+            try:
+                payload = _encode((EVENT, ts_us or _time_ns() // 1000, stage, msg_id, topic, partition, offset,
+                                   consumer_group, key, error, trace_id, span_id, attrs, mq), 4)
+            except ValueError:  # an object marshal cannot carry (a key of an exotic type): as text
+                payload = _encode((EVENT, ts_us or _time_ns() // 1000, stage, msg_id, str(topic), partition,
+                                   offset, consumer_group, None if key is None else str(key), error, trace_id,
+                                   span_id, {str(k): str(v) for k, v in (attrs or {}).items()}, mq), 4)
+            n = HEADER_SIZE + len(payload)
+            with self._lock:  # the spool append, inlined (SpoolWriter.append): this runs per message
+                seq = self._seq = self._seq + 1
+                if self._written - self._shipped + n > self.max_spool_bytes or self._closed:
+                    self._shipped = self._ship_counters.get("shipped_bytes")
+                    if self._written - self._shipped + n > self.max_spool_bytes or self._closed:
+                        self._dropped(1)
+                        return
+                w = self._writer
+                pos = w.seg_size
+                if pos + n + HEADER_SIZE > w.seg_cap:
+                    w._rotate(n)
+                    pos = 0
+                mm: Any = w._mm
+                mm[pos + HEADER_SIZE:pos + n] = payload
+                _pack_header(mm, pos, n - HEADER_SIZE, seq)  # the length last: now the frame is complete
+                w.seg_size = pos + n
+                if w.fsync_always:
+                    start = pos - pos % 4096
+                    mm.flush(start, pos + n - start)
+                self._written += n
+                self._recorded += 1
+        except Exception as e:  # the audit must never break the business path
+            self.counters["errors"] += 1
+            self.last_error = f"{describe(e)}"
+            self._log_rate_limited("msgtrace: could not spool an event: %s", self.last_error)
 
     def emit_deliveries(self, stage: str, topic: str, partition: int | None, consumer_group: str | None,
                         mq: str | None, offset: int | None, entries: Sequence[tuple[Any, ...]],
@@ -204,10 +231,10 @@ class Emitter:
             return
         ts = _time_ns() // 1000
         try:
-            payload = _encode((BATCH, ts, stage, topic, partition, consumer_group, mq, offset, offsets, entries))
+            payload = _encode((BATCH, ts, stage, topic, partition, consumer_group, mq, offset, offsets, entries), 4)
         except ValueError:
             payload = _encode((BATCH, ts, stage, topic, partition, consumer_group, mq, offset, offsets,
-                               sanitize_entries(entries)))
+                               sanitize_entries(entries)), 4)
         self._append(payload, len(entries))
 
     def _append(self, payload: bytes, events: int) -> None:

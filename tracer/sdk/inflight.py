@@ -156,9 +156,8 @@ class InFlight:
         ``headers`` object is given (the object the client handed out), ``(entry, False)`` for another
         record at that position, ``(None, False)`` if nothing there was received recently."""
         other = None
-        with self._lock:
-            batches = list(self._recent) if len(self._recent) > 1 else self._recent
-            for b_lane, first, entries in reversed(batches):
+        with self._lock:  # the deque only changes under this lock: iterate it in place
+            for b_lane, first, entries in reversed(self._recent):
                 if b_lane != lane:
                     continue
                 e = _at(entries, first, position)

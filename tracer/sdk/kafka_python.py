@@ -94,10 +94,12 @@ class TracedProducer:
         try:
             s = rec.sent(topic, key, value, msg_id, headers, partition)
             add = s[8]
-            if add:
-                out = list(add) if headers is None else (headers + list(add) if type(headers) is list else headers)
-            else:
+            if not add:
                 out = headers
+            elif headers is None:
+                out = add  # the list the core built for this send: handed over as is
+            else:
+                out = headers + list(add) if type(headers) is list else headers
         except Exception as e:  # a bug in the hook must not cost the business its send
             rec.hook_error(e)
             return self._producer.send(topic, value=value, key=key, headers=headers, partition=partition,
@@ -111,10 +113,9 @@ class TracedProducer:
         try:
             both = getattr(future, "_add_cb_eb", None)
             if both is not None:
-                both(s.acked_metadata, s.failed)
+                both(s, s)  # the send is its own callback for both outcomes: no bound methods per message
             else:
-                future.add_callback(s.acked_metadata)
-                future.add_errback(s.failed)
+                future.add_both(s)
             txn = self._txn
             if txn is not None:
                 txn.append(s)

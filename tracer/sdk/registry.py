@@ -72,16 +72,19 @@ def adapter_for(obj: Any, kind: str, client: str | None = None) -> ModuleType:
 
 def adapter_for_record(record: Any) -> ModuleType | None:
     """The adapter that can say where a received ``record`` sits (``record_ref``), if any."""
-    mod = _match(type(record)) or _load(DEFAULT, "kafka-python")
+    return adapter_for_record_type(type(record))
+
+
+def adapter_for_record_type(cls: type) -> ModuleType | None:
+    mod = _match(cls) or _load(DEFAULT, "kafka-python")
     return mod if hasattr(mod, "record_ref") else None
 
 
 def _match(cls: type) -> ModuleType | None:
     key = (cls, "")
-    try:
-        return _by_type[key]
-    except KeyError:
-        pass
+    mod = _by_type.get(key, _by_type)
+    if mod is not _by_type:
+        return mod  # type: ignore[return-value]
     found = None
     for c in cls.__mro__:
         root = (c.__module__ or "").split(".", 1)[0]
@@ -96,4 +99,4 @@ def _match(cls: type) -> ModuleType | None:
     return found
 
 
-__all__ = ["CLIENTS", "NAMES", "DEFAULT", "register", "adapter_for", "adapter_for_record"]
+__all__ = ["CLIENTS", "NAMES", "DEFAULT", "register", "adapter_for", "adapter_for_record", "adapter_for_record_type"]

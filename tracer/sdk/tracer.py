@@ -76,6 +76,7 @@ class Tracer:
                                      id_fn=id_fn, consumer_id_fn=consumer_id_fn)
         self._core = Core(self._emitter, self.policy, spans, self._hook_error)
         self._recorders: dict[str, Recorder] = {}
+        self._record_refs: dict[type, tuple[Callable[[Any], Any], Recorder] | None] = {}
         self._recorders_lock = threading.Lock()
         _LIVE.add(self)
 
@@ -214,13 +215,22 @@ class Tracer:
         return self._emitter
 
     # --- internals ------------------------------------------------------------------------------------
+    def _record_ref_for(self, cls: type) -> tuple[Callable[[Any], Any], Recorder] | None:
+        """(the adapter's ``record_ref``, its recorder) for records of ``cls``, cached per class."""
+        adapter = registry.adapter_for_record_type(cls)
+        found = (adapter.record_ref, self.recorder(getattr(adapter, "MQ", None))) if adapter is not None else None
+        if len(self._record_refs) > 256:
+            self._record_refs.clear()
+        self._record_refs[cls] = found
+        return found
+
     def _identify(self, record: Any, group: str | None) -> Identity:
         """The identity of a received record (any client with an adapter)."""
-        adapter = registry.adapter_for_record(record)
-        ref = adapter.record_ref(record) if adapter is not None else None
+        found = self._record_refs.get(type(record)) or self._record_ref_for(type(record))
+        ref = found[0](record) if found is not None else None
         if ref is None:
             raise TypeError(f"not a msg_id nor a received record: {type(record).__qualname__}")
-        return self.recorder(getattr(adapter, "MQ", None)).identify(ref, group)
+        return found[1].identify(ref, group)  # type: ignore[index]
 
     def _hook_error(self, e: BaseException) -> None:
         self._counters["hook_errors"] += 1
@@ -247,12 +257,12 @@ class _Processing:
                 self._rec = t.recorder()
                 self._ident = Identity(target, "", None, None, self._group or t.default_group)
             else:
-                adapter = registry.adapter_for_record(target)
-                ref = adapter.record_ref(target) if adapter is not None else None
+                found = t._record_refs.get(type(target)) or t._record_ref_for(type(target))
+                ref = found[0](target) if found is not None else None
                 if ref is None:
                     raise TypeError(f"processing() needs a msg_id or a received record, "
                                     f"got {type(target).__qualname__}")
-                self._rec = t.recorder(getattr(adapter, "MQ", None))
+                self._rec = found[1]  # type: ignore[index]
                 self._ident = self._rec.identify(ref, self._group)
             spans = t._core.spans
             ident = self._ident
