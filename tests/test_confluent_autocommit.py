@@ -40,6 +40,12 @@ CONSUMER = textwrap.dedent("""
         "on_commit": lambda err, parts: commits.append(sum(p.offset for p in parts) if err is None else -1)}))
     c.subscribe([topic])
     work = queue.Queue()
+    say_lock = threading.Lock()
+
+    def say(what):  # one whole line at a time: the worker thread and the main one both report
+        with say_lock:
+            sys.stdout.write(what + "\\n")
+            sys.stdout.flush()
 
     def worker():
         done = 0
@@ -47,7 +53,7 @@ CONSUMER = textwrap.dedent("""
             m = work.get()
             with t.processing(m):
                 if done == 5:
-                    print("STUCK", flush=True)
+                    say("STUCK")
                     threading.Event().wait()  # the red-packet call never returns
                 done += 1
 
@@ -59,7 +65,7 @@ CONSUMER = textwrap.dedent("""
             work.put(m)
             received += 1
         if not told and received >= n and n in commits:
-            print("COMMITTED", flush=True)  # auto-commit covered every message (the app's on_commit saw it)
+            say("COMMITTED")  # auto-commit covered every message (the app's on_commit saw it)
             told = True
 """)
 
