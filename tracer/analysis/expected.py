@@ -15,7 +15,7 @@ from typing import Iterator, Protocol, Sequence
 from tracer.analysis.sql import Ident, render
 from tracer.errors import ConfigError
 from tracer.events import MAX_MSG_ID_CHARS, cap_msg_id
-from tracer.store import Store
+from tracer.store import Store, check_identifier
 
 BATCH = 200_000
 
@@ -183,6 +183,15 @@ class Staging:
 
     def ids(self, ids: Sequence[str], tag: str) -> Ident:
         return self.load(IdList(ids), tag)[0]
+
+    def hashes(self, hashes: Sequence[int], tag: str) -> Ident:
+        """A table of message hashes (pass 1 by message names its candidates by cityHash64(msg_id))."""
+        table = Ident(check_identifier(f"expected_{(tag + self.run_id)[:32]}", "table name"))
+        self.store.command(render("reconcile_hash_table", table=table))
+        self.tables.append(table.name)
+        for i in range(0, len(hashes), BATCH):
+            self.store.insert(table.name, {"h": list(hashes[i:i + BATCH])})
+        return table
 
     def load(self, source: IdSource, tag: str = "") -> tuple[Ident, int]:
         table, n = load_expected(self.store, source, tag + self.run_id)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 from functools import lru_cache
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from tracer.analysis import rules as R
 from tracer.analysis.facts import PairFacts
@@ -67,15 +67,19 @@ def pairs_sql(events: str, exact: bool = True) -> str:
                   producer_stages=R.stage_list_sql(R.PRODUCER_STAGES))
 
 
-def _judge_extra(expected: Ident | None) -> str:
-    return f"OR {in_table('msg_id', expected)}" if expected else ""
+def _judge_extra(expected: Ident | None, hashed: bool = False) -> str:
+    if not expected:
+        return ""
+    if hashed:  # pass 1 by message groups by cityHash64(msg_id)
+        return f"OR h IN (SELECT cityHash64(msg_id) FROM {{db:Identifier}}.`{expected.name}`)"
+    return f"OR {in_table('msg_id', expected)}"
 
 
 @lru_cache(maxsize=16)
 def scan_msg_sql(expected: Ident | None, one_group: bool) -> str:
     parts = _stage_parts()
     plain = R.plain_sql(_MSG_NAMES)
-    return render("reconcile_scan_msg", judge_extra=_judge_extra(expected),
+    return render("reconcile_scan_msg", judge_extra=_judge_extra(expected, hashed=True),
                   group_filter=_GROUP_FILTER if one_group else "", plain=plain,
                   once=R.popcount_sql("masks", R.ALL_STAGES_MASK), **parts)
 
@@ -122,7 +126,12 @@ class Pass1:
     topic_groups: TopicGroups
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
     messages: set[str] = field(default_factory=set)
+    hashes: set[int] = field(default_factory=set)  # by message: cityHash64 of the candidates' msg_id
     pairs: set[tuple[str, str]] = field(default_factory=set)
+
+    @property
+    def candidates(self) -> int:
+        return len(self.messages) + len(self.hashes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,11 +150,36 @@ class Scope:
 Progress = Callable[[str], None]
 
 
+@dataclass(slots=True)
+class Hint:
+    """What the first receipts of the window (reconcile_groups_hint.sql) show: the (topic, group)
+    names behind pass 1's hashes, and whether some topic has several groups (fan-out)."""
+
+    topics: dict[int, str] = field(default_factory=dict)
+    groups: dict[int, str] = field(default_factory=dict)
+    fan_out: bool = False
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        for r in rows:
+            self.topics.setdefault(r["th"], r["topic"])
+            self.groups.setdefault(r["gh"], r["consumer_group"])
+
+
+def hint(store: Store, window: Window) -> Hint:
+    rows = store.query(render("reconcile_groups_hint"), {"from_us": window.from_us, "cut": window.cut_us},
+                       small=True)
+    h = Hint()
+    h.add(rows)
+    seen: dict[str, set[str]] = {}
+    for r in rows:
+        seen.setdefault(r["topic"], set()).add(r["consumer_group"])
+    h.fan_out = any(len(g) > 1 for g in seen.values())
+    return h
+
+
 def fan_out_hint(store: Store, window: Window) -> bool:
-    """True if the first receipts of the window (10000, reconcile_groups_hint.sql) show a topic
-    received by several groups."""
-    rows = store.query(render("reconcile_groups_hint"), {"from_us": window.from_us, "cut": window.cut_us}, small=True)
-    return bool(rows and rows[0]["n"])
+    """True if the first receipts of the window show a topic received by several groups."""
+    return hint(store, window).fan_out
 
 
 def topic_groups(store: Store, window: Window) -> TopicGroups:
@@ -153,24 +187,20 @@ def topic_groups(store: Store, window: Window) -> TopicGroups:
     return TopicGroups([r["t"] for r in rows], [sorted(r["gs"]) for r in rows])
 
 
-def _by_message(store: Store, scope: Scope) -> Pass1 | None:
+def _by_message(store: Store, scope: Scope, names: Hint) -> Pass1 | None:
     """reconcile_scan_msg.sql; None when the window has a shape it cannot judge (Kind.SHAPE)."""
     rows = store.query(scan_msg_sql(scope.expected, scope.groups is not None), scope.params())
     if any(r["kind"] == Kind.SHAPE for r in rows):
         return None
-    need: dict[tuple[int, int], str] = {}
-    for r in rows:
-        if r["kind"] == Kind.PLAIN or r["recvwin"]:
-            need.setdefault((r["th"], r["gh"]), r["sample"])
-    tname: dict[int, str] = {}
-    gname: dict[int, str] = {0: ""}
-    if need:
-        for r in store.query(render("reconcile_names"), {"ids": sorted(set(need.values())),
-                                                          **scope.window.scan()}, small=True):
-            tname.setdefault(r["th"], r["topic"])
-            gname.setdefault(r["gh"], r["g"])
-        if any(th not in tname or gh not in gname for th, gh in need):
+    need = {(r["th"], r["gh"]) for r in rows if r["kind"] == Kind.PLAIN or r["recvwin"]}
+    names.groups.setdefault(0, "")
+    missing = sorted({th for th, gh in need if th not in names.topics or gh not in names.groups})
+    if missing:
+        names.add(store.query(render("reconcile_names"), {"from_us": scope.window.from_us,
+                                                          "cut": scope.window.cut_us, "ths": missing}, small=True))
+        if any(th not in names.topics or gh not in names.groups for th, gh in need):
             return None
+    tname, gname = names.topics, names.groups
     tg: dict[str, set[str]] = {}
     for r in rows:
         if r["recvwin"]:
@@ -183,7 +213,7 @@ def _by_message(store: Store, scope: Scope) -> Pass1 | None:
             key = (tname[r["th"]], only or gname[r["gh"]])
             out.counts[key] = out.counts.get(key, 0) + r["n"]
         elif r["kind"] == Kind.CANDIDATE:
-            out.messages.add(r["mid"])
+            out.hashes.add(r["mid"])
     return out
 
 
@@ -203,8 +233,9 @@ def _by_pair(store: Store, scope: Scope, tg: TopicGroups) -> Pass1:
 def pass1(store: Store, scope: Scope) -> Pass1:
     """Plainly delivered counts and the candidates of the window (see the module docstring)."""
     groups = scope.groups
-    try_msg = MSG_SCAN and (len(groups) == 1 if groups else not fan_out_hint(store, scope.window))
-    found = _by_message(store, scope) if try_msg else None
+    first = hint(store, scope.window) if MSG_SCAN and (not groups or len(groups) == 1) else None
+    try_msg = first is not None and (len(groups) == 1 if groups else not first.fan_out)
+    found = _by_message(store, scope, first) if first is not None and try_msg else None
     if found is not None and (groups or not found.topic_groups.fan_out):
         if groups:
             found.topic_groups = TopicGroups()
@@ -220,20 +251,41 @@ def pass1(store: Store, scope: Scope) -> Pass1:
 
 # --- pass 2 ----------------------------------------------------------------------------------
 
-def pass2(store: Store, scope: Scope, first: Pass1, stage: Callable[[Sequence[str], str], Ident]) -> list[PairFacts]:
-    """The facts of every pair of the candidate messages. ``stage(ids, tag)`` stages ids in a table."""
-    if not first.messages:
+#: above this many candidate messages, pass 2 selects their events by hash directly (their events
+#: are then in nearly every granule anyway) instead of resolving the ids first and reading by key
+RESOLVE_MAX = 1000
+
+
+class Stager(Protocol):
+    def ids(self, ids: Sequence[str], tag: str) -> Ident: ...
+
+    def hashes(self, hashes: Sequence[int], tag: str) -> Ident: ...
+
+
+def pass2(store: Store, scope: Scope, first: Pass1, stage: Stager) -> list[PairFacts]:
+    """The facts of every pair of the candidate messages (staged in tables by ``stage``)."""
+    if not first.candidates:
         return []
     params = {**scope.params(), **first.topic_groups.params()}
-    table = stage(sorted(first.messages), "c")
     cut = scope.window.cut_us
+    if first.hashes and len(first.hashes) > RESOLVE_MAX:
+        table = stage.hashes(sorted(first.hashes), "k")
+        events = f"cityHash64(msg_id) IN (SELECT h FROM {{db:Identifier}}.`{table.name}`)"
+    else:
+        ids = set(first.messages)
+        if first.hashes:
+            table = stage.hashes(sorted(first.hashes), "k")
+            ids |= {r["msg_id"] for r in store.query(render("reconcile_resolve", hashes=table), scope.window.scan())}
+        if not ids:
+            return []
+        events = in_table("msg_id", stage.ids(sorted(ids), "c"))
     # by message: counted by rows first; messages whose counts may include duplicates again exactly
-    rows = store.query(pairs_sql(in_table("msg_id", table), exact=not first.by_message), params)
+    rows = store.query(pairs_sql(events, exact=not first.by_message), params)
     unsure = sorted({r["msg_id"] for r in rows if r["unsure"]})
     if unsure:
         again = set(unsure)
         rows = [r for r in rows if r["msg_id"] not in again] + \
-            store.query(pairs_sql(in_table("msg_id", stage(unsure, "u")), exact=True), params)
+            store.query(pairs_sql(in_table("msg_id", stage.ids(unsure, "u")), exact=True), params)
     return [PairFacts.from_row(r, cut) for r in rows]
 
 

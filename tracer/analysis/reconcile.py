@@ -83,9 +83,9 @@ def reconcile(store: Store, window_from_us: int, window_to_us: int, grace_s: int
             first = passes.pass1(store, scope)
             for (topic, group), n in first.counts.items():
                 res.count(V.DELIVERED, topic, group, n)
-            if first.messages:
-                _say(progress, f"collecting evidence for {len(first.messages)} messages (pass 2)")
-            facts = passes.pass2(store, scope, first, staging.ids)
+            if first.candidates:
+                _say(progress, f"collecting evidence for {first.candidates} messages (pass 2)")
+            facts = passes.pass2(store, scope, first, staging)
             never = passes.never_sent(store, window, table) if table else []
         res.rows = _judge(first, facts, never, groups, window)
         _count_plain(res)
