@@ -27,6 +27,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if __name__ == "__main__" and "--run-one" in sys.argv:  # child: import the collector of --repo
@@ -72,20 +73,44 @@ def run_one(bootstrap: str, topic: str, url: str, options: dict) -> None:
     import logging
 
     logging.disable(logging.WARNING)
-    cfg = CollectorConfig(startup_timeout_s=60, **options)
-    stats = run_collector(bootstrap, topic, url, f"bench-{uuid.uuid4().hex[:8]}", until_idle=True, config=cfg)
-    print(json.dumps({"rate": stats.sustained_rate, "stored": stats.stored}))
+    cfg = CollectorConfig(startup_timeout_s=60, status_interval_s=0.02, **options)
+    # CPU of the process (all threads) sampled every 20 ms: the part between the first record and the
+    # last commit is the collecting (no start-up, group join or idle check)
+    marks: dict[str, float] = {}
+
+    def on_status(st: Any, state: str) -> None:
+        now = time.process_time()
+        if st.first_record_at is None:
+            marks["before_first"] = now
+        if st.last_commit_at is not None and st.last_commit_at != marks.get("commit_at"):
+            marks["commit_at"], marks["after_commit"] = st.last_commit_at, now
+
+    stats = run_collector(bootstrap, topic, url, f"bench-{uuid.uuid4().hex[:8]}", until_idle=True, config=cfg,
+                          on_status=on_status)
+    cpu = marks.get("after_commit", 0.0) - marks.get("before_first", 0.0)
+    print(json.dumps({"rate": stats.sustained_rate, "stored": stats.stored, "cpu_s": cpu}))
 
 
-def collect_once(bootstrap: str, topic: str, url: str, repo: Path = ROOT, **options) -> tuple[float, int]:
-    """One collector run of the checkout ``repo`` in a fresh process."""
+def cpu_seconds(pid: int | None) -> float:
+    """user + system CPU seconds of process ``pid`` so far (0 when unknown)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def collect_once(bootstrap: str, topic: str, url: str, repo: Path = ROOT, **options) -> tuple[float, int, float]:
+    """One collector run of the checkout ``repo`` in a fresh process: (events/s, stored, CPU seconds)."""
     out = subprocess.run([sys.executable, __file__, "--run-one", "--repo", str(repo), "--bootstrap", bootstrap,
                           "--topic", topic, "--url", url, "--options", json.dumps(options)],
                          capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         raise RuntimeError(f"collector run failed: {out.stderr[-2000:]}")
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    return r["rate"], r["stored"]
+    return r["rate"], r["stored"], r["cpu_s"]
 
 
 def decode_profile(per_record: int, n: int = 50_000, server_url: str | None = None) -> dict[str, float]:
@@ -172,6 +197,9 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--baseline", type=Path, help="Another checkout's root: its collector runs beside this one.")
+    ap.add_argument("--baseline-engines", default="chDB,18.16",
+                    help="Engines the --baseline checkout runs on (comma-separated: chDB, 18.16).")
+    ap.add_argument("--no-python-decoder", action="store_true", help="Leave out the Python-decoder-only row.")
     ap.add_argument("--no-write", action="store_true", help="Do not write benchmarks/results/collector.md.")
     ap.add_argument("--run-one", action="store_true", help=argparse.SUPPRESS)
     for hidden in ("--repo", "--bootstrap", "--topic", "--url", "--options"):
@@ -186,10 +214,13 @@ def main() -> None:
     variants: list[tuple[str, Path, dict]] = [("this checkout", ROOT, {})]
     if a.baseline:
         variants.append((f"baseline {a.baseline.name}", a.baseline.resolve(), {}))
-    variants.append(("this checkout, Python decoder only (c_decoder=False)", ROOT, {"c_decoder": False}))
+    if not a.no_python_decoder:
+        variants.append(("this checkout, Python decoder only (c_decoder=False)", ROOT, {"c_decoder": False}))
+    baseline_engines = {e.strip() for e in a.baseline_engines.split(",")}
     broker = TansuBroker().start()
     server = ClickHouseServer().start()
     rows: dict[str, list[float]] = {"raw": []}
+    cpus: dict[str, list[tuple[float, ...]]] = {}  # per collector run: (collector, broker[, server]) CPU s
     try:
         topic = f"bench-audit-{uuid.uuid4().hex[:6]}"
         create_topic(broker.bootstrap, topic, a.partitions)
@@ -203,11 +234,20 @@ def main() -> None:
                 for label, repo, opts in order:
                     if opts and engine != "chDB":
                         continue
+                    if repo != ROOT and engine not in baseline_engines:
+                        continue
                     with tempfile.TemporaryDirectory(prefix="bench-chdb-") as d:
                         url = f"chdb://{d}" if engine == "chDB" else server.url(f"bench_{uuid.uuid4().hex[:8]}")
-                        r, n = collect_once(broker.bootstrap, topic, url, repo, **opts)
+                        pids = [broker.proc.pid if broker.proc else None]
+                        if engine != "chDB":
+                            pids.append(server.proc.pid if server.proc else None)
+                        before = [cpu_seconds(p) for p in pids]
+                        r, n, cpu = collect_once(broker.bootstrap, topic, url, repo, **opts)
+                        others = [cpu_seconds(p) - b for p, b in zip(pids, before)]
                     assert n == a.events, n
-                    rows.setdefault(f"collector -> {engine}, {label}", []).append(r)
+                    key = f"collector -> {engine}, {label}"
+                    rows.setdefault(key, []).append(r)
+                    cpus.setdefault(key, []).append((cpu, *others))
             print(f"repeat {i + 1}: " + "  ".join(f"{k}: {v[-1]:,.0f}" for k, v in rows.items()), flush=True)
     finally:
         server.stop()
@@ -238,6 +278,29 @@ def main() -> None:
         if k != "raw":
             ratio = statistics.median(c / r for c, r in zip(v, rows["raw"]))
             lines.append(f"| {k} | {fmt(v)} | {ratio:.0%} |")
+    this = {e: rows.get(f"collector -> {e}, this checkout") for e in ("chDB", "18.16")}
+    pairs = [("collector -> 18.16 / collector -> chDB (this checkout)", this["18.16"], this["chDB"])]
+    for k, v in rows.items():
+        if "baseline" in k:
+            engine = k.split(" -> ", 1)[1].split(",", 1)[0]
+            pairs.append((f"{engine}: this checkout / {k.split(', ', 1)[1]}", this[engine], v))
+    lines += ["", "Paired ratios (the two runs of the same repeat, then the median over repeats):", "",
+              "| pair | median (min, max) |", "|---|---|"]
+    for label, x, y in pairs:
+        if x and y:
+            r = [p / q for p, q in zip(x, y)]
+            lines.append(f"| {label} | {statistics.median(r):.2f}x ({min(r):.2f}x, {max(r):.2f}x) |")
+    lines += ["", "CPU per run (medians over repeats; contention-free figures: events per CPU-second of the "
+              "collector process, all its threads; the broker's and the server's CPU in the same run):", "",
+              "| path | collector CPU s / 1M events | events per collector CPU-second | broker CPU s | "
+              "ClickHouse server CPU s |", "|---|---|---|---|---|"]
+    for k, v in cpus.items():
+        col = statistics.median(c[0] for c in v)
+        brk = statistics.median(c[1] for c in v)
+        srv = f"{statistics.median(c[2] for c in v):.2f}" if len(v[0]) > 2 else "- (in process)"
+        lines.append(f"| {k} | {col * 1e6 / a.events:.2f} | {a.events / col:,.0f} | {brk:.2f} | {srv} |")
+    lines += ["", "Every repeat, in order (events/s):", ""]
+    lines += [f"- {k}: " + ", ".join(f"{x:,.0f}" for x in v) for k, v in rows.items()]
     lines += ["", "## Decode path profile (one thread, same records, best of 3)", "",
               "| part | events/s | us/event |", "|---|---|---|"]
     lines += [f"| {k} | {v:,.0f} | {1e6 / v:.1f} |" for k, v in prof.items()]

@@ -295,7 +295,7 @@ def batch_store_columns(columns: Sequence[Sequence[Any]], arrow_batches: Sequenc
         batches.append(python_batch(columns))
     # one chunk per column: chDB reads a table of many small chunks ~0.4 us/event slower
     table = pa.Table.from_batches(batches, schema=_arrow_types()["__schema__"]).combine_chunks()
-    distinct = pc.count_distinct(table.column("event_id"), mode="only_valid").as_py()
+    distinct = len(pc.unique(table.column("event_id")))  # (event_id is never null; unique: ~2x count_distinct)
     return {name: table.column(name) for name in STORE_COLUMNS}, distinct
 
 

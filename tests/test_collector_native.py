@@ -62,6 +62,9 @@ def test_native_bytes_read_back_by_a_modern_clickhouse(tmp_path) -> None:
 
 
 def test_sliced_and_chunked_arrays_serialize_as_their_values() -> None:
+    assert column_bytes(pa.array(["ab"] * 3), "String") == b"\x02ab" * 3  # one width: the 2-D path
+    assert column_bytes(pa.array([""] * 3), "String") == b"\x00" * 3
+    assert column_bytes(pa.array(["x" * 200] * 2), "String") == (b"\xc8\x01" + b"x" * 200) * 2
     big = pa.array([f"v{i}" for i in range(100)])
     assert column_bytes(big.slice(40, 9), "String") == column_bytes(pa.array([f"v{i}" for i in range(40, 49)]), "String")
     lists = pa.array([[str(i)] * (i % 3) for i in range(50)], type=pa.list_(pa.string()))

@@ -90,6 +90,12 @@ def _string_bytes(arr: Any) -> bytes:
     data = np.frombuffer(bufs[2], dtype=np.uint8, count=hi - lo, offset=lo) if hi > lo and bufs[2] is not None \
         else np.empty(0, dtype=np.uint8)
     lens = np.diff(offs)
+    width = int(lens[0])
+    if width < 0x80 and (lens == width).all():  # one width (ids, hashes): rows of [width, bytes...]
+        rows = np.empty((n, width + 1), dtype=np.uint8)
+        rows[:, 0] = width
+        rows[:, 1:] = data.reshape(n, width)
+        return bytes(rows.tobytes())
     at = offs[:-1] - lo  # where each value starts in ``data``: its length goes in front of it
     if int(lens.max()) < 0x80:  # the usual case: a one-byte length per value
         return bytes(np.insert(data, at, lens.astype(np.uint8)).tobytes())
