@@ -58,8 +58,19 @@ class StubProducer:
 
 
 class _Coord:
+    """kafka-python 3's shape: the commit request coroutine hands the broker's answer to a handler."""
+
     async def _send_offset_commit_request(self, offsets: Any, *a: Any, **kw: Any) -> None:
-        return None  # kafka-python 3: a coroutine, awaited on its IO thread
+        self._handle_offset_commit_response(offsets, 0.0, _Response([(tp.topic, [(tp.partition, 0)])
+                                                                     for tp in offsets]))
+
+    def _handle_offset_commit_response(self, offsets: Any, send_time: float, response: Any) -> None:
+        return None
+
+
+class _Response:
+    def __init__(self, topics: list[Any]) -> None:
+        self.topics = topics
 
 
 class StubConsumer:

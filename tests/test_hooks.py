@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import uuid
+from types import SimpleNamespace
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -453,9 +454,16 @@ def test_consumer_batch_events_from_stub_records(tmp_path):
     the fields survive odd ids and keys, legacy records get the id function, nothing for empty polls."""
     from kafka.consumer.fetcher import ConsumerRecord
 
-    class Coord:  # kafka-python 3's commit request: a coroutine, awaited on the IO thread
+    class Coord:  # kafka-python 3's shape: the request coroutine hands the broker's answer to a handler
         async def _send_offset_commit_request(self, offsets, *a, **kw):
+            topics = {}
+            for tp in offsets:
+                topics.setdefault(tp.topic, []).append((tp.partition, 0))  # error code 0: accepted
+            self._handle_offset_commit_response(offsets, 0.0, SimpleNamespace(topics=list(topics.items())))
             return "sent"
+
+        def _handle_offset_commit_response(self, offsets, send_time, response):
+            return None
 
     class Stub:
         def __init__(self, batches):
@@ -502,9 +510,16 @@ def test_one_tracer_two_groups_attributes_processing_to_the_receiving_consumer(t
     names the group of the consumer that returned that record object, and forgets only its entry."""
     from kafka.consumer.fetcher import ConsumerRecord
 
-    class Coord:  # kafka-python 3's commit request: a coroutine, awaited on the IO thread
+    class Coord:  # kafka-python 3's shape: the request coroutine hands the broker's answer to a handler
         async def _send_offset_commit_request(self, offsets, *a, **kw):
+            topics = {}
+            for tp in offsets:
+                topics.setdefault(tp.topic, []).append((tp.partition, 0))  # error code 0: accepted
+            self._handle_offset_commit_response(offsets, 0.0, SimpleNamespace(topics=list(topics.items())))
             return "sent"
+
+        def _handle_offset_commit_response(self, offsets, send_time, response):
+            return None
 
     class Stub:
         def __init__(self, group, batches):

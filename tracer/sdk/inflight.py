@@ -90,8 +90,14 @@ class InFlight:
                 if not _ascending(entries):
                     self._unsorted.add(lane)
                 return
-            if lst and (lst[-1][0] is None or entries[0][0] is None or entries[0][0] < lst[-1][0]
-                        or not _ascending(entries)):
+            first = entries[0][0]
+            if lst and first is not None and lst[-1][0] is not None and first <= lst[-1][0] \
+                    and lane not in self._unsorted:
+                # received again from an earlier position (a seek back, a rejoin after a commit that
+                # failed): these receipts replace the older ones at the same positions, so one commit
+                # gives one offset_committed per message
+                del lst[bisect.bisect_left(lst, (first,)):]
+            if lst and (lst[-1][0] is None or first is None or first < lst[-1][0] or not _ascending(entries)):
                 self._unsorted.add(lane)
             lst.extend(entries)
             if len(lst) > self.max_uncommitted:

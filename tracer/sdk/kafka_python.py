@@ -11,13 +11,13 @@ what kafka-python returns or raise exactly what it raises: the audit sits beside
   succeeded.
 - ``received`` once per record returned by ``poll()`` or by iteration. The proxy wraps the consumer
   rather than patching it, so kafka-python's ``__next__`` calling its own ``poll()`` is not seen twice.
-- ``offset_committed`` from a hook on the coordinator's commit request (a coroutine run on the IO
-  thread in kafka-python 3): every commit kafka-python makes (``commit()``, ``commit_async()``,
-  auto-commit, the commit before a rebalance and at close) goes through it, and it completes only
-  when the broker accepted every partition; a rejected commit (a fenced member, a rebalance) raises
-  there and records nothing. Each received message whose offset the committed position passed gets
-  one event; ``offset`` is the committed position (Kafka's "next offset to read"),
-  ``attrs.record_offset`` the message's.
+- ``offset_committed`` from a hook on the coordinator's handling of the broker's OffsetCommit
+  response (run on the IO thread by the commit request coroutine in kafka-python 3): every commit
+  kafka-python makes (``commit()``, ``commit_async()``, auto-commit, the commit before a rebalance and
+  at close) goes through it; only the partitions the broker accepted count, and a commit refused
+  before it is sent (a member that knows it left the group) records nothing. Each received message
+  whose offset the committed position passed gets one event; ``offset`` is the committed position
+  (Kafka's "next offset to read"), ``attrs.record_offset`` the message's.
 """
 from __future__ import annotations
 
@@ -243,21 +243,46 @@ class TracedConsumer:
 
     # --- offset_committed ---------------------------------------------------------------------------
     def _install_commit_hook(self) -> None:
-        """Wrap the coordinator's commit request coroutine (kafka-python 3, run on its IO thread):
-        ``offset_committed`` is recorded only after it returned, i.e. after the broker accepted the
-        commit for every partition; a rejected commit raises inside it and records nothing."""
+        """Hook where the broker's answer to a commit is known (kafka-python 3, on its IO thread).
+
+        Every commit kafka-python makes goes through the coordinator's commit request coroutine, which
+        hands the broker's OffsetCommit response to ``_handle_offset_commit_response``: the hook reads the
+        per-partition error codes there and records ``offset_committed`` for the partitions the broker
+        accepted (error code 0), and only those, before kafka-python raises for the others. A commit that
+        never reaches the broker (the client knows it left the group) raises before any response and
+        records nothing. Older layouts without that method: the request coroutine is wrapped instead,
+        and a commit counts once it returned without raising.
+        """
         coord = getattr(self._consumer, "_coordinator", None)
-        orig = getattr(coord, "_send_offset_commit_request", None)
-        if self.group is None or orig is None or getattr(orig, "_msgtrace", False):
-            if self.group is not None and orig is None:
-                log.warning("msgtrace: this kafka-python has no commit request hook; "
-                            "offset_committed will not be recorded")
+        if self.group is None or coord is None:
             return
-        if not inspect.iscoroutinefunction(orig):
-            log.warning("msgtrace: this kafka-python's commit request is not a coroutine (kafka-python < 3?); "
+        handle = getattr(coord, "_handle_offset_commit_response", None)
+        if handle is not None and getattr(handle, "_msgtrace", False):
+            return  # already hooked (the same consumer wrapped twice)
+        on_commit = self._committed
+        if handle is not None and callable(handle):
+            def hooked_response(offsets: Any, send_time: Any, response: Any, *a: Any, **kw: Any) -> Any:
+                try:
+                    accepted = _accepted(offsets, response)
+                except Exception as e:
+                    self._rec.hook_error(e)
+                    accepted = {}
+                try:
+                    return handle(offsets, send_time, response, *a, **kw)
+                finally:
+                    if accepted:
+                        on_commit(accepted)
+
+            hooked_response._msgtrace = True  # type: ignore[attr-defined]
+            coord._handle_offset_commit_response = hooked_response
+            return
+        orig = getattr(coord, "_send_offset_commit_request", None)
+        if orig is None or not inspect.iscoroutinefunction(orig):
+            log.warning("msgtrace: this kafka-python has no commit hook msgtrace knows; "
                         "offset_committed will not be recorded")
             return
-        on_commit = self._committed
+        if getattr(orig, "_msgtrace", False):
+            return
 
         async def hooked(offsets: Any, *a: Any, **kw: Any) -> Any:
             result = await orig(offsets, *a, **kw)  # raises when the broker rejected the commit
@@ -265,7 +290,7 @@ class TracedConsumer:
             return result
 
         hooked._msgtrace = True  # type: ignore[attr-defined]
-        coord._send_offset_commit_request = hooked  # type: ignore[union-attr]
+        coord._send_offset_commit_request = hooked
 
     def _committed(self, offsets: Any) -> None:
         """The broker accepted ``offsets``: every received message below them is now committed."""
@@ -275,6 +300,16 @@ class TracedConsumer:
                 rec.committed(book, tp, getattr(om, "offset", om))
         except Exception as e:  # runs on kafka-python's IO path: never raise into it
             self._rec.hook_error(e)
+
+
+def _accepted(offsets: Any, response: Any) -> dict[Any, Any]:
+    """The entries of ``offsets`` whose partition the OffsetCommit ``response`` reports without error."""
+    ok = set()
+    for topic, partitions in response.topics:
+        for partition, error_code in partitions:
+            if error_code == 0:
+                ok.add((topic, partition))
+    return {tp: om for tp, om in offsets.items() if (tp[0], tp[1]) in ok}
 
 
 __all__ = ["TracedProducer", "TracedConsumer", "wrap_producer", "wrap_consumer", "record_ref", "NAME", "MQ"]
