@@ -120,3 +120,23 @@ def test_collector_batches_into_the_server_equal_the_driver_insert(server_url, m
     e3 = stored[events[3].event_id]
     assert e3[STORE_COLUMNS.index("attr_keys")] == ["k" * 300, ""]
     assert stored[events[1].event_id][STORE_COLUMNS.index("error")] == "é" * 9_000
+
+
+def test_a_table_changed_under_the_store_falls_back_to_the_driver(server_url, monkeypatch) -> None:
+    """The store's cached column types disagree with the server's sample block: the Native block is
+    not sent (the insert is ended empty) and the driver's insert stores the rows, nothing twice."""
+    import tracer.store.native as nat
+
+    took: list[bool] = []
+    real = nat.native_insert
+    monkeypatch.setattr(nat, "native_insert", lambda *a, **k: took.append(real(*a, **k)) or took[-1])
+    events = make_events(1_000)
+    table, _ = batch_store_columns([], [decode_record(encode_batch(events), record_headers()).arrow], arrow=True)
+    with Store(server_url) as s:
+        s.init_schema()
+        assert s.column_types("trace_events")["pid"] == "UInt32"  # cached now
+        s.command("ALTER TABLE {db:Identifier}.trace_events MODIFY COLUMN pid UInt64")
+        s.insert("trace_events", table)
+        rows = s.query("SELECT count() AS n, uniqExact(event_id) AS u, sum(pid) AS p FROM {db:Identifier}.trace_events")
+    assert took == [False]
+    assert (rows[0]["n"], rows[0]["u"], rows[0]["p"]) == (1_000, 1_000, 4242 * 1_000)
