@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 from tracer import verdicts as V
-from tracer.analysis import broker, consumer
+from tracer.analysis import broker, consumer, rabbitmq
 from tracer.analysis.broker import EvidenceContext
 from tracer.analysis.result import Verdict
 from tracer.analysis.rules import REFINEMENTS, Evidence
@@ -22,6 +22,7 @@ CHECKERS: dict[tuple[str, Evidence], Checker] = {
     (V.PENDING_IN_BROKER, Evidence.LATER_ACKED_RECEIVED): broker.later_acked_received,
     (V.PENDING_IN_BROKER, Evidence.OFFSET_PASSED_SAME_EPOCH): broker.offset_passed_same_epoch,
     (V.PENDING_IN_BROKER, Evidence.LIVE_COMMITTED_OFFSET): broker.live_committed_offset,
+    (V.PENDING_IN_BROKER, Evidence.QUEUE_DELIVERED_LATER): rabbitmq.queue_delivered_later,
     (V.IN_FLIGHT, Evidence.COMMITTED_OFFSET_PASSED): consumer.committed_offset_passed,
     (V.IN_FLIGHT, Evidence.LIVE_COMMITTED_OFFSET): consumer.live_committed_offset,
 }
