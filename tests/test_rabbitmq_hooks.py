@@ -295,3 +295,60 @@ def test_verdicts_from_a_real_run(amqp_url, chdb_url, tmp_path):
     assert "order:delivered" not in verdicts  # plainly delivered
     assert res.summary[V.DELIVERED] == 2
     store.close()
+
+
+def test_select_connection_channel(amqp_url, tmp_path):
+    """pika's asynchronous channel (SelectConnection): confirms arrive as Basic.Ack frames (possibly
+    multiple), a mandatory message nobody is bound for is returned before its ack, deliveries come to the
+    basic_consume callback and are acked with multiple=True."""
+    from test_hooks import spool_events
+    from tracer.sdk.emitter import NullSink
+
+    t = Tracer(service="svc", sink=NullSink(), spool_dir=str(tmp_path), mq="rabbitmq")
+    n = 20
+    state = {"confirms": 0, "got": [], "error": None}
+
+    def on_open(conn):
+        conn.channel(on_open_callback=on_channel)
+
+    def on_channel(raw):
+        ch = t.wrap_channel(raw)
+        state["ch"] = ch
+
+        def declared(_frame):
+            ch.confirm_delivery(lambda frame: state.__setitem__("confirms", state["confirms"] + 1),
+                                callback=lambda _f: publish(ch))
+
+        ch.queue_declare("async-q", callback=declared)
+
+    def publish(ch):
+        for i in range(n):
+            ch.basic_publish("", "async-q", b"x", msg_id=f"a-{i}")
+        ch.basic_publish("amq.direct", "nobody", b"x", mandatory=True, msg_id="a-unroutable")
+
+        def on_message(c, method, properties, body):
+            assert c is ch
+            with t.processing(method):
+                state["got"].append(properties.headers[MSG_ID_HEADER])
+            if len(state["got"]) % 5 == 0:
+                c.basic_ack(method.delivery_tag, multiple=True)
+            if len(state["got"]) == n:
+                c.connection.ioloop.call_later(0.3, c.connection.close)
+
+        ch.basic_consume("async-q", on_message)
+
+    conn = pika.SelectConnection(pika.URLParameters(amqp_url), on_open_callback=on_open,
+                                 on_open_error_callback=lambda c, e: state.__setitem__("error", e),
+                                 on_close_callback=lambda c, e: c.ioloop.stop())
+    timer = conn.ioloop.call_later(30, conn.ioloop.stop)
+    conn.ioloop.start()
+    conn.ioloop.remove_timeout(timer)
+    assert state["error"] is None and len(state["got"]) == n
+    stages = collections.defaultdict(list)
+    for e in spool_events(t):
+        stages[e.msg_id].append(e.stage)
+    for i in range(n):
+        assert sorted(stages[f"a-{i}"]) == sorted(["sent", "broker_acked", "received", "offset_committed",
+                                                   "business_done"]), (i, stages[f"a-{i}"])
+    assert stages["a-unroutable"] == ["sent", "send_failed"]
+    t.close(0)
