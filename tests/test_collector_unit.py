@@ -479,3 +479,59 @@ def test_c_decoder_takes_the_contract_from_tracer_events() -> None:
     with pytest.raises(ValueError, match="different contract"):
         fj.configure(cols[:-1], stages)
     fj.configure(cols, stages)  # the same again is fine
+
+
+class _FakeConsumer:
+    """Just enough of KafkaConsumer for the processor's rebalance handling (no broker)."""
+
+    def __init__(self, processor_box: list, committed: dict) -> None:
+        self.box, self._committed = processor_box, committed
+        self.seeks: dict = {}
+        self.rebalance_on_poll: tuple | None = None
+
+    def committed(self, tp, metadata=False):
+        from kafka.structs import OffsetAndMetadata
+
+        o = self._committed.get(tp.partition)
+        return None if o is None else OffsetAndMetadata(o, None, -1)
+
+    def beginning_offsets(self, tps):
+        return {tp: 0 for tp in tps}
+
+    def seek(self, tp, offset):
+        self.seeks[tp.partition] = offset
+
+    def poll(self, timeout_ms=0, max_records=None):
+        recs: dict = {}
+        if self.rebalance_on_poll is not None:  # kafka-python calls the listener inside poll()
+            revoked, assigned = self.rebalance_on_poll
+            self.rebalance_on_poll = None
+            self.box[0].on_revoked(revoked)
+            self.box[0].on_assigned(assigned)
+            recs = {assigned[0]: [object()] * 3}  # fetched at the kept position, before the rewind
+        return recs
+
+
+def test_a_rebalance_rewinds_kept_partitions_to_the_committed_offset() -> None:
+    """kafka-python keeps the position of a partition that stays assigned; what the collector
+    dropped at the revocation must be read again, so every partition is sought back."""
+    import threading
+
+    from kafka import TopicPartition
+
+    from collectors.consumer import CollectorConfig, Processor
+
+    box: list = []
+    consumer = _FakeConsumer(box, committed={0: 40})  # partition 1 never committed
+    proc = Processor(consumer, "audit", FakeStore(), CollectorConfig(threaded_writes=False), CollectorStats(),
+                     until_idle=True, stop=threading.Event())
+    box.append(proc)
+    tp0, tp1 = TopicPartition("audit", 0), TopicPartition("audit", 1)
+    proc.on_assigned([tp0])
+    assert proc._after_rebalance() is False and consumer.seeks == {}  # a first assignment: no rewind
+    proc.held.extend([object()] * 5)  # read, not yet stored
+    consumer.rebalance_on_poll = ([tp0], [tp0, tp1])
+    assert proc._poll_kafka(0) == 0  # the records of the rebalancing poll are dropped ...
+    assert not proc.held and consumer.seeks == {0: 40, 1: 0}  # ... and read again from the commits
+    assert proc.committed_at == {Partition("audit", 0): 40, Partition("audit", 1): 0}
+    proc.strategy.close()
