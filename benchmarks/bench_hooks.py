@@ -1,19 +1,28 @@
-"""Traced vs plain kafka-python on the same Tansu broker, in one run.
+"""msgtrace's hooks against plain clients and OpenTelemetry's instrumentation, side by side in one run.
 
-    python benchmarks/bench_hooks.py [--messages 20000] [--repeats 5] [--write]
+    python benchmarks/bench_hooks.py [--messages 20000] [--repeats 5] [--write] [--only p_plain,p_msgtrace,...]
 
-Producer: send N records then flush (the tracer spools sent + broker_acked and
-ships them to an audit topic on the same broker in the background, so its
-shipping competes for the GIL inside the timed region). Consumer: poll batches
-and commit after each (the tracer records received + offset_committed), timed
-from the first record to the last commit; a third variant also wraps each
-record in ``processing()``. Plain and traced runs alternate within each repeat;
-the table gives medians, spread (min-max) and traced/plain throughput ratios.
+One Tansu broker; every variant runs in a fresh worker process (OpenTelemetry's instrumentation
+patches kafka-python's classes, and no variant should inherit another's threads or garbage); the
+variants of one repeat run back to back in an order rotated every repeat, and each traced figure
+is paired with the plain figure of its own repeat. Medians and spread (min-max) over the repeats.
 
-If ``opentelemetry-instrumentation-kafka-python`` is importable (e.g. installed
-with ``pip install --target DIR`` and ``--otel-path DIR``), the per-send cost
-with OpenTelemetry's instrumentation (SDK provider, batch span processor, a
-no-op exporter) is measured in a subprocess for comparison.
+Producer (N sends of 100 B, acks=all, linger 5 ms, timed from the first send to the end of flush()):
+``p_plain`` kafka-python; ``p_hdr1`` kafka-python carrying one header the size of msgtrace's;
+``p_msgtrace`` msgtrace's wrapped producer with the default sink (the audit topic on the same
+broker, shipped by the shipper process), also timed until its audit events were shipped
+(``shipped``); ``p_msgtrace_thread`` the same shipping from a thread of the business process;
+``p_msgtrace_null`` the hooks alone (NullSink: spooled, not shipped); ``p_otel``
+opentelemetry-instrumentation-kafka-python (SDK TracerProvider, BatchSpanProcessor, a no-op
+exporter); ``p_confluent`` plain confluent-kafka and ``p_msgtrace_confluent`` msgtrace on it.
+
+Consumer (N records carrying msgtrace's header, commit after every batch of up to 500, timed from
+the first record to the last commit): ``c_plain`` / ``c_msgtrace`` / ``c_msgtrace_proc``
+(``processing()`` around each record) with ``poll()``; ``ci_plain`` / ``ci_msgtrace`` /
+``ci_otel`` iterating the consumer (OpenTelemetry instruments ``__next__`` only); ``c_confluent``
+plain confluent-kafka ``consume()`` for reference.
+
+``record()`` on the business thread is timed in the ``p_msgtrace`` worker (wall time per call).
 """
 from __future__ import annotations
 
@@ -27,19 +36,209 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
-from kafka.admin import KafkaAdminClient, NewTopic  # noqa: E402
-
-from tracer import Tracer  # noqa: E402
-from tracer.localsvc import TansuBroker  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 VALUE = b"x" * 100
+HDR_VALUE = b"%036d" % 0  # the size of a generated msgtrace-id
+PRODUCERS = ["p_plain", "p_hdr1", "p_msgtrace", "p_msgtrace_thread", "p_msgtrace_null", "p_otel", "p_confluent",
+             "p_msgtrace_confluent"]
+CONSUMERS = ["c_plain", "c_msgtrace", "c_msgtrace_proc", "ci_plain", "ci_msgtrace", "ci_otel", "c_confluent"]
+LABELS = {
+    "p_plain": "kafka-python, plain", "p_hdr1": "kafka-python + one header of msgtrace's size",
+    "p_msgtrace": "msgtrace (default: one header, audit topic, shipper process)",
+    "p_msgtrace_thread": "msgtrace, shipping from a thread instead", "p_msgtrace_null": "msgtrace hooks only (NullSink)",
+    "p_otel": "OpenTelemetry kafka-python instrumentation", "p_confluent": "confluent-kafka, plain",
+    "p_msgtrace_confluent": "msgtrace on confluent-kafka (default)",
+    "c_plain": "kafka-python poll+commit, plain", "c_msgtrace": "msgtrace poll+commit",
+    "c_msgtrace_proc": "msgtrace poll+commit + processing() per record",
+    "ci_plain": "kafka-python iteration+commit, plain", "ci_msgtrace": "msgtrace iteration+commit",
+    "ci_otel": "OpenTelemetry instrumentation, iteration+commit", "c_confluent": "confluent-kafka consume+commit, plain",
+}
 
+
+# --- workers (run in a fresh process each) ------------------------------------------------------------
+
+def _otel_provider() -> Any:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class Null(SpanExporter):
+        exported = 0
+
+        def export(self, spans: Any) -> Any:
+            Null.exported += len(spans)
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Null()))
+    trace.set_tracer_provider(provider)
+    from opentelemetry.instrumentation.kafka import KafkaInstrumentor
+
+    KafkaInstrumentor().instrument()
+    return provider, Null
+
+
+def _tracer(variant: str, bootstrap: str, spool: str) -> Any:
+    from tracer import Tracer
+    from tracer.sdk.emitter import NullSink
+
+    if variant.endswith("_null"):
+        return Tracer(service="bench", sink=NullSink(), spool_dir=spool, adopt=False, max_spool_bytes=1 << 34)
+    return Tracer(service="bench", bootstrap=bootstrap, audit_topic="msgtrace.audit", spool_dir=spool, adopt=False,
+                  ship_process=not variant.endswith("_thread"))
+
+
+def _time_record(t: Any, n: int) -> float:
+    rec = t.record
+    t0 = time.perf_counter()
+    for i in range(n):
+        rec("dead_lettered", "order-%d:paid" % i, topic="orders", consumer_group="red-packet", dlq_topic="orders.dlq")
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def worker_producer(variant: str, bootstrap: str, topic: str, n: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    spool = tempfile.mkdtemp(prefix="msgtrace-bench-")
+    keys = [b"k%d" % (i & 63) for i in range(n)]
+    if variant in ("p_confluent", "p_msgtrace_confluent"):
+        from confluent_kafka import Producer
+
+        raw = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
+        t = _tracer(variant, bootstrap, spool) if variant == "p_msgtrace_confluent" else None
+        p = t.wrap_producer(raw) if t is not None else raw
+        p.produce(topic, b"warm")
+        p.flush(30)
+        if t is not None:
+            t.flush(60)
+        produce = p.produce
+        t0 = time.perf_counter()
+        for i in range(n):
+            produce(topic, VALUE, key=keys[i])
+            if i & 1023 == 0:
+                p.poll(0)
+        p.flush(120)
+    else:
+        provider = None
+        if variant == "p_otel":
+            provider, null = _otel_provider()
+        from kafka import KafkaProducer
+
+        raw = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+        t = _tracer(variant, bootstrap, spool) if variant.startswith("p_msgtrace") else None
+        p = t.wrap_producer(raw) if t is not None else raw
+        p.send(topic, b"warm").get(30)  # metadata and connection outside the timing
+        if t is not None:
+            t.flush(60)
+        send = p.send
+        t0 = time.perf_counter()
+        if variant == "p_hdr1":
+            for i in range(n):
+                send(topic, VALUE, key=keys[i], headers=[("msgtrace-id", HDR_VALUE)])
+        else:
+            for i in range(n):
+                send(topic, VALUE, key=keys[i])
+        p.flush(120)
+        if provider is not None:
+            out["spans_ended"] = None
+    out["seconds"] = time.perf_counter() - t0
+    if t is not None:
+        t.flush(120)
+        out["seconds_shipped"] = time.perf_counter() - t0
+        if variant == "p_msgtrace":
+            out["record_us"] = _time_record(t, n)
+            t.flush(120)
+        s = t.stats
+        out.update({k: s[k] for k in ("recorded", "shipped", "dropped", "ship_failures", "shipper")})
+        t.close(30)
+    if variant == "p_otel":
+        provider.force_flush()
+        out["spans_exported"] = null.exported
+    raw.close() if hasattr(raw, "close") else None
+    return out
+
+
+def worker_consumer(variant: str, bootstrap: str, topic: str, n: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    spool = tempfile.mkdtemp(prefix="msgtrace-bench-")
+    group = f"bench-{uuid.uuid4().hex[:8]}"
+    if variant == "c_confluent":
+        from confluent_kafka import Consumer, TopicPartition as CTP
+
+        c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+                      "auto.offset.reset": "earliest"})
+        c.assign([CTP(topic, 0, 0)])
+        got, t0 = 0, None
+        while got < n:
+            msgs = c.consume(num_messages=500, timeout=1.0)
+            if msgs and t0 is None:
+                t0 = time.perf_counter()
+            got += len(msgs)
+            if msgs:
+                c.commit(asynchronous=False)
+        out["seconds"] = time.perf_counter() - t0
+        c.close()
+        return out
+    provider = None
+    if variant == "ci_otel":
+        provider, null = _otel_provider()
+    from kafka import KafkaConsumer, TopicPartition
+
+    raw = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+                        auto_offset_reset="earliest", max_poll_records=500)
+    t = _tracer(variant, bootstrap, spool) if "msgtrace" in variant else None
+    if t is not None:  # the shipper started and connected before the timing, as in a running service
+        t.record("sent", "bench-warm-up", topic=topic)
+        t.flush(60)
+    c = t.wrap_consumer(raw) if t is not None else raw
+    c.assign([TopicPartition(topic, 0)])
+    got, t0 = 0, None
+    if variant.startswith("ci_"):
+        for _r in c:
+            if t0 is None:
+                t0 = time.perf_counter()
+            got += 1
+            if got % 500 == 0 or got == n:
+                c.commit()
+            if got >= n:
+                break
+    else:
+        proc = variant.endswith("_proc")
+        processing = t.processing if t is not None else None
+        while got < n:
+            batch = c.poll(timeout_ms=1000)
+            if batch and t0 is None:
+                t0 = time.perf_counter()
+            for records in batch.values():
+                if proc:
+                    for r in records:
+                        with processing(r):  # type: ignore[misc]
+                            pass
+                got += len(records)
+            if batch:
+                c.commit()
+    out["seconds"] = time.perf_counter() - t0
+    if t is not None:
+        t.flush(120)
+        out["seconds_shipped"] = time.perf_counter() - t0
+        s = t.stats
+        out.update({k: s[k] for k in ("recorded", "shipped", "dropped", "ship_failures", "shipper")})
+        t.close(30)
+    if provider is not None:
+        provider.force_flush()
+        out["spans_exported"] = null.exported
+    raw.close()
+    return out
+
+
+# --- orchestration ------------------------------------------------------------------------------------
 
 def create_topic(bootstrap: str, name: str, partitions: int = 1) -> str:
+    from kafka.admin import KafkaAdminClient, NewTopic
+
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
         admin.create_topics([NewTopic(name, partitions, 1)])
@@ -48,216 +247,150 @@ def create_topic(bootstrap: str, name: str, partitions: int = 1) -> str:
     return name
 
 
-def bench_send(bootstrap: str, n: int, tracer: Tracer | None, headers: bool = False) -> float:
-    """Seconds for n sends + flush (``headers``: plain sends carrying two headers the size of msgtrace's)."""
-    topic = create_topic(bootstrap, f"bench-p-{uuid.uuid4().hex[:8]}")
-    raw = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    producer = tracer.wrap_producer(raw) if tracer else raw
-    producer.send(topic, VALUE).get(30)  # metadata + connection outside the timing
-    t0 = time.perf_counter()
-    if headers:
-        for i in range(n):
-            producer.send(topic, VALUE, key=b"k%d" % (i & 63),
-                          headers=[("traceparent", b"00-%032x-%016x-01" % (i, i)), ("msgtrace-id", b"%036d" % i)])
-    else:
-        for i in range(n):
-            producer.send(topic, VALUE, key=b"k%d" % (i & 63))
-    producer.flush(120)
-    dt = time.perf_counter() - t0
-    if tracer is not None:  # the audit of these sends shipped too: its full cost, not only the part that overlapped
-        tracer.flush(120)
-        SHIPPED_TOO.append(time.perf_counter() - t0)
-    raw.close()
-    return dt
+def fill_topic(bootstrap: str, n: int) -> str:
+    """A topic with n records as msgtrace's producer writes them (one msgtrace-id header), for every consumer."""
+    from kafka import KafkaProducer
 
+    from tracer import Tracer
+    from tracer.sdk.emitter import NullSink
 
-#: traced runs' seconds including the wait until their audit events were shipped (last one per run)
-SHIPPED_TOO: list[float] = []
-
-
-def fill_topic(bootstrap: str, n: int, tracer: Tracer) -> str:
-    """A topic with n traced records (headers msgtrace-id + traceparent), read by every consumer run."""
     topic = create_topic(bootstrap, f"bench-c-{uuid.uuid4().hex[:8]}")
-    producer = tracer.wrap_producer(KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5))
-    for i in range(n):
-        producer.send(topic, VALUE, key=b"k%d" % (i & 63))
-    producer.flush(120)
-    producer.close()
+    with Tracer(service="fill", sink=NullSink(), spool_dir=tempfile.mkdtemp(), max_spool_bytes=1 << 34) as t:
+        p = t.wrap_producer(KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5))
+        for i in range(n):
+            p.send(topic, VALUE, key=b"k%d" % (i & 63))
+        p.flush(120)
+        p.close()
     return topic
 
 
-def bench_consume(bootstrap: str, topic: str, n: int, tracer: Tracer | None, processing: bool = False) -> float:
-    """Seconds from the first record to n records polled and committed (batch commits)."""
-    raw = KafkaConsumer(bootstrap_servers=bootstrap, group_id=f"bench-{uuid.uuid4().hex[:8]}",
-                        enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=500)
-    consumer = tracer.wrap_consumer(raw) if tracer else raw
-    consumer.assign([TopicPartition(topic, 0)])
-    got = 0
-    t0 = None
-    while got < n:
-        batch = consumer.poll(timeout_ms=1000)
-        if batch and t0 is None:
-            t0 = time.perf_counter()
-        for records in batch.values():
-            if processing and tracer is not None:
-                for r in records:
-                    with tracer.processing(r):
-                        pass
-            got += len(records)
-        if batch:
-            consumer.commit()
-    dt = time.perf_counter() - t0
-    if tracer is not None:
-        tracer.flush(120)
-        SHIPPED_TOO.append(time.perf_counter() - t0)
-    raw.close()
-    return dt
+def run_worker(kind: str, variant: str, bootstrap: str, topic: str, n: int) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--worker", kind, variant, bootstrap, topic, str(n)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=str(ROOT))
+    if p.returncode != 0:
+        raise SystemExit(f"worker {variant} failed:\n{p.stderr[-4000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def summary(values: list[float]) -> str:
-    return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+def med(xs: list[float], fmt: str = "{:,.1f}") -> str:
+    if not xs:
+        return "-"
+    return f"{fmt.format(statistics.median(xs))} ({fmt.format(min(xs))}-{fmt.format(max(xs))})"
 
 
-OTEL_CHILD = r"""
-import sys, time, uuid, json
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-class Null(SpanExporter):
-    exported = 0
-    def export(self, spans):
-        Null.exported += len(spans); return SpanExportResult.SUCCESS
-provider = TracerProvider(); provider.add_span_processor(BatchSpanProcessor(Null())); trace.set_tracer_provider(provider)
-from opentelemetry.instrumentation.kafka import KafkaInstrumentor
-KafkaInstrumentor().instrument()
-from kafka import KafkaProducer
-bootstrap, topic, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-p.send(topic, b"x").get(30)
-t0 = time.perf_counter()
-for i in range(n):
-    p.send(topic, b"x" * 100, key=b"k%d" % (i & 63))
-p.flush(120)
-dt = time.perf_counter() - t0
-provider.force_flush(); p.close()
-print(json.dumps({"seconds": dt, "spans_exported": Null.exported}))
-"""
+def report(res: dict[str, list[dict[str, Any]]], n: int, repeats: int, started: str) -> str:
+    def us(v: str, key: str = "seconds") -> list[float]:
+        return [r[key] / n * 1e6 for r in res.get(v, []) if key in r]
 
+    def ratio(v: str, base: str, key: str = "seconds") -> list[float]:  # throughput ratio, paired per repeat
+        return [b["seconds"] / r[key] for r, b in zip(res.get(v, []), res.get(base, [])) if key in r]
 
-def bench_otel(bootstrap: str, n: int, otel_path: str | None) -> dict | None:
-    env = dict(os.environ)
-    if otel_path:
-        env["PYTHONPATH"] = otel_path + os.pathsep + env.get("PYTHONPATH", "")
-    probe = subprocess.run([sys.executable, "-c", "import opentelemetry.instrumentation.kafka"], env=env,
-                           capture_output=True)
-    if probe.returncode != 0:
-        return None
-    topic = create_topic(bootstrap, f"bench-o-{uuid.uuid4().hex[:8]}")
-    out = subprocess.run([sys.executable, "-c", OTEL_CHILD, bootstrap, topic, str(n)], env=env,
-                         capture_output=True, text=True, timeout=600)
-    if out.returncode != 0:
-        print(out.stderr[-2000:], file=sys.stderr)
-        return None
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    def added(v: str, base: str, key: str = "seconds") -> list[float]:
+        return [(r[key] - b["seconds"]) / n * 1e6 for r, b in zip(res.get(v, []), res.get(base, [])) if key in r]
+
+    lines = [
+        "# Hooks benchmark: msgtrace vs plain clients vs OpenTelemetry (same Tansu broker, one run)",
+        "",
+        f"`python benchmarks/bench_hooks.py --messages {n} --repeats {repeats}`; {started}; {os.cpu_count()} cores "
+        "shared with other work. Each variant in a fresh process, variants of a repeat back to back in an order "
+        f"rotated every repeat; median (min-max) of {repeats} repeats; ratios and added us paired per repeat "
+        "with the plain client of the same repeat (throughput ratio = plain time / variant time).",
+        "",
+        "## Producer: send + flush of %d x 100 B (acks=all, linger 5 ms)" % n,
+        "",
+        "| variant | us per message | added us per message | throughput vs plain |",
+        "|---|---|---|---|",
+    ]
+    for v in PRODUCERS:
+        if v not in res:
+            continue
+        base = "p_confluent" if "confluent" in v else "p_plain"
+        lines.append(f"| {LABELS[v]} | {med(us(v))} | {med(added(v, base)) if v != base else '-'} | "
+                     f"{med(ratio(v, base), '{:.2f}') if v != base else '1'} |")
+        if "seconds_shipped" in (res[v][0] if res[v] else {}) and not v.endswith("_null"):
+            lines.append(f"| {LABELS[v]}, timed until its audit events were shipped too | "
+                         f"{med(us(v, 'seconds_shipped'))} | {med(added(v, base, 'seconds_shipped'))} | "
+                         f"{med(ratio(v, base, 'seconds_shipped'), '{:.2f}')} |")
+    lines += ["", "## Consumer: %d records carrying msgtrace's header, commit per batch of up to 500" % n, "",
+              "| variant | us per message | added us per message | throughput vs plain |", "|---|---|---|---|"]
+    for v in CONSUMERS:
+        if v not in res:
+            continue
+        base = "ci_plain" if v.startswith("ci_") else ("c_confluent" if v == "c_confluent" else "c_plain")
+        lines.append(f"| {LABELS[v]} | {med(us(v))} | {med(added(v, base)) if v != base else '-'} | "
+                     f"{med(ratio(v, base), '{:.2f}') if v != base else '1'} |")
+        if "seconds_shipped" in (res[v][0] if res[v] else {}):
+            lines.append(f"| {LABELS[v]}, timed until its audit events were shipped too | "
+                         f"{med(us(v, 'seconds_shipped'))} | {med(added(v, base, 'seconds_shipped'))} | "
+                         f"{med(ratio(v, base, 'seconds_shipped'), '{:.2f}')} |")
+    rec = [r["record_us"] for r in res.get("p_msgtrace", []) if "record_us" in r]
+    counters = [(v, r) for v in res for r in res[v] if "recorded" in r]
+    lines += ["", f"`record()` on the business thread (wall time per call, {n} calls per repeat): {med(rec, '{:.2f}')} us.",
+              "", "Tracer counters over every msgtrace worker of the run: recorded "
+              f"{sum(r['recorded'] for _, r in counters):,}, shipped {sum(r['shipped'] for _, r in counters):,}, "
+              f"dropped {sum(r['dropped'] for _, r in counters)}, ship failures {sum(r['ship_failures'] for _, r in counters)}"
+              " (NullSink workers ship nothing by design)."]
+    spans = [r.get("spans_exported") for v in ("p_otel", "ci_otel") for r in res.get(v, [])]
+    if any(s is not None for s in spans):
+        lines.append(f"OpenTelemetry spans exported per worker (of {n}): {spans}.")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--otel-path", default=os.environ.get("MSGTRACE_BENCH_OTEL_PATH"),
-                    help="extra sys.path entry holding opentelemetry-instrumentation-kafka-python")
-    ap.add_argument("--write", action="store_true", help="write benchmarks/results/hooks.md")
+    ap.add_argument("--only", default="", help="comma-separated variants (default: all)")
+    ap.add_argument("--write", action="store_true", help="write benchmarks/results/hooks.md (keeps its '## Reading' part)")
+    ap.add_argument("--json", help="also dump the raw results here")
+    ap.add_argument("--worker", nargs=5, metavar=("KIND", "VARIANT", "BOOTSTRAP", "TOPIC", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    n = args.messages
-    import logging
+    if args.worker:
+        import logging
 
-    logging.basicConfig(level=logging.CRITICAL)
+        logging.basicConfig(level=logging.CRITICAL)
+        kind, variant, bootstrap, topic, n = args.worker
+        fn = worker_producer if kind == "p" else worker_consumer
+        print(json.dumps(fn(variant, bootstrap, topic, int(n))))
+        return
+    from tracer.localsvc import TansuBroker
+
+    only = [v for v in args.only.split(",") if v]
+    producers = [v for v in PRODUCERS if not only or v in only]
+    consumers = [v for v in CONSUMERS if not only or v in only]
+    n = args.messages
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     broker = TansuBroker().start()
-    spool = tempfile.mkdtemp(prefix="msgtrace-bench-spool-")
-    res: dict[str, list[float]] = {k: [] for k in ("p_plain", "p_hdr", "p_traced", "p_traced_shipped", "c_plain",
-                                                   "c_traced", "c_traced_shipped", "c_proc", "o_otel")}
-    otel_spans = []
+    res: dict[str, list[dict[str, Any]]] = {}
     try:
-        tracer = Tracer(service="bench", bootstrap=broker.bootstrap, audit_topic="msgtrace.audit", spool_dir=spool)
-        topic = fill_topic(broker.bootstrap, n, tracer)
-        tracer.flush(120)
-        bench_send(broker.bootstrap, 2000, tracer)  # warm-up
-        bench_send(broker.bootstrap, 2000, None)
+        ctopic = fill_topic(broker.bootstrap, n)
+        for v in producers:  # one unrecorded round: the broker and the page cache warm for every variant
+            run_worker("p", v, broker.bootstrap, create_topic(broker.bootstrap, f"bench-w-{uuid.uuid4().hex[:8]}"),
+                       min(n, 5000))
+        for v in consumers:
+            run_worker("c", v, broker.bootstrap, ctopic, min(n, 5000))
         for r in range(args.repeats):
-            order = [("p_plain", None, False), ("p_hdr", None, True), ("p_traced", tracer, False)]
-            for key, t, hdr in (order if r % 2 == 0 else order[::-1]):
-                res[key].append(n / bench_send(broker.bootstrap, n, t, hdr))
-                if t is not None:
-                    res["p_traced_shipped"].append(n / SHIPPED_TOO[-1])
-                tracer.flush(120)
-            for t, key, proc in ([(None, "c_plain", False), (tracer, "c_traced", False), (tracer, "c_proc", True)]
-                                 if r % 2 == 0 else
-                                 [(tracer, "c_proc", True), (tracer, "c_traced", False), (None, "c_plain", False)]):
-                res[key].append(n / bench_consume(broker.bootstrap, topic, n, t, proc))
-                if key == "c_traced":
-                    res["c_traced_shipped"].append(n / SHIPPED_TOO[-1])
-                tracer.flush(120)
-            print(f"repeat {r + 1}: " + ", ".join(f"{k}={v[-1]:,.0f}/s" for k, v in res.items() if v), flush=True)
-        for r in range(3):
-            o = bench_otel(broker.bootstrap, n, args.otel_path)
-            if o is None:
-                break
-            res["o_otel"].append(o["seconds"] * 1e6 / n)
-            otel_spans.append(o["spans_exported"])
-        stats = tracer.stats
-        tracer.close(30)
+            k = r % max(1, len(producers))
+            order = producers[k:] + producers[:k]
+            for v in order:
+                topic = create_topic(broker.bootstrap, f"bench-p-{uuid.uuid4().hex[:8]}")
+                res.setdefault(v, []).append(run_worker("p", v, broker.bootstrap, topic, n))
+            k = r % max(1, len(consumers))
+            for v in consumers[k:] + consumers[:k]:
+                res.setdefault(v, []).append(run_worker("c", v, broker.bootstrap, ctopic, n))
+            print(f"repeat {r + 1}: " + ", ".join(f"{v}={res[v][-1]['seconds'] / n * 1e6:.1f}us" for v in res),
+                  flush=True)
     finally:
         broker.stop()
-
-    ratio = lambda a, b: [x / y for x, y in zip(res[a], res[b])]  # noqa: E731  (paired per repeat)
-    lines = [
-        "# Hooks benchmark: traced vs plain kafka-python (same Tansu broker, one run)",
-        "",
-        f"`python benchmarks/bench_hooks.py --messages {n} --repeats {args.repeats}`; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-        f"{os.cpu_count()} cores shared with other work, so the spread is wide. Median (min-max) of {args.repeats} repeats; "
-        "ratios are paired per repeat (traced/plain throughput).",
-        "",
-        "| loop | plain msg/s | traced msg/s | ratio traced/plain |",
-        "|---|---|---|---|",
-        f"| producer send+flush ({n} x 100 B) | {summary(res['p_plain'])} | {summary(res['p_traced'])} | "
-        f"{statistics.median(ratio('p_traced', 'p_plain')):.2f} ({min(ratio('p_traced', 'p_plain')):.2f}-{max(ratio('p_traced', 'p_plain')):.2f}) |",
-        f"| producer, plain with 2 headers of msgtrace's size (header cost alone) | {summary(res['p_plain'])} | {summary(res['p_hdr'])} | "
-        f"{statistics.median(ratio('p_hdr', 'p_plain')):.2f} ({min(ratio('p_hdr', 'p_plain')):.2f}-{max(ratio('p_hdr', 'p_plain')):.2f}) |",
-        f"| producer, traced timed until its audit events were shipped too | {summary(res['p_plain'])} | {summary(res['p_traced_shipped'])} | "
-        f"{statistics.median(ratio('p_traced_shipped', 'p_plain')):.2f} ({min(ratio('p_traced_shipped', 'p_plain')):.2f}-{max(ratio('p_traced_shipped', 'p_plain')):.2f}) |",
-        f"| consumer poll+commit per batch | {summary(res['c_plain'])} | {summary(res['c_traced'])} | "
-        f"{statistics.median(ratio('c_traced', 'c_plain')):.2f} ({min(ratio('c_traced', 'c_plain')):.2f}-{max(ratio('c_traced', 'c_plain')):.2f}) |",
-        f"| consumer, traced timed until its audit events were shipped too | {summary(res['c_plain'])} | {summary(res['c_traced_shipped'])} | "
-        f"{statistics.median(ratio('c_traced_shipped', 'c_plain')):.2f} ({min(ratio('c_traced_shipped', 'c_plain')):.2f}-{max(ratio('c_traced_shipped', 'c_plain')):.2f}) |",
-        f"| consumer + `processing()` per record | {summary(res['c_plain'])} | {summary(res['c_proc'])} | "
-        f"{statistics.median(ratio('c_proc', 'c_plain')):.2f} ({min(ratio('c_proc', 'c_plain')):.2f}-{max(ratio('c_proc', 'c_plain')):.2f}) |",
-        "",
-        "Per-send cost (send+flush time / messages):",
-        "",
-        f"- plain kafka-python: {statistics.median([1e6 / x for x in res['p_plain']]):.1f} us",
-        f"- plain kafka-python with two headers (traceparent + msgtrace-id sized): "
-        f"{statistics.median([1e6 / x for x in res['p_hdr']]):.1f} us",
-        f"- msgtrace (sent + broker_acked spooled, shipped in the background): "
-        f"{statistics.median([1e6 / x for x in res['p_traced']]):.1f} us",
-    ]
-    if res["o_otel"]:
-        lines.append(f"- OpenTelemetry kafka-python instrumentation (SDK, batch processor, no-op exporter): "
-                     f"{statistics.median(res['o_otel']):.1f} us ({min(res['o_otel']):.1f}-{max(res['o_otel']):.1f}); "
-                     f"spans exported {otel_spans} of {n} sends each")
-    else:
-        lines.append("- OpenTelemetry instrumentation: not measured (opentelemetry-instrumentation-kafka-python not importable)")
-    lines += ["", f"Tracer counters after the run: recorded {stats['recorded']}, shipped {stats['shipped']}, "
-              f"dropped {stats['dropped']}, ship failures {stats['ship_failures']}.", ""]
-    text = "\n".join(lines)
+    text = report(res, n, args.repeats, started)
     print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
     if args.write:
-        out = Path(__file__).resolve().parent / "results" / "hooks.md"
+        out = ROOT / "benchmarks" / "results" / "hooks.md"
         old = out.read_text() if out.exists() else ""
-        if "\n## " in old:  # keep the hand-written sections (A/B figures, reading) below the table
-            text += old[old.index("\n## "):]
-        out.parent.mkdir(exist_ok=True)
-        out.write_text(text)
+        keep = old[old.index("\n## Reading"):] if "\n## Reading" in old else ""
+        out.write_text(text + keep)
 
 
 if __name__ == "__main__":
