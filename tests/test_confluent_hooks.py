@@ -199,6 +199,7 @@ def test_send_failures_delivery_report_and_buffer_error(tmp_path):
     calls = []
     p.produce("orders", b"x", msg_id="m-timeout", callback=lambda err, msg: calls.append((err, msg)))
     p.produce("orders", b"y", msg_id="m-timeout-no-callback")
+    p.produce("orders", b"z", None, 0, None, None, 1_700_000_000_000, msg_id="m-positional")  # partition, timestamp
     assert p.flush(10) == 0
     assert len(calls) == 1 and calls[0][0] is not None and calls[0][1].value() == b"x"
     full = t.wrap_producer(Producer({"bootstrap.servers": dead, "queue.buffering.max.messages": 1, "log_level": 0}))
@@ -215,6 +216,8 @@ def test_send_failures_delivery_report_and_buffer_error(tmp_path):
     assert [s for s, _ in stages["m-timeout"]] == ["sent", "send_failed"]
     assert "timed out" in stages["m-timeout"][1][1]
     assert [s for s, _ in stages["m-timeout-no-callback"]] == ["sent", "send_failed"]
+    assert [s for s, _ in stages["m-positional"]] == ["sent", "send_failed"]
+    assert [e.partition for e in evs if e.msg_id == "m-positional"] == [0, 0]
     assert [s for s, _ in stages["m-full"]] == ["sent", "send_failed"]
     assert stages["m-full"][1][1].startswith("BufferError")
     assert [s for s, _ in stages["m-queued"]] == ["sent", "send_failed"]  # purged: it never left
