@@ -177,7 +177,7 @@ def test_emitter_seq_gap_when_the_audit_spool_overflows(tansu, chdb_url, tmp_pat
         stats = run_collector(audit.bootstrap, "msgtrace.audit", chdb_url, until_idle=True)
         assert stats.to_dict()["stored"] > 0
         got, res = judge(store, t0, groups=[GROUP])
-        assert sum(g.get("missing", 0) for g in res.seq_gaps) == dropped, res.seq_gaps
+        assert sum(g.missing for g in res.seq_gaps) == dropped, res.seq_gaps
         flagged = [r for r in got.values() if V.EMITTER_SEQ_GAP in r.flags]
         assert flagged and all(r.verdict != V.DELIVERED for r in flagged)
     finally:

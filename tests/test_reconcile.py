@@ -459,7 +459,7 @@ def test_seq_gap_hidden_by_a_duplicate_is_still_found(store):
     b.events.append(Event(**b.events[0].to_dict()))
     store.insert_events(b.events)
     res = reconcile(store, T0, T0 + HOUR, now_us=T0 + 2 * HOUR, write=False)
-    assert [g["emitter_id"] for g in res.seq_gaps] == ["E9"] and res.seq_gaps[0]["missing"] == 1
+    assert [g.emitter_id for g in res.seq_gaps] == ["E9"] and res.seq_gaps[0].missing == 1
     assert all(V.EMITTER_SEQ_GAP in r.flags for r in res.rows)
 
 

@@ -49,7 +49,8 @@ def test_python_judge_matches_the_sql(store):
             events = store.select_events(m)
             for groups in ((), ("g1", "g2", "ghost")):
                 py = {v.consumer_group: v for v in judge_events(m, events, groups, 1)}
-                sql = {f.consumer_group: Verdict.judge(f) for f in passes.one_message(store, m, groups, 1)}
+                sql = {d.facts.consumer_group: Verdict.judge(d.facts, (d.verdict, d.flags))
+                       for d in passes.one_message(store, m, groups, 1)}
                 for g in sorted(set(py) | set(sql)):
                     a, s = py.get(g), sql.get(g)
                     pa = a and (a.verdict, sorted(a.flags), a.stopped_at, a.evidence)

@@ -262,7 +262,20 @@ class Stager(Protocol):
     def hashes(self, hashes: Sequence[int], tag: str) -> Ident: ...
 
 
-def pass2(store: Store, scope: Scope, first: Pass1, stage: Stager) -> list[PairFacts]:
+@dataclass(slots=True)
+class Decided:
+    """A pair as pass 2 returns it: its facts and the verdict and flags the generated SQL named."""
+
+    facts: PairFacts
+    verdict: str
+    flags: list[str]
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], cut: int) -> "Decided":
+        return cls(PairFacts.from_row(row, cut), row["verdict"], list(row["flags"]))
+
+
+def pass2(store: Store, scope: Scope, first: Pass1, stage: Stager) -> list[Decided]:
     """The facts of every pair of the candidate messages (staged in tables by ``stage``)."""
     if not first.candidates:
         return []
@@ -286,15 +299,15 @@ def pass2(store: Store, scope: Scope, first: Pass1, stage: Stager) -> list[PairF
         again = set(unsure)
         rows = [r for r in rows if r["msg_id"] not in again] + \
             store.query(pairs_sql(in_table("msg_id", stage.ids(unsure, "u")), exact=True), params)
-    return [PairFacts.from_row(r, cut) for r in rows]
+    return [Decided.from_row(r, cut) for r in rows]
 
 
-def one_message(store: Store, msg_id: str, groups: Sequence[str], cut: int) -> list[PairFacts]:
+def one_message(store: Store, msg_id: str, groups: Sequence[str], cut: int) -> list[Decided]:
     """Pass 2 for one message and no window: the reference of the Python judge (slower to plan)."""
     params = {"scan_from": 0, "cut": FAR_FUTURE_US, "restrict_groups": 0, "groups": sorted(set(groups)),
               "topics": [""], "topic_groups": [[]], "msg_id": msg_id}
     rows = store.query(pairs_sql("msg_id = {msg_id:String}"), params)
-    return [PairFacts.from_row(r, cut) for r in rows]
+    return [Decided.from_row(r, cut) for r in rows]
 
 
 def never_sent(store: Store, window: Window, expected: Ident) -> list[str]:

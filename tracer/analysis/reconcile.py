@@ -34,7 +34,7 @@ from tracer.analysis.expected import ExpectedSource, Staging
 from tracer.analysis.facts import PairFacts
 from tracer.analysis.gaps import flag_seq_gaps
 from tracer.analysis.judge import judge_events, judge_message
-from tracer.analysis.passes import Pass1, Scope
+from tracer.analysis.passes import Decided, Pass1, Scope
 from tracer.analysis.refine import refine
 from tracer.analysis.result import ReconcileResult, Verdict, verdict_order, write_result
 from tracer.analysis.window import GRACE_S, LOOKBACK_S, Window
@@ -105,14 +105,15 @@ def reconcile(store: Store, window_from_us: int, window_to_us: int, grace_s: int
     return res
 
 
-def _judge(first: Pass1, facts: list[PairFacts], never: list[str], groups: Sequence[str] | None,
+def _judge(first: Pass1, facts: list[Decided], never: list[str], groups: Sequence[str] | None,
            window: Window) -> list[Verdict]:
-    """The rules' verdict of every pair pass 2 returned, and of the expected ids never sent."""
-    rows = [Verdict.judge(f) for f in facts]
+    """The verdict of every pair pass 2 returned (named by the SQL generated from the rules), and of
+    the expected ids never sent."""
+    rows = [Verdict.judge(d.facts, (d.verdict, d.flags)) for d in facts]
     if first.pairs:
         rows = _named_pairs(first, rows)
     else:
-        judged = {f.msg_id for f in facts}
+        judged = {d.facts.msg_id for d in facts}
         for m in sorted(first.messages - judged):  # cannot happen unless events changed between the passes
             rows.append(Verdict(m, "", "", V.AUDIT_GAP, "none", [], evidence="events changed during the run"))
     for m in never:

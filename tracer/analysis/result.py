@@ -31,9 +31,10 @@ class Verdict:
     facts: PairFacts | None = field(default=None, repr=False)
 
     @classmethod
-    def judge(cls, f: PairFacts) -> "Verdict":
-        """The rules' verdict of one pair, with its evidence in words."""
-        verdict, flags = R.decide(f)
+    def judge(cls, f: PairFacts, decided: tuple[str, list[str]] | None = None) -> "Verdict":
+        """The verdict of one pair with its evidence in words: as the SQL decided it (``decided``,
+        generated from the rules), else by the rules in Python."""
+        verdict, flags = R.checked(*decided) if decided is not None else R.decide(f)
         return cls(f.msg_id, f.consumer_group, f.topic, verdict, R.stopped_at(verdict, f), flags,
                    evidence=evidence_text(f, verdict), remedy=V.REMEDY.get(verdict, ""), facts=f)
 
@@ -67,12 +68,6 @@ class SeqGap:
     hi: int
     n: int
     missing: int
-
-    def __getitem__(self, key: str) -> Any:  # older callers read gaps as mappings
-        return getattr(self, key)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return getattr(self, key, default)
 
 
 Key = tuple[str, str, str]  # (verdict, topic, consumer group)

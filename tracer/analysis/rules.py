@@ -14,13 +14,13 @@ A verdict is decided in two steps, and both are tables here:
    New evidence (RabbitMQ queues, audit gaps of an emitter) is a new row and a new checker.
 
 Stages and their bits come from :data:`tracer.events.STAGE_BITS`; verdict names from
-:mod:`tracer.verdicts`. Verdicts cross the SQL boundary by name (pass 2) or by the code of
-:class:`VerdictCode`, never by a position in a tuple.
+:mod:`tracer.verdicts`. Verdicts cross the SQL boundary by name (checked against the contract on
+the way back: :func:`checked`), never by a position in a tuple.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 from typing import Mapping, Protocol
 
 from tracer import verdicts as V
@@ -183,35 +183,6 @@ ALWAYS = All(())
 # --- the verdict rules ---------------------------------------------------------------------
 
 
-class VerdictCode(IntEnum):
-    """The code of each verdict where SQL returns a number (stable: never renumber)."""
-
-    DELIVERED = 0
-    NEVER_SENT = 1
-    SEND_FAILED = 2
-    UNACKED = 3
-    LOST_IN_BROKER = 4
-    PENDING_IN_BROKER = 5
-    LOST_IN_CONSUMER = 6
-    FAILED_AND_COMMITTED = 7
-    IN_FLIGHT = 8
-    DEAD_LETTERED = 9
-    AUDIT_GAP = 10
-    ROLLED_BACK = 11
-    EXPIRED_IN_BROKER = 12
-
-    @property
-    def verdict(self) -> str:
-        return self.name.lower()
-
-    @classmethod
-    def of(cls, verdict: str) -> "VerdictCode":
-        return cls[verdict.upper()]
-
-
-assert {c.verdict for c in VerdictCode} == set(V.VERDICTS), "a code for every verdict name"
-
-
 @dataclass(frozen=True, slots=True)
 class Rule:
     """``verdict`` when ``when`` holds (and no earlier rule did)."""
@@ -255,6 +226,13 @@ FLAG_RULES: tuple[Rule, ...] = (
 )
 
 
+def checked(verdict: str, flags: list[str]) -> tuple[str, list[str]]:
+    """A verdict and flags as SQL named them, refused unless they are contract names."""
+    if verdict not in V.VERDICTS or any(fl not in V.FLAGS for fl in flags):
+        raise ValueError(f"not a verdict of the contract: {verdict!r} {flags!r}")
+    return verdict, list(flags)
+
+
 def decide(f: Facts) -> tuple[str, list[str]]:
     """The verdict and flags of one pair (the Python twin of :func:`verdict_sql` / :func:`flags_sql`)."""
     verdict = next(r.verdict for r in RULES if r.when.holds(f))
@@ -282,12 +260,6 @@ def verdict_sql(names: Names) -> str:
     """``multiIf`` naming the verdict of a pair (first matching rule of :data:`RULES`)."""
     arms = [f"{r.when.sql(names)}, {_quote(r.verdict)}" for r in RULES[:-1]]
     return "multiIf(" + ", ".join(arms) + f", {_quote(RULES[-1].verdict)})"
-
-
-def verdict_code_sql(names: Names) -> str:
-    """The same decision as :func:`verdict_sql`, as the UInt8 :class:`VerdictCode`."""
-    arms = [f"{r.when.sql(names)}, {int(VerdictCode.of(r.verdict))}" for r in RULES[:-1]]
-    return "toUInt8(multiIf(" + ", ".join(arms) + f", {int(VerdictCode.of(RULES[-1].verdict))}))"
 
 
 def flags_sql(names: Names) -> str:
