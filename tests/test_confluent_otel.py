@@ -71,3 +71,35 @@ def test_reuses_the_instrumentations_context(kafka_bootstrap, chdb_url, tmp_path
     r = CliRunner().invoke(trace_msg, ["order-1:paid", "--store", chdb_url], catch_exceptions=False)
     assert trace_id in r.stdout
 
+
+
+def test_kafka_python_instrumentation_too(kafka_bootstrap, tmp_path):
+    """The third client: OpenTelemetry's KafkaInstrumentor patches KafkaProducer.send (globally, undone
+    here); msgtrace reuses its traceparent and records sent/broker_acked with its ids, no span of its own."""
+    from kafka import KafkaProducer
+    from opentelemetry.instrumentation.kafka import KafkaInstrumentor
+
+    from test_hooks import spool_events
+    from tracer.sdk.emitter import NullSink
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    inst = KafkaInstrumentor()
+    inst.instrument(tracer_provider=provider)
+    try:
+        t = Tracer(service="otel", sink=NullSink(), spool_dir=str(tmp_path), otel_spans=provider)
+        topic = new_topic(kafka_bootstrap)
+        p = t.wrap_producer(KafkaProducer(bootstrap_servers=kafka_bootstrap))
+        md = p.send(topic, b"paid", msg_id="order-1:paid").get(30)
+        p.close()
+    finally:
+        inst.uninstrument()
+    spans = exporter.get_finished_spans()
+    assert all(s.instrumentation_scope.name != "msgtrace" for s in spans), [s.name for s in spans]
+    [send] = [s for s in spans if s.kind == SpanKind.PRODUCER]
+    evs = {e.stage: e for e in spool_events(t)}
+    assert set(evs) == {"sent", "broker_acked"} and evs["broker_acked"].offset == md.offset
+    assert {(e.trace_id, e.span_id) for e in evs.values()} == {
+        (f"{send.context.trace_id:032x}", f"{send.context.span_id:016x}")}
+    t.close(0)

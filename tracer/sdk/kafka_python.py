@@ -56,6 +56,12 @@ def record_ref(record: Any) -> RecordRef | None:
                      getattr(record, "key", None), record)
 
 
+def otel_wrapped(obj: Any, name: str) -> bool:
+    """Is ``type(obj).<name>`` wrapped by an OpenTelemetry instrumentation (wrapt, at instrument() time)?"""
+    wrapper = getattr(getattr(type(obj), name, None), "_self_wrapper", None)
+    return wrapper is not None and (getattr(wrapper, "__module__", "") or "").startswith("opentelemetry.")
+
+
 class TracedProducer:
     """A KafkaProducer that records sent / broker_acked / send_failed (and rolled_back)."""
 
@@ -65,6 +71,8 @@ class TracedProducer:
         sa(self, "_rec", recorder)
         sa(self, "_txn", None)       # the sends of the open transaction, if any
         sa(self, "_txn_offsets", [])  # (group, offsets) given to send_offsets_to_transaction
+        # OpenTelemetry's KafkaInstrumentor wraps KafkaProducer.send and injects its traceparent there
+        sa(self, "_instrumented", otel_wrapped(producer, "send"))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._producer, name)
@@ -91,6 +99,8 @@ class TracedProducer:
              timestamp_ms: Any = None, msg_id: Any = None) -> Any:
         """KafkaProducer.send, plus the ``msgtrace-id`` header (DESIGN.md, Headers) and the send stages."""
         rec = self._rec
+        if self._instrumented:
+            return self._send_instrumented(topic, value, key, headers, partition, timestamp_ms, msg_id)
         try:
             s = rec.sent(topic, key, value, msg_id, headers, partition)
             add = s[8]
@@ -119,6 +129,38 @@ class TracedProducer:
             txn = self._txn
             if txn is not None:
                 txn.append(s)
+        except Exception as e:
+            rec.hook_error(e)
+        return future
+
+    def _send_instrumented(self, topic: Any, value: Any, key: Any, headers: Any, partition: Any, timestamp_ms: Any,
+                           msg_id: Any) -> Any:
+        """send() through OpenTelemetry's instrumentation: its traceparent (injected inside send into the
+        list handed to it), msgtrace's id, no span of msgtrace's; ``sent`` spooled with OTel's ids."""
+        rec = self._rec
+        try:
+            s = rec.sent_instrumented(topic, key, value, msg_id, headers, partition)
+            if headers is None:
+                out: Any = list(s[8])
+            elif type(headers) is list:
+                out = headers + list(s[8])
+            else:
+                out = headers
+        except Exception as e:
+            rec.hook_error(e)
+            return self._producer.send(topic, value=value, key=key, headers=headers, partition=partition,
+                                       timestamp_ms=timestamp_ms)
+        try:
+            future = self._producer.send(topic, value=value, key=key, headers=out, partition=partition,
+                                         timestamp_ms=timestamp_ms)
+        except Exception as e:
+            rec.sent_done(s, out).failed(e)
+            raise
+        s = rec.sent_done(s, out)
+        try:
+            future.add_both(s)
+            if self._txn is not None:
+                self._txn.append(s)
         except Exception as e:
             rec.hook_error(e)
         return future
