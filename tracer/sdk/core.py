@@ -9,7 +9,8 @@ the emitter or the spool format. The calls, by stage (DESIGN.md, Stages):
                            context, the headers to add) decided, ``sent`` spooled
                            (``sent_instrumented`` + ``sent_done``: a client whose own
                            OpenTelemetry instrumentation injects the context in the call)
-``Send.acked(p, o)``       ``broker_acked``            (``Send.acked_metadata(md)``: md.partition/offset)
+``Send.acked(p, o)``       ``broker_acked``            (``Send.acked_metadata(md)``: md.partition/offset;
+                           ``acked_many(topic, p, [(send, offset)])``: a produce batch at once)
 ``Send.failed(e)``         ``send_failed``
 ``rolled_back(sends)``     ``rolled_back`` (an aborted transaction)
 ``received(book, ...)``    ``received`` for a batch of :data:`~tracer.sdk.inflight.Delivery` tuples
@@ -211,7 +212,7 @@ class Send(tuple):  # type: ignore[type-arg]
 class Recorder:
     """The internal API of one client adapter (bound to one MQ). See the module docstring."""
 
-    __slots__ = ("core", "mq", "_em", "_emit", "_emit_many", "_policy", "_ids", "_ctx", "_cv", "_spans",
+    __slots__ = ("core", "mq", "_em", "_emit", "_emit_many", "_emit_rows", "_policy", "_ids", "_ctx", "_cv", "_spans",
                  "_plain_send", "_mid_prefix", "_mid_counter", "_headers_on", "incoming_ids_needed")
 
     def __init__(self, core: Core, mq: str) -> None:
@@ -227,6 +228,7 @@ class Recorder:
 
         self._emit = _emit
         self._emit_many = emitter.emit_deliveries
+        self._emit_rows = emitter.emit_rows
         self._policy = core.policy
         self._ids = core.ids
         self._mid_prefix = core.ids.prefix
@@ -395,6 +397,22 @@ class Recorder:
         except Exception as e:
             self.hook_error(e)
         return self._ids.new()
+
+    def acked_many(self, topic: str, partition: int | None, acked: Sequence[tuple[Send, int | None]]) -> None:
+        """``broker_acked`` for several sends of one partition at once, ``(send, offset)`` each: a client
+        that reports a whole produce batch in one callback (one spool frame instead of one per message)."""
+        try:
+            rows = []
+            spans = []
+            for s, offset in acked:
+                rows.append((s[1], offset, s[4], None, s[5], s[6], None))
+                if s[7] is not None:
+                    spans.append((s[7], offset))
+            self._emit_rows(BROKER_ACKED, topic, partition, None, self.mq, rows)
+            for span, offset in spans:
+                Spans.end_send(span, partition, offset, None)
+        except Exception as e:
+            self.hook_error(e)
 
     def rolled_back(self, sends: Iterable[Send], transaction_id: str | None = None) -> None:
         """The transaction these sends belonged to was aborted: ``rolled_back`` for each."""

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 from tracer.errors import ConfigError, describe
 from tracer.events import local_identity
-from tracer.sdk.frames import BATCH, EVENT, HEADER, HEADER_SIZE, Expander, SpoolMeta, sanitize_entries
+from tracer.sdk.frames import BATCH, EVENT, HEADER, HEADER_SIZE, ROWS, Expander, SpoolMeta, sanitize_entries
 from tracer.sdk.shipper import Adopted, DictCounters, FileCounters, ShipLoop
 from tracer.sdk.shipper import drain_spools as drain_spools
 from tracer.sdk.sinks import KafkaSink as KafkaSink
@@ -236,6 +236,22 @@ class Emitter:
             payload = _encode((BATCH, ts, stage, topic, partition, consumer_group, mq, offset, offsets,
                                sanitize_entries(entries)), 4)
         self._append(payload, len(entries))
+
+    def emit_rows(self, stage: str, topic: str, partition: int | None, consumer_group: str | None, mq: str | None,
+                  rows: Sequence[tuple[Any, ...]]) -> None:
+        """One event per row ``(msg_id, offset, key, error, trace_id, span_id, attrs)`` of one (stage,
+        topic, partition), in one frame: a produce batch's ``broker_acked``. Never raises."""
+        if not rows:
+            return
+        ts = _time_ns() // 1000
+        try:
+            payload = _encode((ROWS, ts, stage, topic, partition, consumer_group, mq, rows), 4)
+        except ValueError:
+            payload = _encode((ROWS, ts, stage, topic, partition, consumer_group, mq,
+                               [(str(m), o, None if k is None else str(k), e, t, sp,
+                                 None if not a else {str(x): str(y) for x, y in a.items()})
+                                for m, o, k, e, t, sp, a in rows]), 4)
+        self._append(payload, len(rows))
 
     def _append(self, payload: bytes, events: int) -> None:
         try:

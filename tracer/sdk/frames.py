@@ -9,6 +9,8 @@ JSON wire line (DESIGN.md, Wire format). It appends one **frame** to the spool::
              attrs, mq)                                                   one event, seq = first seq
     BATCH   (2, ts_us, stage, topic, partition, group, mq, offset, offsets, entries)
                                                    one event per Delivery entry, seq = first seq + i
+    ROWS    (3, ts_us, stage, topic, partition, group, mq, rows)    one event per row
+             row = (msg_id, offset, key, error, trace_id, span_id, attrs)  (a produce batch's acks)
 
 ``marshal`` serializes the tuples the hooks already hold (ints, str, bytes keys, the client's
 header pairs) in C, and leaves every per-message decision (msg_id and trace ids from the headers,
@@ -32,7 +34,7 @@ import orjson
 
 from tracer.identity import (MAX_MSG_ID_CHARS, cap_msg_id, get_header, incoming_ids, key_text, position_id)
 
-EVENT, BATCH = 1, 2
+EVENT, BATCH, ROWS = 1, 2, 3
 HEADER = struct.Struct("<IQ")  # payload length, first seq
 HEADER_SIZE = HEADER.size
 MARSHAL_VERSION = 4
@@ -141,6 +143,8 @@ class Expander:
                     events += 1
                 elif kind == BATCH:
                     events += self._batch(seq, rec, out)
+                elif kind == ROWS:
+                    events += self._rows(seq, rec, out)
                 else:
                     raise ValueError(f"unknown frame kind {kind!r}")
             except Exception as e:  # a frame this version cannot read: skipped, counted, its seqs a gap
@@ -183,6 +187,20 @@ class Expander:
         return len(entries)
 
 
+    def _rows(self, seq: int, rec: tuple[Any, ...], out: list[bytes]) -> int:
+        (_, ts_us, stage, topic, partition, group, mq, rows) = rec
+        head = self._head(stage, topic, group, mq, partition)
+        ts = b'"ts_us":%d,' % ts_us
+        for i, (msg_id, offset, key, error, trace_id, span_id, attrs) in enumerate(rows):
+            if len(msg_id) > MAX_MSG_ID_CHARS:
+                msg_id = cap_msg_id(msg_id)
+            s = seq + i
+            out.append(head + b'%012x","seq":%d,' % (s, s) + ts + _dumps(
+                {"msg_id": msg_id, "offset": offset, "key": key_text(key) if key is not None else None,
+                 "error": error, "trace_id": trace_id, "span_id": span_id, "attrs": attrs or _NO_ATTRS})[1:] + b"\n")
+        return len(rows)
+
+
 def sanitize_entries(entries: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """Entries marshal can carry: keys as text, headers reduced to their id headers (a client that
     deserializes keys into objects, or carries exotic header values)."""
@@ -203,5 +221,5 @@ def sanitize_entries(entries: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]
     return out
 
 
-__all__ = ["EVENT", "BATCH", "HEADER", "HEADER_SIZE", "SpoolMeta", "Expander", "Expanded", "encode",
+__all__ = ["EVENT", "BATCH", "ROWS", "HEADER", "HEADER_SIZE", "SpoolMeta", "Expander", "Expanded", "encode",
            "split_frames", "sanitize_entries"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 from typing import Any
 
 from tracer.identity import MAX_ERROR_CHARS as MAX_ERROR_CHARS  # noqa: F401  (older imports)
@@ -69,6 +70,9 @@ class TracedProducer:
         sa = object.__setattr__
         sa(self, "_producer", producer)
         sa(self, "_rec", recorder)
+        sa(self, "_send", producer.send)
+        sa(self, "_batches", {})     # produce batch future -> _BatchAcks (its sends, acked in one callback)
+        sa(self, "_new_batches", [0])  # a cell: attribute writes on the proxy go to the producer
         sa(self, "_txn", None)       # the sends of the open transaction, if any
         sa(self, "_txn_offsets", [])  # (group, offsets) given to send_offsets_to_transaction
         # OpenTelemetry's KafkaInstrumentor wraps KafkaProducer.send and injects its traceparent there
@@ -99,8 +103,6 @@ class TracedProducer:
              timestamp_ms: Any = None, msg_id: Any = None) -> Any:
         """KafkaProducer.send, plus the ``msgtrace-id`` header (DESIGN.md, Headers) and the send stages."""
         rec = self._rec
-        if self._instrumented:
-            return self._send_instrumented(topic, value, key, headers, partition, timestamp_ms, msg_id)
         try:
             s = rec.sent(topic, key, value, msg_id, headers, partition)
             add = s[8]
@@ -112,19 +114,20 @@ class TracedProducer:
                 out = headers + list(add) if type(headers) is list else headers
         except Exception as e:  # a bug in the hook must not cost the business its send
             rec.hook_error(e)
-            return self._producer.send(topic, value=value, key=key, headers=headers, partition=partition,
-                                       timestamp_ms=timestamp_ms)
+            return self._send(topic, value, key, headers, partition, timestamp_ms)
         try:
-            future = self._producer.send(topic, value=value, key=key, headers=out, partition=partition,
-                                         timestamp_ms=timestamp_ms)
+            future = self._send(topic, value, key, out, partition, timestamp_ms)
         except Exception as e:
             s.failed(e)
             raise
         try:
-            both = getattr(future, "_add_cb_eb", None)
-            if both is not None:
-                both(s, s)  # the send is its own callback for both outcomes: no bound methods per message
-            else:
+            pf = getattr(future, "_produce_future", None)
+            batch = self._batches.get(pf) if pf is not None else None
+            if batch is not None:
+                batch.add(s, future)
+            elif pf is not None and type(future.args) is tuple:
+                self._new_batch(pf, s, future)
+            else:  # not kafka-python's record future: one callback per send
                 future.add_both(s)
             txn = self._txn
             if txn is not None:
@@ -133,37 +136,41 @@ class TracedProducer:
             rec.hook_error(e)
         return future
 
-    def _send_instrumented(self, topic: Any, value: Any, key: Any, headers: Any, partition: Any, timestamp_ms: Any,
-                           msg_id: Any) -> Any:
-        """send() through OpenTelemetry's instrumentation: its traceparent (injected inside send into the
-        list handed to it), msgtrace's id, no span of msgtrace's; ``sent`` spooled with OTel's ids."""
-        rec = self._rec
+    def _new_batch(self, pf: Any, s: Any, future: Any) -> None:
+        """The first send of a new produce batch: one callback on the batch's future serves all its sends."""
+        b = _BatchAcks(self, pf, s, future)
+        self._batches[pf] = b
+        n = self._new_batches[0] = self._new_batches[0] + 1
+        if n & 1023 == 0:
+            self._sweep(stale_only=True)
+        pf._add_cb_eb(b.done, b.failed)  # fires at once if the batch is already complete
+
+    def _sweep(self, stale_only: bool = False) -> None:
+        """Sends whose record future left its batch (kafka-python splits a batch the broker found too large
+        and rebinds its futures; the old batch never completes): each gets a callback of its own."""
+        for pf, b in list(self._batches.items()):
+            if stale_only and not b.stale():
+                continue
+            for s, f in b.take_rebound():
+                f.add_both(s)
+            if pf.is_done or not b.sends:
+                self._batches.pop(pf, None)
+
+    def flush(self, timeout: Any = None) -> Any:
+        result = self._producer.flush(timeout)
         try:
-            s = rec.sent_instrumented(topic, key, value, msg_id, headers, partition)
-            if headers is None:
-                out: Any = list(s[8])
-            elif type(headers) is list:
-                out = headers + list(s[8])
-            else:
-                out = headers
+            self._sweep()
         except Exception as e:
-            rec.hook_error(e)
-            return self._producer.send(topic, value=value, key=key, headers=headers, partition=partition,
-                                       timestamp_ms=timestamp_ms)
+            self._rec.hook_error(e)
+        return result
+
+    def close(self, *a: Any, **kw: Any) -> Any:
+        result = self._producer.close(*a, **kw)
         try:
-            future = self._producer.send(topic, value=value, key=key, headers=out, partition=partition,
-                                         timestamp_ms=timestamp_ms)
+            self._sweep()
         except Exception as e:
-            rec.sent_done(s, out).failed(e)
-            raise
-        s = rec.sent_done(s, out)
-        try:
-            future.add_both(s)
-            if self._txn is not None:
-                self._txn.append(s)
-        except Exception as e:
-            rec.hook_error(e)
-        return future
+            self._rec.hook_error(e)
+        return result
 
     # --- transactions -------------------------------------------------------------------------------
     def begin_transaction(self) -> Any:
@@ -208,6 +215,85 @@ class TracedProducer:
         except Exception:
             return None
         return str(tid) if tid else None
+
+
+class _BatchAcks:
+    """The sends of one produce batch, recorded by one callback on the batch's future (kafka-python's
+    IO thread): ``broker_acked`` for all of them in one spool frame, instead of one callback and one
+    frame per message. A send noted after the batch completed (a race with the IO thread) and a send
+    whose future was moved to another batch get a callback of their own. Sends and their futures are
+    kept in two parallel lists (no tuple per message for the garbage collector to scan)."""
+
+    __slots__ = ("owner", "pf", "sends", "futures", "lock", "closed")
+
+    def __init__(self, owner: "TracedProducer", pf: Any, s: Any, future: Any) -> None:
+        self.owner, self.pf = owner, pf
+        self.sends: list[Any] = [s]
+        self.futures: list[Any] = [future]
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def add(self, s: Any, future: Any) -> None:
+        with self.lock:
+            if not self.closed:
+                self.sends.append(s)
+                self.futures.append(future)
+                return
+        future.add_both(s)  # the batch is done already: its own future is too, so this fires at once
+
+    def _take(self) -> tuple[list[Any], list[Any]]:
+        with self.lock:
+            self.closed = True
+            sends, futures = self.sends, self.futures
+            self.sends, self.futures = [], []
+        self.owner._batches.pop(self.pf, None)
+        return sends, futures
+
+    def take_rebound(self) -> list[tuple[Any, Any]]:
+        with self.lock:
+            pf = self.pf
+            moved = [(s, f) for s, f in zip(self.sends, self.futures) if f._produce_future is not pf]
+            if moved:
+                keep = [(s, f) for s, f in zip(self.sends, self.futures) if f._produce_future is pf]
+                self.sends, self.futures = [s for s, _ in keep], [f for _, f in keep]
+        return moved
+
+    def stale(self) -> bool:
+        pf = self.pf
+        return any(f._produce_future is not pf for f in self.futures)
+
+    def done(self, result: Any) -> None:
+        """The batch's future succeeded: ``(base offset, log append time, per-record errors or None)``."""
+        try:
+            sends, futures = self._take()
+            base, _, record_errors = result
+            pf = self.pf
+            topic, partition = pf.topic_partition
+            acked = []
+            for s, f in zip(sends, futures):
+                if f._produce_future is not pf:  # moved to another batch: it completes there
+                    f.add_both(s)
+                    continue
+                idx = f.args[0]
+                if record_errors is not None:
+                    s.failed(record_errors(idx))
+                    continue
+                acked.append((s, base + idx if base != -1 and idx is not None else base))
+            if acked:
+                self.owner._rec.acked_many(topic, partition, acked)
+        except Exception as e:  # on kafka-python's IO thread: never raise into it
+            self.owner._rec.hook_error(e)
+
+    def failed(self, error: BaseException) -> None:
+        try:
+            sends, futures = self._take()
+            for s, f in zip(sends, futures):
+                if f._produce_future is not self.pf:
+                    f.add_both(s)
+                else:
+                    s.failed(error)
+        except Exception as e:
+            self.owner._rec.hook_error(e)
 
 
 class TracedConsumer:
