@@ -27,8 +27,7 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kafka.consumer.fetcher import ConsumerRecord  # noqa: E402
-from kafka.future import Future  # noqa: E402
-from kafka.producer.future import RecordMetadata  # noqa: E402
+from kafka.producer.future import FutureProduceResult, FutureRecordMetadata  # noqa: E402
 from kafka.structs import OffsetAndMetadata, TopicPartition  # noqa: E402
 
 from tracer import Tracer  # noqa: E402
@@ -39,22 +38,25 @@ _clock = time.thread_time
 
 
 class StubProducer:
-    """Returns a kafka-python Future per send; ``ack_all`` resolves them like the IO thread would."""
+    """Hands out kafka-python's own record futures, 100 per produce batch future, like its accumulator;
+    ``ack_all`` completes the batches as its IO thread does on the broker's answer."""
 
     def __init__(self) -> None:
-        self.futures: list[tuple[Future, str]] = []
+        self.batches: list[FutureProduceResult] = []
+        self.n = 0
 
     def send(self, topic: str, value: Any = None, key: Any = None, headers: Any = None, partition: Any = None,
-             timestamp_ms: Any = None) -> Future:
-        f = Future()
-        self.futures.append((f, topic))
+             timestamp_ms: Any = None) -> FutureRecordMetadata:
+        if self.n % 100 == 0:
+            self.batches.append(FutureProduceResult(TopicPartition(topic, 0)))
+        f = FutureRecordMetadata(self.batches[-1], self.n % 100, 0, None, 2, 100, 50)
+        self.n += 1
         return f
 
     def ack_all(self) -> None:
-        tp = TopicPartition("bench", 0)
-        for i, (f, topic) in enumerate(self.futures):
-            f.success(RecordMetadata(topic, 0, tp, i, 0, None, 2, 100, 91))
-        self.futures.clear()
+        for k, pf in enumerate(self.batches):
+            pf.success((k * 100, -1, None))
+        self.batches.clear()
 
 
 class _Coord:

@@ -53,7 +53,7 @@ if hasattr(os, "register_at_fork"):
 FSYNC_POLICIES = ("never", "batch", "always")
 _time_ns = time.time_ns
 _pack_header = HEADER.pack_into
-_encode = marshal.dumps  # version 4 (frames.MARSHAL_VERSION), passed at each call
+_encode: Any = marshal.dumps  # version 4 (frames.MARSHAL_VERSION), passed at each call
 
 
 def default_spool_dir() -> str:

@@ -36,7 +36,6 @@ from tracer.sdk.otel import Spans
 MAX_ATTR_CHARS = 4096
 
 log = logging.getLogger("msgtrace")
-_EVENT_FIELDS = ("topic", "partition", "offset", "consumer_group", "key", "error", "trace_id", "span_id")
 _LIVE: "weakref.WeakSet[Tracer]" = weakref.WeakSet()
 
 
@@ -152,36 +151,53 @@ class Tracer:
         attrs (dict); any other keyword goes into attrs as text.
         """
         try:
-            stage = str(stage)
             if stage not in STAGES:
                 raise ValueError(f"unknown stage {stage!r} (one of {', '.join(sorted(STAGES))})")
-            if not isinstance(msg_id, str):
-                ident = self._identify(msg_id, None)
-                msg_id = ident.msg_id
-                for name in ("topic", "partition", "offset", "consumer_group", "trace_id", "span_id"):
-                    fields.setdefault(name, getattr(ident, name))
+            stage = str(stage)
+            if msg_id.__class__ is not str:
+                if isinstance(msg_id, str):
+                    msg_id = str(msg_id)
+                else:
+                    ident = self._identify(msg_id, None)
+                    msg_id = ident.msg_id
+                    for name in ("topic", "partition", "offset", "consumer_group", "trace_id", "span_id"):
+                        fields.setdefault(name, getattr(ident, name))
+            pop = fields.pop
+            topic = pop("topic", None) or ""
+            partition = pop("partition", None)
+            offset = pop("offset", None)
+            group = pop("consumer_group", None)
             if "group" in fields:
-                fields.setdefault("consumer_group", fields.pop("group"))
-            attrs = {str(k): str(v) for k, v in (fields.pop("attrs", None) or {}).items()}
-            kw: dict[str, Any] = {}
-            for name in _EVENT_FIELDS:
-                if name in fields:
-                    kw[name] = fields.pop(name)
-            error = kw.get("error")
-            if isinstance(error, BaseException):
-                kw["error"] = error_text(error)
-            elif isinstance(error, str) and len(error) > MAX_ERROR_CHARS:
-                kw["error"] = error[:MAX_ERROR_CHARS] + "..."
-            mq = fields.pop("mq", None)
-            ts_us = int(fields.pop("ts_us", 0) or 0)
-            for k, v in fields.items():
-                attrs[str(k)] = str(v)
-            # one audit line must always fit an audit record: cap what callers hand us
-            attrs = {k[:256]: v if len(v) <= MAX_ATTR_CHARS else v[:MAX_ATTR_CHARS] + "..."
-                     for k, v in attrs.items()}
-            self._emitter.emit(stage, msg_id, kw.get("topic") or "", kw.get("partition"), kw.get("offset"),
-                               kw.get("consumer_group"), key_text(kw.get("key")), kw.get("error"),
-                               kw.get("trace_id"), kw.get("span_id"), attrs, mq, ts_us)
+                g = pop("group")
+                group = g if group is None else group
+            key = pop("key", None)
+            if key is not None:
+                key = key_text(key)
+            error = pop("error", None)
+            if error is not None:
+                if isinstance(error, BaseException):
+                    error = error_text(error)
+                elif isinstance(error, str):
+                    if len(error) > MAX_ERROR_CHARS:
+                        error = error[:MAX_ERROR_CHARS] + "..."
+                else:
+                    error = error_text(str(error))
+            trace_id = pop("trace_id", None)
+            span_id = pop("span_id", None)
+            mq = pop("mq", None)
+            ts_us = int(pop("ts_us", 0) or 0)
+            given = pop("attrs", None)
+            attrs: dict[str, str] | None = None
+            if given or fields:
+                attrs = {str(k): str(v) for k, v in given.items()} if given else {}
+                for k, v in fields.items():
+                    attrs[k] = str(v)
+                # one audit line must always fit an audit record: cap what callers hand us
+                if any(len(k) > 256 or len(v) > MAX_ATTR_CHARS for k, v in attrs.items()):
+                    attrs = {k[:256]: v if len(v) <= MAX_ATTR_CHARS else v[:MAX_ATTR_CHARS] + "..."
+                             for k, v in attrs.items()}
+            self._emitter.emit(stage, msg_id, topic, partition, offset, group, key, error, trace_id, span_id,
+                               attrs, mq, ts_us)
         except Exception as e:
             self._emitter.counters["invalid"] += 1
             self._hook_error(e)
