@@ -260,9 +260,7 @@ def main() -> None:
     lines = [
         "# Collector throughput",
         "",
-        f"`python benchmarks/bench_collector.py --events {a.events} --per-record {a.per_record} "
-        f"--partitions {a.partitions} --repeats {a.repeats}"
-        + (f" --baseline {a.baseline}" if a.baseline else "") + f"` on {platform.node()} "
+        f"`python benchmarks/bench_collector.py {' '.join(sys.argv[1:])}` on {platform.node()} "
         f"({os.cpu_count()} cores, shared with other work; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
         "",
         f"Pre-filled audit topic on a local Tansu broker: {a.events:,} events in {n_records} records "
