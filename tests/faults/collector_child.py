@@ -40,9 +40,7 @@ def _die(step: str, n: int, marker: str | None) -> None:
 
 def install_crash(step: str, at: int, marker: str | None) -> None:
     """Wrap the collector's function for ``step`` so that its ``at``-th call kills the process."""
-    import collectors.consumer as consumer
-    import collectors.step_decode as step_decode
-    import collectors.writer as writer
+    from collectors import consumer, step_decode, writer
 
     calls = [0]
     lock = threading.Lock()
@@ -99,12 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
-    from collectors import CollectorConfig, run_collector
+    from collectors import CollectorConfig, consumer, run_collector, step_decode, writer
     from collectors.cli import setup_logging
-
-    import collectors.consumer as consumer
-    import collectors.step_decode as step_decode
-    import collectors.writer as writer
 
     for owner, name in ((step_decode, "decode_record"), (writer.StoreWriter, "write"),
                         (consumer.Processor, "_commit")):

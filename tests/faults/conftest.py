@@ -6,7 +6,7 @@ sleeps. They run in the default suite; the longest are marked ``slow``.
 from __future__ import annotations
 
 import shutil
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from faultkit import unavailable

@@ -12,9 +12,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from tracer.store import Store
 
@@ -54,7 +55,7 @@ def collector_cmd(bootstrap: str, topic: str, url: str, group: str, *extra: str)
 
 
 def start_collector(bootstrap: str, topic: str, url: str, group: str, log: Path, *extra: str) -> subprocess.Popen:
-    out = open(log, "ab")
+    out = open(log, "ab")  # noqa: SIM115 (handed to the child, closed here)
     try:
         return subprocess.Popen(collector_cmd(bootstrap, topic, url, group, *extra), stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env())
@@ -67,7 +68,7 @@ def drain(bootstrap: str, topic: str, url: str, group: str, timeout: float = 180
     import orjson
 
     p = subprocess.run(collector_cmd(bootstrap, topic, url, group, "--until-idle", "--json", "--batch-events",
-                                     "20000"), capture_output=True, env=child_env(), timeout=timeout)
+                                     "20000"), capture_output=True, env=child_env(), timeout=timeout, check=False)
     assert p.returncode == 0, p.stderr.decode(errors="replace")[-3000:]
     return orjson.loads(p.stdout.strip().splitlines()[-1])
 
@@ -155,7 +156,7 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     v = sorted(values)
-    k = min(len(v) - 1, max(0, int(round(q / 100 * (len(v) - 1)))))
+    k = min(len(v) - 1, max(0, round(q / 100 * (len(v) - 1))))
     return v[k]
 
 

@@ -19,7 +19,15 @@ import threading
 import time
 
 import pytest
-from faultkit import integrity, names, percentile, start_collector, stop, stored_events, drain
+from faultkit import (
+    drain,
+    integrity,
+    names,
+    percentile,
+    start_collector,
+    stop,
+    stored_events,
+)
 from kafka import KafkaConsumer, KafkaProducer
 
 from collectors.testing import create_topic
@@ -65,7 +73,7 @@ class Load:
                     self._stop.wait(delay)  # pacing the load, not waiting for a result
                 else:
                     nxt = time.perf_counter()
-        except BaseException as e:  # surfaced by the test
+        except BaseException as e:  # noqa: BLE001 (surfaced by the test)
             self.errors.append(e)
 
     def _acked(self, phase: str, t0: float, md) -> None:
@@ -104,7 +112,7 @@ class Consumer:
                             self.done += 1
                 if got:
                     self.c.commit()
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 (surfaced by the test)
             self.errors.append(e)
 
     def stop(self) -> None:
@@ -172,7 +180,7 @@ def test_audit_kafka_down_30s_business_unaffected_every_event_stored_once(
     p50 = {ph: percentile(v, 50) for ph, v in load.call_ms.items()}
     worst = {ph: max(v) for ph, v in load.call_ms.items()}
     ack99 = {ph: percentile(v, 99) for ph, v in load.ack_ms.items()}
-    print(f"\nbusiness send() latency, ms (p50 / p99 / max): " + "; ".join(
+    print("\nbusiness send() latency, ms (p50 / p99 / max): " + "; ".join(
         f"{ph}: {p50[ph]:.3f} / {p99[ph]:.3f} / {worst[ph]:.1f} (n={len(load.call_ms[ph])})"
         for ph in ("before", "outage", "after")))
     print("business send-to-ack p99, ms: " + "; ".join(f"{ph}: {ack99.get(ph, float('nan')):.1f}"

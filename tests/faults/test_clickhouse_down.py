@@ -8,8 +8,6 @@ with every event stored once by event id; the half-inserted batch is written aga
 """
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 from faultkit import committed, integrity, names, start_collector, stop, stored_events
 
