@@ -133,7 +133,7 @@ def decode_profile(per_record: int, n: int = 50_000, server_url: str | None = No
             best = min(best, time.perf_counter() - t)
         return n / best
 
-    out["orjson.loads per line (parse only)"] = rate(lambda: [orjson.loads(l) for r in recs for l in r.split(b"\n")])
+    out["orjson.loads per line (parse only)"] = rate(lambda: [orjson.loads(ln) for r in recs for ln in r.split(b"\n")])
     out["orjson.loads once per record (parse only)"] = rate(
         lambda: [orjson.loads(b"[" + r.replace(b"\n", b",\n") + b"]") for r in recs])
     objs = [orjson.loads(b"[" + r.replace(b"\n", b",\n") + b"]") for r in recs]
