@@ -5,7 +5,9 @@
 --
 -- Level 1 aggregates the events per (msg_id, g): g = '' for producer stages, else the consumer group.
 -- Events of a replay run (attrs replay_run) have their own masks and times (rbit, r*): every other
--- fact is of the original events (st = '' and bit = 0 for a replay event). Duplicates of an audit
+-- fact is of the original events (st = '' and bit = 0 for a replay event); the replay run's id is
+-- read afterwards for the few replayed messages only (reconcile_replay_runs.sql: no read of
+-- attr_values here). Duplicates of an audit
 -- event change nothing: bit OR, min/max are idempotent, counts are of distinct event_ids (or, in the
 -- {counts} variant by rows, flagged unsure where a duplicate could inflate them).
 -- Level 2 folds the groups of a message into parallel arrays; level 3 expands the pairs to judge
@@ -42,7 +44,6 @@ SELECT
     rb_ts,
     rb_open,
     replay_mask,
-    replay_run,
     replay_ts,
     replay_done_ts,
     replay_error,
@@ -67,7 +68,6 @@ FROM
         ack_o,
         rb_ts,
         rb_open,
-        replay_run,
         replay_ts,
         trace_id,
         p_error,
@@ -112,7 +112,6 @@ FROM
             anyIf(err1, g = '' AND err1 != '') AS p_error,
             anyIf(rerr1, g = '' AND rerr1 != '') AS p_rerror,
             anyIf(tid1, tid1 != '') AS trace_id,
-            anyIf(rrun1, rrun1 != '') AS replay_run,
             minIf(rfirst1, rfirst1 > 0) AS replay_ts,
             if(countIf(g != '' AND recv1 > 0) > 0, anyIf(recvp1, g != '' AND recv1 > 0), toInt64(-1)) AS any_recv_p,
             if(countIf(g != '' AND recv1 > 0) > 0, anyIf(recvo1, g != '' AND recv1 > 0), toInt64(-1)) AS any_recv_o,
@@ -161,7 +160,6 @@ FROM
                 argMaxIf(err, ts_us, err != '' AND rp = 1) AS rerr1,
                 anyIf(topic, topic != '') AS t1,
                 anyIf(tid, tid != '') AS tid1,
-                anyIf(rrun, rp = 1) AS rrun1,
                 minIf(ts_us, rp = 1) AS rfirst1,
                 maxIf(ts_us, rp = 1 AND stage = 'business_done') AS rdone1
             FROM
@@ -170,12 +168,11 @@ FROM
                     msg_id,
                     if(stage IN {producer_stages:SQL}, '',
                        if(ifNull(consumer_group, '') = '', '(no group)', assumeNotNull(consumer_group))) AS g,
-                    toUInt8(has(attr_keys, 'replay_run')) AS rp,
+                    toUInt8(notEmpty(attr_keys) AND has(attr_keys, 'replay_run')) AS rp,
                     {stage_bit:SQL} AS sbit,
                     if(rp = 1, toUInt16(0), sbit) AS bit,
                     if(rp = 1, sbit, toUInt16(0)) AS rbit,
                     if(rp = 1, '', stage) AS st,
-                    if(rp = 1, attr_values[indexOf(attr_keys, 'replay_run')], '') AS rrun,
                     event_id,
                     stage,
                     ts_us,

@@ -129,7 +129,6 @@ class _Side:
     bfail_ts: int
     dl_ts: int
     error: str
-    replay_run: str
     replay_ts: int
     replay_done_ts: int
     replay_error: str
@@ -166,7 +165,6 @@ class _Side:
             bfail_ts=max((e.ts_us for e in at("business_failed")), default=0),
             dl_ts=max((e.ts_us for e in at("dead_lettered")), default=0),
             error=(max(errs, key=lambda e: e.ts_us).error or "") if errs else "",
-            replay_run=next((e.attrs[R.REPLAY_ATTR] for e in rep), ""),
             replay_ts=min((e.ts_us for e in rep), default=0),
             replay_done_ts=max((e.ts_us for e in rep if e.stage == "business_done"), default=0),
             replay_error=(max(rerrs, key=lambda e: e.ts_us).error or "") if rerrs else "")
@@ -195,7 +193,8 @@ def pairs_from_events(msg_id: str, events: Sequence[Event], groups: Iterable[str
     ack_ts = p.ack_ts if p else 0
     rb_ts = p.rb_ts if p else 0
     rb_open = rb_ts > 0 and not ((p.last_sent_ts if p else 0) > rb_ts and ack_ts > rb_ts)
-    replay_runs = [s.replay_run for s in sides.values() if s.replay_run]
+    replayed = [e for e in events if _is_replay(e)]  # the latest replay run, as reconcile_replay_runs.sql
+    replay_run = max(replayed, key=lambda e: e.ts_us).attrs[R.REPLAY_ATTR] if replayed else ""
     replay_ts = min((s.replay_ts for s in sides.values() if s.replay_ts), default=0)
     out: list[PairFacts] = []
     for grp in list(dict.fromkeys(seen + sorted(set(groups)))) or [""]:
@@ -211,7 +210,8 @@ def pairs_from_events(msg_id: str, events: Sequence[Event], groups: Iterable[str
             commit_o=f.commit_o if f else -1, done_ts=f.done_ts if f else 0,
             bfail_ts=f.bfail_ts if f else 0, dl_ts=f.dl_ts if f else 0,
             last_ts=f.last_ts if f else (p.last_ts if p else 0), rb_ts=rb_ts, rb_open=rb_open,
-            replay_mask=(p.rmask if p else 0) | (f.rmask if f else 0), replay_run=replay_runs[0] if replay_runs else "",
+            replay_mask=(p.rmask if p else 0) | (f.rmask if f else 0),
+            replay_run=replay_run if (p.rmask if p else 0) | (f.rmask if f else 0) else "",
             replay_ts=replay_ts, replay_done_ts=f.replay_done_ts if f else 0,
             replay_error=(p.replay_error if p else "") or (f.replay_error if f else ""),
             p_error=p.error if p else "", c_error=f.error if f else "", trace_id=trace_id, cut=cut))

@@ -299,7 +299,18 @@ def pass2(store: Store, scope: Scope, first: Pass1, stage: Stager) -> list[Decid
         again = set(unsure)
         rows = [r for r in rows if r["msg_id"] not in again] + \
             store.query(pairs_sql(in_table("msg_id", stage.ids(unsure, "u")), exact=True), params)
-    return [Decided.from_row(r, cut) for r in rows]
+    return _with_replay_runs(store, [Decided.from_row(r, cut) for r in rows], scope.window.scan())
+
+
+def _with_replay_runs(store: Store, decided: list[Decided], scan: dict[str, Any]) -> list[Decided]:
+    """Fill in the replay run of the replayed messages (few; read by key, reconcile_replay_runs.sql)."""
+    ids = sorted({d.facts.msg_id for d in decided if d.facts.replay_mask})
+    if ids:
+        runs = {r["msg_id"]: r["replay_run"] for r in store.query(render("reconcile_replay_runs"),
+                                                                   {**scan, "ids": ids}, small=True)}
+        for d in decided:
+            d.facts.replay_run = runs.get(d.facts.msg_id, "") if d.facts.replay_mask else ""
+    return decided
 
 
 def one_message(store: Store, msg_id: str, groups: Sequence[str], cut: int) -> list[Decided]:
@@ -307,7 +318,7 @@ def one_message(store: Store, msg_id: str, groups: Sequence[str], cut: int) -> l
     params = {"scan_from": 0, "cut": FAR_FUTURE_US, "restrict_groups": 0, "groups": sorted(set(groups)),
               "topics": [""], "topic_groups": [[]], "msg_id": msg_id}
     rows = store.query(pairs_sql("msg_id = {msg_id:String}"), params)
-    return [Decided.from_row(r, cut) for r in rows]
+    return _with_replay_runs(store, [Decided.from_row(r, cut) for r in rows], {"scan_from": 0, "cut": FAR_FUTURE_US})
 
 
 def never_sent(store: Store, window: Window, expected: Ident) -> list[str]:
