@@ -103,6 +103,8 @@ class TracedProducer:
              timestamp_ms: Any = None, msg_id: Any = None) -> Any:
         """KafkaProducer.send, plus the ``msgtrace-id`` header (DESIGN.md, Headers) and the send stages."""
         rec = self._rec
+        if self._instrumented:
+            return self._send_instrumented(topic, value, key, headers, partition, timestamp_ms, msg_id)
         try:
             s = rec.sent(topic, key, value, msg_id, headers, partition)
             add = s[8]
@@ -132,6 +134,37 @@ class TracedProducer:
             txn = self._txn
             if txn is not None:
                 txn.append(s)
+        except Exception as e:
+            rec.hook_error(e)
+        return future
+
+    def _send_instrumented(self, topic: Any, value: Any, key: Any, headers: Any, partition: Any, timestamp_ms: Any,
+                           msg_id: Any) -> Any:
+        """send() through OpenTelemetry's instrumentation (KafkaInstrumentor wraps KafkaProducer.send and
+        injects its traceparent into the header list handed to it): msgtrace adds only its id, starts no
+        span, and spools ``sent`` with the instrumentation's ids (one callback per send: a rare path)."""
+        rec = self._rec
+        try:
+            s = rec.sent_instrumented(topic, key, value, msg_id, headers, partition)
+            if headers is None:
+                out: Any = list(s[8])
+            elif type(headers) is list:
+                out = headers + list(s[8])
+            else:
+                out = headers
+        except Exception as e:
+            rec.hook_error(e)
+            return self._send(topic, value, key, headers, partition, timestamp_ms)
+        try:
+            future = self._send(topic, value, key, out, partition, timestamp_ms)
+        except Exception as e:
+            rec.sent_done(s, out).failed(e)
+            raise
+        s = rec.sent_done(s, out)
+        try:
+            future.add_both(s)
+            if self._txn is not None:
+                self._txn.append(s)
         except Exception as e:
             rec.hook_error(e)
         return future
