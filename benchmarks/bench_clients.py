@@ -241,6 +241,73 @@ CHILDREN = {"ck_produce": child_ck_produce, "ck_consume": child_ck_consume, "ck_
             "pika_consume": child_pika_consume}
 
 
+def breakdown(n: int, repeats: int) -> None:
+    """Where msgtrace's confluent-kafka producer time goes: five variants interleaved in one process."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from tracer import Tracer
+    from tracer.localsvc import TansuBroker
+    from tracer.sdk.emitter import NullSink
+
+    broker = TansuBroker().start()
+    try:
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+        for f in admin.create_topics([NewTopic("o", 1, 1), NewTopic("msgtrace.audit", 1, 1)]).values():
+            f.result(30)
+
+        def run(kind: str) -> float:
+            raw = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+            raw.produce("o", b"x")
+            raw.flush(10)
+            tracer = None
+            p = raw
+            if kind == "hdr":
+                def dr(err, msg):  # type: ignore[no-untyped-def]
+                    msg.partition()
+                    msg.offset()
+
+                t0 = time.perf_counter()
+                for i in range(n):
+                    raw.produce("o", VALUE, key=b"k%d" % (i & 63), callback=dr,
+                                headers=[("msgtrace-id", b"%036d" % i)])
+                    if i & 1023 == 0:
+                        raw.poll(0)
+                raw.flush(60)
+                return (time.perf_counter() - t0) * 1e6 / n
+            if kind != "plain":
+                kw = {"bootstrap": broker.bootstrap} if kind == "shipped" else {"sink": NullSink()}
+                tracer = Tracer(service="bench", spool_dir=tempfile.mkdtemp(prefix="msgtrace-bench-"), **kw)
+                p = tracer.wrap_producer(raw)
+            t0 = time.perf_counter()
+            for i in range(n):
+                p.produce("o", VALUE, key=b"k%d" % (i & 63))
+                if i & 1023 == 0:
+                    p.poll(0)
+            p.flush(60)
+            if tracer is not None and kind == "shipped":
+                tracer.flush(120)
+            dt = (time.perf_counter() - t0) * 1e6 / n
+            if tracer is not None:
+                tracer.close(5)
+            return dt
+
+        names = {"plain": "plain produce + flush",
+                 "hdr": "plain, one 36-byte header and a per-message delivery callback",
+                 "spool": "msgtrace, events spooled only (NullSink: adapter + core + spool append)",
+                 "shipped": "msgtrace, default sink (audit topic), until every event was shipped"}
+        res: dict[str, list[float]] = {k: [] for k in names}
+        for r in range(repeats):
+            for k in (list(names) if r % 2 == 0 else list(names)[::-1]):
+                res[k].append(run(k))
+        print("| variant | us/msg |\n|---|---|")
+        for k, label in names.items():
+            v = res[k]
+            print(f"| {label} | {statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f}) |")
+    finally:
+        broker.stop()
+
+
 # --- parent ------------------------------------------------------------------------------------
 def run_child(kind: str, variant: str, *args: str) -> dict:
     spool = tempfile.mkdtemp(prefix="msgtrace-bench-")
@@ -262,8 +329,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--only", choices=["confluent", "pika"], default=None)
     ap.add_argument("--write", action="store_true", help="write benchmarks/results/clients.md")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="only the confluent-kafka producer breakdown (client header+callback, spool, shipping)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.breakdown:
+        breakdown(args.messages, args.repeats)
+        return
     if args.child:
         kind, variant, *rest = args.child
         fn = CHILDREN[kind]
