@@ -109,3 +109,21 @@ def test_a_forked_child_gets_its_own_shipper_process(kafka_bootstrap, tmp_path):
     assert sorted(sorted(v) for v in by_emitter.values()) == [
         [(1, "c1", pid), (2, "c2", pid)], [(1, "p1", os.getpid()), (2, "p2", os.getpid())]]
     assert t.close(30)
+
+
+def test_without_a_usable_interpreter_shipping_falls_back_to_a_thread(kafka_bootstrap, tmp_path, monkeypatch):
+    """An embedded interpreter (sys.executable is not Python): the shipper process cannot start, or dies
+    at once; shipping then runs on a thread of the owner and nothing is lost."""
+    topic = new_topic(kafka_bootstrap, 1, "audit")
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    t = Tracer(service="svc", bootstrap=kafka_bootstrap, audit_topic=topic, spool_dir=str(tmp_path / "a"), adopt=False)
+    assert t.stats["shipper"] == "thread"
+    t.record("sent", "x1", topic="orders")
+    assert t.flush(60)
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # starts, and exits at once
+    u = Tracer(service="svc", bootstrap=kafka_bootstrap, audit_topic=topic, spool_dir=str(tmp_path / "b"), adopt=False)
+    u.record("sent", "x2", topic="orders")
+    assert u.flush(60), u.stats  # the supervisor gave up on the process after two quick deaths
+    assert u.stats["shipper"] == "thread"
+    assert {e.msg_id for e in read_audit(kafka_bootstrap, topic, expect=2)} == {"x1", "x2"}
+    assert t.close(10) and u.close(10)

@@ -14,6 +14,7 @@ the emitter or the spool format. The calls, by stage (DESIGN.md, Stages):
 ``Send.failed(e)``         ``send_failed``
 ``rolled_back(sends)``     ``rolled_back`` (an aborted transaction)
 ``received(book, ...)``    ``received`` for a batch of :data:`~tracer.sdk.inflight.Delivery` tuples
+``received_one(...)``      ``received`` for one message (iteration)
 ``committed(book, ...)``   ``offset_committed`` for every received entry below a position
 ``committed_one(...)``     ``offset_committed`` for exactly one entry (a single ack)
 ``settled(...)``           ``offset_committed`` for given entries (auto-ack, transactional commits)
@@ -462,6 +463,16 @@ class Recorder:
             g = book.group if group is ... else group
             book.add(lane, entries, track_commit and g is not None, (topic, partition, g, offsets))
             self._emit_many(RECEIVED, topic, partition, g, self.mq, None, entries, offsets)
+        except Exception as e:
+            self.hook_error(e)
+
+    def received_one(self, book: InFlight, lane: Hashable, topic: str, partition: int | None, entry: Delivery, *,
+                     group: Any = ..., offsets: bool = True, track_commit: bool = True) -> None:
+        """:meth:`received` for one message (a consumer iterated record by record)."""
+        try:
+            g = book.group if group is ... else group
+            book.add_one(lane, entry, track_commit and g is not None, (topic, partition, g, offsets))
+            self._emit_many(RECEIVED, topic, partition, g, self.mq, None, (entry,), offsets)
         except Exception as e:
             self.hook_error(e)
 

@@ -321,7 +321,13 @@ class Emitter:
             return  # spool only: another process or `msgtrace ship` drains it
         if self._process_mode:
             if self._supervisor is None:
-                self._spawn()
+                try:
+                    self._spawn()
+                except Exception as e:  # no usable interpreter to run it (an embedded Python, say)
+                    log.warning("msgtrace: cannot start the shipper process (%s); shipping from a thread",
+                                describe(e))
+                    self._fall_back_to_thread()
+                    return
                 self._supervisor = threading.Thread(target=self._supervise, daemon=True,
                                                     name=f"msgtrace-shipper-watch-{self.emitter_id[:8]}")
                 self._supervisor.start()

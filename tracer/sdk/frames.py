@@ -32,7 +32,8 @@ from typing import Any, Sequence
 
 import orjson
 
-from tracer.identity import (MAX_MSG_ID_CHARS, cap_msg_id, get_header, incoming_ids, key_text, position_id)
+from tracer.identity import (MAX_MSG_ID_CHARS, MSG_ID_HEADER, TRACEPARENT, cap_msg_id, format_traceparent,
+                             get_header, incoming_ids, key_text, parse_traceparent, position_id, text)
 
 EVENT, BATCH, ROWS = 1, 2, 3
 HEADER = struct.Struct("<IQ")  # payload length, first seq
@@ -166,39 +167,66 @@ class Expander:
         (_, ts_us, stage, topic, partition, group, mq, offset, offsets, entries) = rec
         head = self._head(stage, topic, group, mq, partition)
         committed = stage == _OFFSET_COMMITTED
-        ts = b'"ts_us":%d,' % ts_us
+        dumps = _dumps
+        append = out.append
         for i, (pos, key, headers, msg_id, attrs) in enumerate(entries):
-            h_id, trace_id, span_id = incoming_ids(headers) if headers else (None, None, None)
+            h_id = tp = None
+            if headers:
+                if headers.__class__ is list:  # the Kafka clients' pairs: one pass, no per-header call
+                    for hk, hv in headers:
+                        if hk == MSG_ID_HEADER:
+                            h_id = hv
+                        elif hk == TRACEPARENT:
+                            tp = hv
+                    if h_id is not None:
+                        h_id = h_id.decode("utf-8", "replace") if h_id.__class__ is bytes else text(h_id)
+                else:
+                    h_id, trace_id, span_id = incoming_ids(headers)
+                    tp = format_traceparent(trace_id, span_id) if trace_id and span_id else None
             mid = msg_id or h_id or position_id(topic, partition, pos if offsets else None)
             if len(mid) > MAX_MSG_ID_CHARS:
                 mid = cap_msg_id(mid)
+            if tp is not None:
+                trace_id, span_id = parse_traceparent(tp if tp.__class__ is bytes else _as_bytes(tp))
+                ids = (b'"%s"' % trace_id.encode(), b'"%s"' % span_id.encode()) if trace_id else _NULL_IDS
+            else:
+                ids = _NULL_IDS
             if committed:
-                k = None
+                k = b"null"
                 off = offset
                 if offsets and offset is not None and pos is not None:
                     attrs = {**attrs, "record_offset": str(pos)} if attrs else {"record_offset": str(pos)}
             else:
-                k = key_text(key) if key is not None else None
+                k = b"null" if key is None else dumps(key_text(key))
                 off = pos if offsets else offset
             s = seq + i
-            out.append(head + b'%012x","seq":%d,' % (s, s) + ts + _dumps(
-                {"msg_id": mid, "offset": off, "key": k, "error": None, "trace_id": trace_id, "span_id": span_id,
-                 "attrs": attrs or _NO_ATTRS})[1:] + b"\n")
+            append(head + _LINE % (s, s, ts_us, dumps(mid), b"null" if off is None else b"%d" % off, k, ids[0],
+                                   ids[1], dumps(attrs) if attrs else b"{}"))
         return len(entries)
-
 
     def _rows(self, seq: int, rec: tuple[Any, ...], out: list[bytes]) -> int:
         (_, ts_us, stage, topic, partition, group, mq, rows) = rec
         head = self._head(stage, topic, group, mq, partition)
-        ts = b'"ts_us":%d,' % ts_us
+        dumps = _dumps
+        append = out.append
         for i, (msg_id, offset, key, error, trace_id, span_id, attrs) in enumerate(rows):
             if len(msg_id) > MAX_MSG_ID_CHARS:
                 msg_id = cap_msg_id(msg_id)
             s = seq + i
-            out.append(head + b'%012x","seq":%d,' % (s, s) + ts + _dumps(
-                {"msg_id": msg_id, "offset": offset, "key": key_text(key) if key is not None else None,
+            append(head + b'%012x","seq":%d,' % (s, s) + dumps(
+                {"ts_us": ts_us, "msg_id": msg_id, "offset": offset, "key": key_text(key) if key is not None else None,
                  "error": error, "trace_id": trace_id, "span_id": span_id, "attrs": attrs or _NO_ATTRS})[1:] + b"\n")
         return len(rows)
+
+
+#: the variable part of a delivery's line (after the head): seq hex, seq, ts, msg_id, offset, key, ids, attrs
+_LINE = (b'%012x","seq":%d,"ts_us":%d,"msg_id":%b,"offset":%b,"key":%b,"error":null,"trace_id":%b,'
+         b'"span_id":%b,"attrs":%b}\n')
+_NULL_IDS = (b"null", b"null")
+
+
+def _as_bytes(v: Any) -> bytes:
+    return v.encode("ascii", "replace") if isinstance(v, str) else bytes(v)
 
 
 def sanitize_entries(entries: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:

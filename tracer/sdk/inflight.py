@@ -42,7 +42,7 @@ class InFlight:
     """The in-flight book of one wrapped consumer (or channel). Thread-safe: the commit hook runs on
     the client's IO thread, ``find`` on any worker thread, ``add`` on the polling thread."""
 
-    __slots__ = ("__weakref__", "_lock", "_meta", "_recent", "_recent_n", "_uncommitted", "_unsorted",
+    __slots__ = ("__weakref__", "_growing", "_lock", "_meta", "_recent", "_recent_n", "_uncommitted", "_unsorted",
                  "forgotten_ref", "group", "max_recent", "max_uncommitted")
 
     def __init__(self, group: str | None, max_uncommitted: int = MAX_UNCOMMITTED_PER_LANE,
@@ -54,6 +54,7 @@ class InFlight:
         self._recent: collections.deque[tuple[Hashable, Any, Sequence[Delivery]]] = collections.deque()
         self._recent_n = 0
         self._meta: dict[Hashable, tuple[Any, ...]] = {}
+        self._growing: list[Delivery] | None = None  # the newest recent batch add_one() may extend
         self._lock = threading.Lock()
         #: [uncommitted entries dropped by the bound] (a list: readable after the book is gone)
         self.forgotten_ref = [0]
@@ -100,6 +101,44 @@ class InFlight:
             if lst and (lst[-1][0] is None or first is None or first < lst[-1][0] or not _ascending(entries)):
                 self._unsorted.add(lane)
             lst.extend(entries)
+            if len(lst) > self.max_uncommitted:
+                cut = len(lst) - self.max_uncommitted
+                del lst[:cut]
+                self.forgotten_ref[0] += cut
+
+    def add_one(self, lane: Hashable, entry: Delivery, track_commit: bool = True,
+                meta: tuple[Any, ...] | None = None) -> None:
+        """:meth:`add` for one message (a consumer iterated record by record): consecutive receipts of a
+        lane extend one recent batch and one uncommitted list, with no per-message bookkeeping object."""
+        pos = entry[0]
+        with self._lock:
+            if meta is not None and self._meta.get(lane) != meta:
+                self._meta[lane] = meta
+            g = self._growing
+            recent = self._recent
+            if (g is not None and recent and recent[-1][2] is g and recent[-1][0] == lane and len(g) < 1024
+                    and pos is not None and g[-1][0] is not None and pos == g[-1][0] + 1):
+                g.append(entry)
+            else:
+                g = self._growing = [entry]
+                recent.append((lane, pos, g))
+            self._recent_n += 1
+            if self._recent_n > self.max_recent and len(recent) > 1:
+                self._recent_n -= len(recent.popleft()[2])
+            if not track_commit:
+                return
+            lst = self._uncommitted.get(lane)
+            if lst is None:
+                self._uncommitted[lane] = [entry]
+                if pos is None:
+                    self._unsorted.add(lane)
+                return
+            last = lst[-1][0] if lst else None
+            if pos is not None and last is not None and pos <= last and lane not in self._unsorted:
+                del lst[bisect.bisect_left(lst, (pos,)):]  # received again from an earlier position
+            elif lst and (pos is None or last is None):
+                self._unsorted.add(lane)
+            lst.append(entry)
             if len(lst) > self.max_uncommitted:
                 cut = len(lst) - self.max_uncommitted
                 del lst[:cut]

@@ -386,7 +386,11 @@ class TracedConsumer:
     def __next__(self) -> Any:
         record = next(self._consumer)
         try:
-            self._received((record.topic, record.partition), (record,))
+            rec = self._rec
+            topic, partition, headers = record.topic, record.partition, record.headers
+            mid = rec.incoming_id(record, headers, record.key) if rec.incoming_ids_needed else None
+            rec.received_one(self._book, (topic, partition), topic, partition,
+                             (record.offset, record.key, headers, mid, None))
         except Exception as e:
             self._rec.hook_error(e)
         return record

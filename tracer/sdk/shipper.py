@@ -100,16 +100,19 @@ class FileCounters:
             os.close(fd)
         self._index = {n: i * 8 for i, n in enumerate(COUNTERS)}
         self._error: str | None = None
+        self._final: dict[str, int] | None = None  # the values at close(), still readable after it
 
     def add(self, name: str, n: int = 1) -> None:
         i = self._index[name]
         self._SLOT.pack_into(self._mm, i, self._SLOT.unpack_from(self._mm, i)[0] + n)
 
     def get(self, name: str) -> int:
+        if self._final is not None:
+            return self._final[name]
         try:
             return int(self._SLOT.unpack_from(self._mm, self._index[name])[0])
-        except ValueError:  # closed
-            return 0
+        except ValueError:  # closed by another thread meanwhile
+            return self._final[name] if self._final is not None else 0
 
     def set(self, name: str, value: int) -> None:
         self._SLOT.pack_into(self._mm, self._index[name], value)
@@ -135,6 +138,8 @@ class FileCounters:
             return None
 
     def close(self) -> None:
+        if self._final is None:
+            self._final = {n: self.get(n) for n in COUNTERS}
         try:
             self._mm.close()
         except (OSError, ValueError):
