@@ -162,6 +162,29 @@ def run_consume(tracer: Tracer | None, batches: list[dict[Any, Any]], n: int,
     return t_poll / n, t_commit / n, t_proc / n
 
 
+def run_iterate(tracer: Tracer | None, batches: list[dict[Any, Any]], n: int) -> float:
+    """Records one by one, as ``for record in consumer`` hands them out."""
+    recs = [r for b in batches for rs in b.values() for r in rs]
+
+    class Iter:
+        config = {"group_id": "bench-group"}
+        _coordinator = _Coord()
+
+        def __init__(self) -> None:
+            self._it = iter(recs)
+
+        def __next__(self) -> Any:
+            return next(self._it)
+
+    stub = Iter()
+    c: Any = tracer.wrap_consumer(stub) if tracer is not None else stub
+    nxt = c.__next__
+    t0 = _clock()
+    for _ in range(len(recs)):
+        nxt()
+    return (_clock() - t0) / n
+
+
 def run_record(tracer: Tracer, n: int) -> float:
     rec = tracer.record
     t0 = _clock()
@@ -221,8 +244,10 @@ def main() -> None:
         p_poll, p_commit, _ = run_consume(None, batches, n, False)
         t_poll, t_commit, _ = run_consume(tracer, batches, n, False)
         _, _, t_proc = run_consume(tracer, batches, n, True)
+        p_iter, t_iter = run_iterate(None, batches, n), run_iterate(tracer, batches, n)
         row = {"send (added)": traced_send - plain_send, "ack callback (added)": traced_ack - plain_ack,
                "poll/received (added)": t_poll - p_poll, "commit hook (added)": t_commit - p_commit,
+               "iteration/received (added)": t_iter - p_iter,
                "processing(record)": t_proc, "processing(msg_id)": run_processing_id(tracer, n),
                "record()": run_record(tracer, n), "plain stub send": plain_send}
         for k, v in row.items():

@@ -188,7 +188,7 @@ class Expander:
                 mid = cap_msg_id(mid)
             if tp is not None:
                 trace_id, span_id = parse_traceparent(tp if tp.__class__ is bytes else _as_bytes(tp))
-                ids = (b'"%s"' % trace_id.encode(), b'"%s"' % span_id.encode()) if trace_id else _NULL_IDS
+                ids = (b'"%s"' % trace_id.encode(), b'"%s"' % span_id.encode()) if trace_id and span_id else _NULL_IDS
             else:
                 ids = _NULL_IDS
             if committed:
