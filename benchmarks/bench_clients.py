@@ -42,7 +42,11 @@ VARIANTS = ("plain", "traced", "otel")
 # --- children: one variant, one measurement, one JSON line -----------------------------------
 def _otel_provider():
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
 
     class Drop(SpanExporter):
         exported = 0
@@ -72,7 +76,9 @@ def child_ck_produce(variant: str, bootstrap: str, topic: str, n: int, spool: st
         tracer = _tracer(bootstrap, spool)
         p = tracer.wrap_producer(raw)
     elif variant == "otel":
-        from opentelemetry.instrumentation.confluent_kafka import ConfluentKafkaInstrumentor
+        from opentelemetry.instrumentation.confluent_kafka import (
+            ConfluentKafkaInstrumentor,
+        )
 
         provider, drop = _otel_provider()
         p = ConfluentKafkaInstrumentor.instrument_producer(raw, tracer_provider=provider)
@@ -120,7 +126,9 @@ def child_ck_consume(variant: str, bootstrap: str, topic: str, n: int, spool: st
         tracer = _tracer(bootstrap, spool)
         c = tracer.wrap_consumer(confluent.Consumer(conf))
     elif variant == "otel":
-        from opentelemetry.instrumentation.confluent_kafka import ConfluentKafkaInstrumentor
+        from opentelemetry.instrumentation.confluent_kafka import (
+            ConfluentKafkaInstrumentor,
+        )
 
         provider, drop = _otel_provider()
         c = ConfluentKafkaInstrumentor.instrument_consumer(Consumer(conf), tracer_provider=provider)
@@ -312,7 +320,7 @@ def breakdown(n: int, repeats: int) -> None:
 def run_child(kind: str, variant: str, *args: str) -> dict:
     spool = tempfile.mkdtemp(prefix="msgtrace-bench-")
     p = subprocess.run([sys.executable, __file__, "--child", kind, variant, *args, spool], capture_output=True,
-                       text=True, timeout=900)
+                       text=True, timeout=900, check=False)
     if p.returncode != 0:
         raise RuntimeError(f"{kind}/{variant} failed: {p.stderr[-3000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])

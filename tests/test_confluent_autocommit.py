@@ -16,14 +16,13 @@ import textwrap
 import time
 
 from confluent_kafka import Producer
+from test_hooks import new_topic
 
 from tracer import Tracer
 from tracer import verdicts as V
 from tracer.analysis.reconcile import reconcile
 from tracer.sdk.emitter import StoreSink, drain_spools
 from tracer.store import Store
-
-from test_hooks import new_topic
 
 CONSUMER = textwrap.dedent("""
     import queue, sys, threading

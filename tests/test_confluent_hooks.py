@@ -13,14 +13,13 @@ import uuid
 
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from test_hooks import assert_gap_free, by_msg, new_topic, read_audit, spool_events
 
 from tracer import Tracer
 from tracer.events import MSG_ID_HEADER
 from tracer.localsvc import free_port, wait_until
 from tracer.sdk import confluent as ck
 from tracer.sdk.emitter import NullSink
-
-from test_hooks import assert_gap_free, by_msg, new_topic, read_audit, spool_events
 
 GROUP_CONF = {"auto.offset.reset": "earliest", "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}
 

@@ -14,13 +14,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from test_confluent_hooks import consumer_conf, poll_until
+from test_hooks import new_topic
 
 from tracer import Tracer
 from tracer.cli.tracemsg import trace_msg
 from tracer.sdk import confluent as ck
-
-from test_confluent_hooks import consumer_conf, poll_until
-from test_hooks import new_topic
 
 
 @pytest.fixture(autouse=True)
@@ -78,8 +77,8 @@ def test_kafka_python_instrumentation_too(kafka_bootstrap, tmp_path):
     here); msgtrace reuses its traceparent and records sent/broker_acked with its ids, no span of its own."""
     from kafka import KafkaProducer
     from opentelemetry.instrumentation.kafka import KafkaInstrumentor
-
     from test_hooks import spool_events
+
     from tracer.sdk.emitter import NullSink
 
     exporter = InMemorySpanExporter()

@@ -12,13 +12,12 @@ from __future__ import annotations
 import time
 
 import pika
+from test_rabbitmq_hooks import EXCHANGE, QUEUE, ROUTE, connect, declare, drain
 
 from tracer import Tracer
 from tracer import verdicts as V
 from tracer.analysis.reconcile import judge_message, reconcile
 from tracer.store import Store
-
-from test_rabbitmq_hooks import EXCHANGE, QUEUE, ROUTE, connect, declare, drain
 
 
 def test_non_persistent_message_lost_in_a_restart(rabbitmq_server, chdb_url, tmp_path):

@@ -10,17 +10,15 @@ dead_lettered on a queue with a dead-letter exchange, else a settlement of a dro
 from __future__ import annotations
 
 import collections
-import uuid
 
 import pika
 import pytest
 from pika.exceptions import NackError, UnroutableError
+from test_hooks import assert_gap_free, by_msg, new_topic, read_audit
 
 from tracer import Tracer
 from tracer.events import MSG_ID_HEADER
 from tracer.localsvc import wait_until
-
-from test_hooks import assert_gap_free, by_msg, new_topic, read_audit
 
 EXCHANGE, QUEUE, ROUTE = "orders", "red-packet", "paid"
 
@@ -302,6 +300,7 @@ def test_select_connection_channel(amqp_url, tmp_path):
     multiple), a mandatory message nobody is bound for is returned before its ack, deliveries come to the
     basic_consume callback and are acked with multiple=True."""
     from test_hooks import spool_events
+
     from tracer.sdk.emitter import NullSink
 
     t = Tracer(service="svc", sink=NullSink(), spool_dir=str(tmp_path), mq="rabbitmq")

@@ -12,11 +12,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from test_rabbitmq_hooks import connect, drain
 
 from tracer import Tracer
 from tracer.cli.tracemsg import trace_msg
-
-from test_rabbitmq_hooks import connect, drain
 
 
 @pytest.fixture(autouse=True)

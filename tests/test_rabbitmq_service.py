@@ -26,6 +26,7 @@ def test_each_test_has_a_vhost_of_its_own(rabbitmq, amqp_url):
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
         ch = conn.channel()
+        ch.confirm_delivery()  # the publish returns once the broker has the message: the count is exact
         ch.queue_declare("q")
         ch.basic_publish("", "q", b"x")
         assert ch.queue_declare("q", passive=True).method.message_count == 1
@@ -54,7 +55,7 @@ def test_own_node_restart_keeps_persistent_messages_only(rabbitmq_server):
     conn = pika.BlockingConnection(pika.URLParameters(url))
     try:
         ch = conn.channel()
-        method, _, body = ch.basic_get("orders", auto_ack=True)
+        _, _, body = ch.basic_get("orders", auto_ack=True)
         assert body == b"persistent"
         assert ch.basic_get("orders", auto_ack=True) == (None, None, None)
     finally:

@@ -53,11 +53,11 @@ def queue_delivered_later(ctx: EvidenceContext, rows: list[Verdict], after: str)
                 for q in ctx.store.query(render("reconcile_queue_order"), {
                     **base, "topics": topics, "groups": sorted({r.consumer_group for r in cands})}, small=True)}
     for r in cands:
-        s = sends.get(r.msg_id)
+        sent = sends.get(r.msg_id)
         f = r.facts
-        if s is None or f is None:
+        if sent is None or f is None:
             continue
-        topic, key, host = s
+        topic, key, host = sent
         q = frontier.get((r.consumer_group, topic, key, host))
         if q is not None and q.latest_sent > f.ack_ts:
             r.refine(after, Evidence.QUEUE_DELIVERED_LATER.value,

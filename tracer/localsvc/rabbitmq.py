@@ -24,11 +24,18 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Iterator, Protocol
+from typing import Any, Protocol
 
-from tracer.localsvc.base import ServiceError, _Process, free_port, port_open, wait_until
+from tracer.localsvc.base import (
+    ServiceError,
+    _Process,
+    free_port,
+    port_open,
+    wait_until,
+)
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -47,11 +54,11 @@ class AmqpEndpoint:
     vhost: str = "/"
 
     @classmethod
-    def parse(cls, url: str) -> "AmqpEndpoint":
+    def parse(cls, url: str) -> AmqpEndpoint:
         u = urllib.parse.urlsplit(url)
         if u.scheme not in ("amqp", "amqps") or not u.hostname:
             raise ServiceError(f"not an amqp:// URL: {_redact(url)}")
-        path = u.path[1:] if u.path.startswith("/") else u.path
+        path = u.path.removeprefix("/")
         return cls(u.hostname, u.port or 5672, urllib.parse.unquote(u.username or "guest"),
                    urllib.parse.unquote(u.password or "guest"), urllib.parse.unquote(path) if path else "/")
 
@@ -60,7 +67,7 @@ class AmqpEndpoint:
         cred = f"{urllib.parse.quote(self.user, safe='')}:{urllib.parse.quote(self.password, safe='')}"
         return f"amqp://{cred}@{self.host}:{self.port}/{urllib.parse.quote(v, safe='')}"
 
-    def with_vhost(self, vhost: str) -> "AmqpEndpoint":
+    def with_vhost(self, vhost: str) -> AmqpEndpoint:
         return replace(self, vhost=vhost)
 
     def redacted(self) -> str:
@@ -85,7 +92,7 @@ def _redact(url: str) -> str:
 
 def amqp_answers(ep: AmqpEndpoint, timeout: float = 3.0) -> bool:
     """True when an AMQP server accepts ``ep``'s credentials on ``ep``'s vhost (a real handshake)."""
-    import pika
+    import pika  # type: ignore[import-untyped]
 
     if not port_open(ep.port, ep.host):
         return False
@@ -124,7 +131,7 @@ class CtlAdmin:
     def run(self, *args: str, timeout: float = 60.0) -> str:
         try:
             p = subprocess.run([*self._argv, *args], capture_output=True, text=True, timeout=timeout,
-                               env=self._env, stdin=subprocess.DEVNULL)
+                               env=self._env, stdin=subprocess.DEVNULL, check=False)
         except (OSError, subprocess.TimeoutExpired) as e:
             raise ServiceError(f"rabbitmqctl {args[0]} failed: {e}") from None
         if p.returncode != 0:
@@ -149,20 +156,22 @@ class HttpAdmin:
         self._timeout = timeout
         self.what = f"management API at {self._base}"
 
-    def _call(self, method: str, path: str, body: dict | None = None) -> bytes:
+    def _call(self, method: str, path: str, body: dict[str, str] | None = None) -> bytes:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self._base + path, data=data, method=method,
                                      headers={"Authorization": self._auth, "content-type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=self._timeout) as r:
-                return r.read()
+                data_out: bytes = r.read()
+                return data_out
         except urllib.error.HTTPError as e:
             raise ServiceError(f"management API {method} {path.split('/')[2]}: HTTP {e.code}") from None
         except (OSError, ValueError) as e:
             raise ServiceError(f"management API unreachable: {e}") from None
 
-    def overview(self) -> dict:
-        return json.loads(self._call("GET", "/api/overview"))
+    def overview(self) -> dict[str, Any]:
+        doc: dict[str, Any] = json.loads(self._call("GET", "/api/overview"))
+        return doc
 
     def add_vhost(self, name: str, user: str) -> None:
         q = urllib.parse.quote(name, safe="")
@@ -224,7 +233,7 @@ class RabbitMQServer(_Process):
     def url(self, vhost: str = "/") -> str:
         return self.endpoint.url(vhost)
 
-    def start(self, timeout: float = 90.0) -> "RabbitMQServer":
+    def start(self, timeout: float = 90.0) -> RabbitMQServer:
         d = self.workdir
         for sub in ("mnesia", "log"):
             os.makedirs(os.path.join(d, sub), exist_ok=True)
@@ -280,7 +289,7 @@ class RabbitMQServer(_Process):
         self.stop()
         self.start()
 
-    def __enter__(self) -> "RabbitMQServer":
+    def __enter__(self) -> RabbitMQServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -39,12 +39,13 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import confluent_kafka
 
 from tracer.identity import with_headers
-from tracer.sdk.core import RecordRef, Recorder, Send
+from tracer.sdk.core import Recorder, RecordRef, Send
 
 NAME = "confluent-kafka"
 MQ = "kafka"
@@ -64,9 +65,9 @@ def _warn_once(key: str, msg: str, *args: Any) -> None:
 
 # --- drop-in client classes ------------------------------------------------------------------------
 
-def _conf(args: tuple, kwargs: dict) -> dict:
+def _conf(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     """The configuration dict confluent-kafka would see (a dict argument, keyword settings, or both)."""
-    conf: dict = {}
+    conf: dict[str, Any] = {}
     if args and isinstance(args[0], dict):
         conf.update(args[0])
         args = args[1:]
@@ -134,7 +135,7 @@ def _raw(obj: Any) -> Any:
     return obj
 
 
-def _config(obj: Any) -> dict | None:
+def _config(obj: Any) -> dict[str, Any] | None:
     for o in (obj, _raw(obj)):
         cfg = getattr(o, "config", None)
         if isinstance(cfg, dict):
@@ -181,13 +182,13 @@ def group_from_metadata(md: Any) -> str | None:
 
 # --- adapter entry points ---------------------------------------------------------------------------
 
-def wrap_producer(producer: Any, recorder: Recorder) -> "TracedProducer":
+def wrap_producer(producer: Any, recorder: Recorder) -> TracedProducer:
     if isinstance(producer, TracedProducer):
         return producer
     return TracedProducer(producer, recorder)
 
 
-def wrap_consumer(consumer: Any, recorder: Recorder) -> "TracedConsumer":
+def wrap_consumer(consumer: Any, recorder: Recorder) -> TracedConsumer:
     if isinstance(consumer, TracedConsumer):
         return consumer
     return TracedConsumer(consumer, recorder)
@@ -229,7 +230,7 @@ def _report(s: Send, app: Callable[[Any, Any], Any] | None) -> Callable[[Any, An
     return dr
 
 
-def _report_cell(cell: list, app: Callable[[Any, Any], Any] | None) -> Callable[[Any, Any], None]:
+def _report_cell(cell: list[Send], app: Callable[[Any, Any], Any] | None) -> Callable[[Any, Any], None]:
     """Like :func:`_report` for an instrumented send, whose Send is completed after the client call."""
     def dr(err: Any, msg: Any) -> None:
         s = cell[0]
@@ -502,7 +503,7 @@ class TracedConsumer:
         """One ``received`` per message, spooled per partition (a batch may span several)."""
         rec = self._rec
         needed = rec.incoming_ids_needed
-        lanes: dict[tuple[str, int], list[tuple]] = {}
+        lanes: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
         for m in msgs:
             if m.error() is not None:
                 continue
@@ -582,5 +583,16 @@ class TracedConsumer:
             self._rec.hook_error(e)
 
 
-__all__ = ["Producer", "Consumer", "TracedProducer", "TracedConsumer", "wrap_producer", "wrap_consumer",
-           "record_ref", "group_of", "group_from_metadata", "NAME", "MQ"]
+__all__ = [
+    "MQ",
+    "NAME",
+    "Consumer",
+    "Producer",
+    "TracedConsumer",
+    "TracedProducer",
+    "group_from_metadata",
+    "group_of",
+    "record_ref",
+    "wrap_consumer",
+    "wrap_producer",
+]

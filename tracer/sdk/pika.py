@@ -45,14 +45,15 @@ import copy
 import itertools
 import logging
 import threading
-from typing import Any, Callable, Iterator, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
-import pika
-from pika.adapters.blocking_connection import BlockingChannel
-from pika.exceptions import NackError, UnroutableError
+import pika  # type: ignore[import-untyped]
+from pika.adapters.blocking_connection import BlockingChannel  # type: ignore[import-untyped]
+from pika.exceptions import NackError, UnroutableError  # type: ignore[import-untyped]
 
 from tracer.identity import MSG_ID_HEADER, incoming_ids, text
-from tracer.sdk.core import RecordRef, Recorder, Send
+from tracer.sdk.core import Recorder, RecordRef, Send
 
 NAME = "pika"
 MQ = "rabbitmq"
@@ -62,7 +63,7 @@ MAX_REFS = 50_000
 #: publishes of a channel without confirms remembered for a later ``basic.return`` (mandatory ones)
 MAX_AWAITING_RETURN = 10_000
 _ALL = 1 << 63  # basic_ack(0, multiple=True): every outstanding delivery
-_refs: "collections.OrderedDict[int, tuple]" = collections.OrderedDict()
+_refs: collections.OrderedDict[int, tuple[Any, ...]] = collections.OrderedDict()
 _refs_lock = threading.Lock()
 _tokens = itertools.count(1)
 #: (host, port, vhost, queue) -> the queue's dead-letter exchange, learnt on any channel of this process
@@ -73,7 +74,7 @@ def _where(channel: Any) -> tuple[str, int, str]:
     """(host, port, vhost) of a pika channel's connection ('' / 0 when it cannot be told)."""
     try:
         conn = channel.connection
-        params = getattr(getattr(conn, "_impl", conn), "params", None)
+        params: Any = getattr(getattr(conn, "_impl", conn), "params", None)
         return str(params.host), int(params.port), str(params.virtual_host)
     except Exception:
         return "", 0, ""
@@ -89,7 +90,7 @@ class Delivery(NamedTuple):
     queue: str
 
 
-def wrap_channel(channel: Any, recorder: Recorder) -> "TracedChannel":
+def wrap_channel(channel: Any, recorder: Recorder) -> TracedChannel:
     if isinstance(channel, TracedChannel):
         return channel
     if isinstance(channel, BlockingChannel):
@@ -106,7 +107,7 @@ def record_ref(record: Any) -> RecordRef | None:
     return RecordRef(lane, record.delivery_tag, topic, None, None, headers, rk, record)
 
 
-def _remember(method: Any, lane: tuple, headers: Any, topic: str, rk: str) -> None:
+def _remember(method: Any, lane: tuple[Any, ...], headers: Any, topic: str, rk: str) -> None:
     _refs[id(method)] = (method, lane, headers, topic, rk)  # holds method: its id cannot be reused meanwhile
     if len(_refs) > MAX_REFS:
         with _refs_lock:
@@ -117,7 +118,7 @@ def _remember(method: Any, lane: tuple, headers: Any, topic: str, rk: str) -> No
                     break
 
 
-def _with_headers(properties: Any, add: tuple) -> Any:
+def _with_headers(properties: Any, add: Any) -> Any:
     """``properties`` carrying the headers to add (a copy: the caller's object is never changed)."""
     if not add:
         return properties
@@ -162,11 +163,11 @@ class TracedChannel:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._ch!r}>"
 
-    def __enter__(self) -> "TracedChannel":
+    def __enter__(self) -> TracedChannel:
         self._ch.__enter__()
         return self
 
-    def __exit__(self, *exc: Any) -> Any:
+    def __exit__(self, *exc: object) -> Any:
         return self._ch.__exit__(*exc)
 
     @property
@@ -199,7 +200,8 @@ class TracedChannel:
     def _done(self, s: Send, props: Any) -> Send:
         """The publish call returned (or raised): for an instrumented channel, spool ``sent`` now."""
         if self._instrumented:
-            return self._rec.sent_done(s, props.headers if props is not None else None)
+            done: Send = self._rec.sent_done(s, props.headers if props is not None else None)
+            return done
         return s
 
     def _await_return(self, s: Send) -> None:
@@ -322,7 +324,7 @@ class TracedChannel:
         except Exception as e:
             self._rec.hook_error(e)
 
-    def _dropped(self, lane: tuple, entries: list[tuple], how: str) -> None:
+    def _dropped(self, lane: tuple[Any, ...], entries: list[tuple[Any, ...]], how: str) -> None:
         _, queue, topic = lane
         reason = f"{how}, requeue=false"
         dlx = _dead_letters.get((*self._where, queue))
@@ -437,7 +439,7 @@ class TracedAsyncChannel(TracedChannel):
         object.__setattr__(self, "_unconfirmed", collections.OrderedDict())  # publish seq -> Send
 
     def _confirming(self) -> bool:
-        return self._confirm
+        return bool(self._confirm)
 
     def confirm_delivery(self, ack_nack_callback: Callable[..., Any], callback: Any = None) -> Any:
         rec = self._rec
@@ -522,5 +524,13 @@ class TracedAsyncChannel(TracedChannel):
         return self._ch.queue_declare(queue, *args, **kwargs)
 
 
-__all__ = ["TracedChannel", "TracedBlockingChannel", "TracedAsyncChannel", "Delivery", "wrap_channel", "record_ref",
-           "NAME", "MQ"]
+__all__ = [
+    "MQ",
+    "NAME",
+    "Delivery",
+    "TracedAsyncChannel",
+    "TracedBlockingChannel",
+    "TracedChannel",
+    "record_ref",
+    "wrap_channel",
+]
