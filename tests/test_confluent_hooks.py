@@ -295,3 +295,30 @@ def test_redelivery_and_swallowed_handler_error_verdicts(kafka_bootstrap, chdb_u
     assert "payment gateway said no" in got["order:failed-committed"].evidence
     assert got["order:redelivered"].verdict == V.DELIVERED and "redelivered" in got["order:redelivered"].flags
     assert res.summary == {V.DELIVERED: 2, V.FAILED_AND_COMMITTED: 1}
+
+
+def test_a_configured_on_delivery_is_chained_never_replaced(tmp_path):
+    """librdkafka's per-message callback replaces the producer's configured on_delivery. Built with
+    tracer.sdk.confluent.Producer, msgtrace knows it and calls it (once); a plain Producer configured with
+    callbacks msgtrace cannot read keeps its reports untouched and records only sent; a plain one without
+    any callback gets msgtrace's."""
+    t = Tracer(service="svc", sink=NullSink(), spool_dir=str(tmp_path))
+    dead = f"127.0.0.1:{free_port()}"
+    conf = {"bootstrap.servers": dead, "message.timeout.ms": 300, "log_level": 0}
+    reports = []
+    p = t.wrap_producer(ck.Producer({**conf, "on_delivery": lambda err, msg: reports.append(("known", err))}))
+    p.produce("orders", b"x", msg_id="m-known")
+    assert p.flush(10) == 0
+    unknown = []
+    p = t.wrap_producer(Producer({**conf, "on_delivery": lambda err, msg: unknown.append(err)}))
+    p.produce("orders", b"x", msg_id="m-unknown")
+    assert p.flush(10) == 0
+    p = t.wrap_producer(Producer(conf))
+    p.produce("orders", b"x", msg_id="m-plain")
+    assert p.flush(10) == 0
+    assert [k for k, _ in reports] == ["known"] and len(unknown) == 1  # each app callback ran exactly once
+    stages = collections.defaultdict(list)
+    for e in spool_events(t):
+        stages[e.msg_id].append(e.stage)
+    assert stages == {"m-known": ["sent", "send_failed"], "m-unknown": ["sent"], "m-plain": ["sent", "send_failed"]}
+    t.close(0)
