@@ -352,10 +352,6 @@ REFINEMENTS: tuple[Refinement, ...] = (
 )
 
 
-def refinements_of(before: str) -> tuple[Refinement, ...]:
-    return tuple(r for r in REFINEMENTS if r.before == before)
-
-
 def consumer_loss(failed: bool) -> str:
     """A refined in_flight: failed_and_committed after a business_failed, else lost_in_consumer."""
     return V.FAILED_AND_COMMITTED if failed else V.LOST_IN_CONSUMER
