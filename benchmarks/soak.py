@@ -106,6 +106,7 @@ def role_consumer(a: argparse.Namespace) -> None:
     from tracer import Tracer
 
     _, failing = fault_ids(a.messages)
+    work_s = a.work_us / 1e6
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     t = Tracer(service="red-packet", bootstrap=a.audit, audit_topic=a.audit_topic,
@@ -122,6 +123,8 @@ def role_consumer(a: argparse.Namespace) -> None:
                     with t.processing(r):
                         if int(r.value) in failing:
                             raise RuntimeError("payment gateway timeout")
+                        if work_s:
+                            time.sleep(work_s)  # the business work (paying the red packet) takes a while
                 except RuntimeError:
                     pass  # the seeds' mistake: swallowed, and the commit below goes past it
                 n += 1
@@ -162,8 +165,8 @@ class Child:
         a = self.a
         argv = [sys.executable, __file__, "--role", self.role, "--workdir", a.workdir, "--business", a.business,
                 "--audit", a.audit, "--audit-topic", a.audit_topic, "--topic", a.topic, "--store", a.store,
-                "--messages", str(a.messages), "--rate", str(a.rate)]
-        log = open(Path(a.workdir, f"{self.role}-{self.starts}.log"), "wb")
+                "--messages", str(a.messages), "--rate", str(a.rate), "--work-us", str(a.work_us)]
+        log = open(Path(a.workdir, f"{self.role}-{self.starts}.log"), "wb")  # noqa: SIM115 (the child's)
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=self.env, start_new_session=True)
         log.close()
@@ -252,13 +255,12 @@ def audit_integrity(store: Any) -> dict[str, Any]:
 
 
 def drive(a: argparse.Namespace) -> int:
+    from collectors.testing import create_topic
     from tracer import verdicts as V
     from tracer.analysis.expected import ExpectedSource
     from tracer.analysis.reconcile import reconcile
     from tracer.localsvc import ClickHouseServer, TansuBroker, wait_until
     from tracer.store import Store
-
-    from collectors.testing import create_topic
 
     work = Path(a.workdir or tempfile.mkdtemp(prefix="msgtrace-soak-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -308,7 +310,7 @@ def drive(a: argparse.Namespace) -> int:
                 try:
                     committed, end = offsets(a.business, GROUP, a.topic, PARTITIONS)
                     stored = int(store.query("SELECT count() AS n FROM {db:Identifier}.trace_events")[0]["n"])
-                except Exception as e:  # a sample is best effort
+                except Exception as e:  # noqa: BLE001 (a sample is best effort)
                     committed = end = stored = -1
                     print(f"sample failed: {e}", flush=True)
                 s = {"t": round(now - began), "sent": prog["sent"], "consumer_lag": end - committed, "rows": stored}
@@ -353,18 +355,25 @@ def drive(a: argparse.Namespace) -> int:
             by_verdict.setdefault(v.verdict, set()).add(v.msg_id)
             for f in v.flags:
                 flags[f] = flags.get(f, 0) + 1
-        exact = (res.summary == want and by_verdict.get(V.NEVER_SENT, set()) == {msg_id(i) for i in never}
+        # the kills' own consequences: every message received (processed) more than once carries the flag
+        twice = store.query(
+            "SELECT countIf(r > 1) AS recv, countIf(d > 1) AS done FROM (SELECT msg_id, "
+            "uniqExactIf(event_id, stage = 'received') AS r, uniqExactIf(event_id, stage = 'business_done') AS d "
+            "FROM {db:Identifier}.trace_events WHERE consumer_group = {g:String} GROUP BY msg_id)", {"g": GROUP})[0]
+        flags_want = {k: int(n) for k, n in ((V.REDELIVERED, twice["recv"]), (V.DUPLICATE_PROCESSING, twice["done"]))
+                      if int(n)}
+        exact = (res.summary == want and flags == flags_want and by_verdict.get(V.NEVER_SENT, set()) == {msg_id(i) for i in never}
                  and by_verdict.get(V.FAILED_AND_COMMITTED, set()) == {msg_id(i) for i in failing})
         ok = exact and not integ["gaps"] and not res.seq_gaps and prod["failed"] == 0
         report = {
-            "messages": a.messages, "rate": a.rate, "sent": prod["sent"], "send_seconds": round(send_done - began),
+            "messages": a.messages, "rate": a.rate, "work_us": a.work_us, "sent": prod["sent"], "send_seconds": round(send_done - began),
             "consumer_drain_s": round(consumer_caught_up - send_done), "collector_drain_s":
                 round(collector_caught_up - consumer_caught_up), "collector_kills": collector.kills,
             "consumer_kills": consumer.kills, "send_ms": prod["send_ms"], "producer_stats": prod["stats"],
             "audit": {k: integ[k] for k in ("events", "rows")}, "emitters": len(integ["emitters"]),
             "emitter_gaps": integ["gaps"], "seq_gaps": [g.__dict__ if hasattr(g, "__dict__") else str(g)
                                                         for g in res.seq_gaps],
-            "summary": res.summary, "want": want, "flags": flags, "exact": exact, "reconcile_s": round(reconcile_s, 1),
+            "summary": res.summary, "want": want, "flags": flags, "flags_want": flags_want, "exact": exact, "reconcile_s": round(reconcile_s, 1),
             "max_consumer_lag": max((s["consumer_lag"] for s in samples), default=0), "ok": ok,
         }
         print(json.dumps(report, indent=1, default=str), flush=True)
@@ -376,8 +385,8 @@ def drive(a: argparse.Namespace) -> int:
         for c in children:
             try:
                 c.terminate(30)
-            except Exception:
-                pass
+            except Exception as e:  # noqa: BLE001 (clean-up goes on)
+                print(f"stopping the {c.role}: {e}", flush=True)
         server.stop()
         business.stop()
         audit.stop()
@@ -389,34 +398,36 @@ def write_md(path: Path, r: dict[str, Any], samples: list[dict[str, Any]], integ
     for e in integ["emitters"]:
         by_service.setdefault(e["service"], []).append(e)
     lines = [
-        "# Soak: 1M business messages, collector and consumer killed again and again",
+        f"# Soak: {r['messages']:,} business messages, collector and consumer killed again and again",
         "",
-        f"`python benchmarks/soak.py --messages {r['messages']} --rate {r['rate']}` on the 2-core machine, shared "
+        (f"`python benchmarks/soak.py --messages {r['messages']} --rate {r['rate']} --work-us {r['work_us']}` on the 2-core machine, shared "
         "with other helpers' test runs. Real processes: business and audit Tansu, ClickHouse 18.16 (its own "
         "server), a traced order service, a traced red-packet consumer committing after its work, one collector. "
         "Kills are SIGKILL of the whole process group (the emitter's shipper process dies with its owner), "
-        "restarted at once with the same spool directory.",
+        "restarted at once with the same spool directory."),
         "",
         "| figure | value |",
         "|---|---|",
         f"| business messages sent | {r['sent']:,} (+{r['messages'] - r['sent']} expected ids never sent) |",
         f"| sending took | {r['send_seconds']} s ({r['sent'] / max(1, r['send_seconds']):,.0f} msg/s) |",
         f"| collector kills / consumer kills | {r['collector_kills']} / {r['consumer_kills']} |",
-        f"| consumer lag (records), median / max of 10 s samples | "
-        f"{statistics.median(lags) if lags else 0:,.0f} / {max(lags) if lags else 0:,} |",
+        (f"| consumer lag (records), median / max of 10 s samples | "
+        f"{statistics.median(lags) if lags else 0:,.0f} / {max(lags) if lags else 0:,} |"),
         f"| consumer drained after the last send | {r['consumer_drain_s']} s |",
         f"| collector drained after the consumer | {r['collector_drain_s']} s |",
-        f"| business send() call, ms: p50 / p99 / p99.9 / max | {r['send_ms']['p50']:.3f} / "
-        f"{r['send_ms']['p99']:.3f} / {r['send_ms']['p999']:.2f} / {r['send_ms']['max']:.1f} |",
+        (f"| business send() call, ms: p50 / p99 / p99.9 / max | {r['send_ms']['p50']:.3f} / "
+        f"{r['send_ms']['p99']:.3f} / {r['send_ms']['p999']:.2f} / {r['send_ms']['max']:.1f} |"),
         f"| audit events stored (distinct) / rows | {r['audit']['events']:,} / {r['audit']['rows']:,} |",
         f"| emitters (one per process instance) | {r['emitters']} ({', '.join(f'{s}: {len(v)}' for s, v in by_service.items())}) |",
         f"| emitters with a seq gap or a duplicate | {len(r['emitter_gaps'])} |",
         f"| reconcile seq gaps | {len(r['seq_gaps'])} |",
-        f"| reconcile (1M expected ids, live offsets) | {r['reconcile_s']} s |",
+        f"| reconcile ({r['messages']:,} expected ids, live offsets) | {r['reconcile_s']} s |",
         f"| verdicts | {json.dumps(r['summary'])} |",
         f"| injected | {json.dumps(r['want'])} |",
-        f"| flags on delivered pairs | {json.dumps(r['flags'])} |",
-        f"| verdicts exactly the injected faults (ids too) | {'yes' if r['exact'] else '**no**'} |",
+        f"| flags | {json.dumps(r['flags'])} |",
+        (f"| messages received / processed more than once (from the stored events) | "
+        f"{r['flags_want'].get('redelivered', 0):,} / {r['flags_want'].get('duplicate_processing', 0):,} |"),
+        f"| verdicts and flags exactly the injected faults (ids too) | {'yes' if r['exact'] else '**no**'} |",
         "",
         f"Result: **{'pass' if r['ok'] else 'FAIL'}**.",
         "",
@@ -433,6 +444,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=1667.0, help="business messages per second")
     ap.add_argument("--collector-kill-every", type=float, default=55.0, help="seconds (randomised +-30%%)")
     ap.add_argument("--consumer-kill-every", type=float, default=75.0, help="seconds (randomised +-30%%)")
+    ap.add_argument("--work-us", type=int, default=200,
+                    help="the consumer's business work per message, microseconds (so kills land mid-batch)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default=None, help="write the figures here (markdown)")
     for name in ("business", "audit", "audit-topic", "topic", "store"):
