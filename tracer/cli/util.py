@@ -72,3 +72,56 @@ def bootstrap_option(fn: F) -> F:
 def audit_topic_option(fn: F) -> F:
     return click.option("--audit-topic", envvar="MSGTRACE_AUDIT_TOPIC", default="msgtrace.audit",
                         show_default=True, help="Audit topic. Env: MSGTRACE_AUDIT_TOPIC.")(fn)
+
+
+# --- progress ----------------------------------------------------------------------------
+
+class _Progress:
+    """What :func:`progress_display` yields: call it with the phase now running (the analysis'
+    ``progress(text)`` callback); ``done()`` ends the display early. Quiet: every call is a no-op."""
+
+    __slots__ = ("_live", "_task")
+
+    def __init__(self, live: Any = None) -> None:
+        self._live = live
+        self._task: Any = None
+
+    def __call__(self, text: str) -> None:
+        if self._live is None:
+            return
+        if self._task is None:
+            self._task = self._live.add_task(text, total=None)
+        else:
+            self._live.update(self._task, description=text)
+
+    @property
+    def enabled(self) -> bool:
+        return self._live is not None
+
+
+def progress_display(enabled: bool = True, *, console: Console | None = None) -> Any:
+    """A rich progress line on stderr (spinner, phase, elapsed time) for commands that can take more
+    than a couple of seconds (reconcile, incident, replay, collect --until-idle).
+
+    Shown only when ``enabled`` (pass ``not as_json``) and stderr is a terminal: a cron job, a pipe
+    or ``--json`` gets nothing, so machine output stays clean. Use as::
+
+        with progress_display(not as_json) as progress:
+            run(..., progress=progress)       # progress("pass 1") updates the line
+    """
+    import contextlib
+
+    con = console or err
+
+    @contextlib.contextmanager
+    def ctx() -> Any:
+        if not enabled or not con.is_terminal:
+            yield _Progress()
+            return
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                      console=con, transient=True) as live:
+            yield _Progress(live)
+
+    return ctx()
