@@ -92,6 +92,18 @@ def _tracer(variant: str, bootstrap: str, spool: str) -> Any:
                   ship_process=not variant.endswith("_thread"))
 
 
+def _shipper_cpu(t: Any) -> float:
+    """CPU seconds the tracer's shipper process has used so far (0 without one)."""
+    proc = getattr(t.emitter, "_proc", None)
+    return _broker_cpu(proc.pid) if proc is not None and proc.poll() is None else 0.0
+
+
+def _broker_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _time_record(t: Any, n: int) -> tuple[float, float]:
     """(wall, thread CPU) us per ``record()`` call on this thread."""
     rec = t.record
@@ -116,6 +128,8 @@ def worker_producer(variant: str, bootstrap: str, topic: str, n: int) -> dict[st
         if t is not None:
             t.flush(60)
         produce = p.produce
+        s0 = _shipper_cpu(t) if t is not None else 0.0
+        c0 = time.process_time()
         t0 = time.perf_counter()
         for i in range(n):
             produce(topic, VALUE, key=keys[i])
@@ -135,6 +149,8 @@ def worker_producer(variant: str, bootstrap: str, topic: str, n: int) -> dict[st
         if t is not None:
             t.flush(60)
         send = p.send
+        s0 = _shipper_cpu(t) if t is not None else 0.0
+        c0 = time.process_time()
         t0 = time.perf_counter()
         if variant == "p_hdr1":
             for i in range(n):
@@ -143,12 +159,13 @@ def worker_producer(variant: str, bootstrap: str, topic: str, n: int) -> dict[st
             for i in range(n):
                 send(topic, VALUE, key=keys[i])
         p.flush(120)
-        if provider is not None:
-            out["spans_ended"] = None
     out["seconds"] = time.perf_counter() - t0
+    out["cpu_s"] = time.process_time() - c0
     if t is not None:
         t.flush(120)
         out["seconds_shipped"] = time.perf_counter() - t0
+        out["cpu_shipped_s"] = time.process_time() - c0
+        out["shipper_cpu_s"] = _shipper_cpu(t) - s0 if s0 else 0.0
         if variant == "p_msgtrace":
             out["record_us"], out["record_cpu_us"] = _time_record(t, n)
             t.flush(120)
@@ -197,6 +214,8 @@ def worker_consumer(variant: str, bootstrap: str, topic: str, n: int) -> dict[st
     c = t.wrap_consumer(raw) if t is not None else raw
     c.assign([TopicPartition(topic, 0)])
     got, t0 = 0, None
+    s0 = _shipper_cpu(t) if t is not None else 0.0
+    c0 = time.process_time()
     if variant.startswith("ci_"):
         for _r in c:
             if t0 is None:
@@ -222,9 +241,12 @@ def worker_consumer(variant: str, bootstrap: str, topic: str, n: int) -> dict[st
             if batch:
                 c.commit()
     out["seconds"] = time.perf_counter() - t0
+    out["cpu_s"] = time.process_time() - c0  # includes the wait for the first record (idle: little CPU)
     if t is not None:
         t.flush(120)
         out["seconds_shipped"] = time.perf_counter() - t0
+        out["cpu_shipped_s"] = time.process_time() - c0
+        out["shipper_cpu_s"] = _shipper_cpu(t) - s0 if s0 else 0.0
         s = t.stats
         out.update({k: s[k] for k in ("recorded", "shipped", "dropped", "ship_failures", "shipper")})
         t.close(30)
@@ -265,12 +287,15 @@ def fill_topic(bootstrap: str, n: int) -> str:
     return topic
 
 
-def run_worker(kind: str, variant: str, bootstrap: str, topic: str, n: int) -> dict[str, Any]:
+def run_worker(kind: str, variant: str, bootstrap: str, topic: str, n: int, broker_pid: int) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--worker", kind, variant, bootstrap, topic, str(n)]
+    b0 = _broker_cpu(broker_pid)
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=str(ROOT))
     if p.returncode != 0:
         raise SystemExit(f"worker {variant} failed:\n{p.stderr[-4000:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    out: dict[str, Any] = json.loads(p.stdout.strip().splitlines()[-1])
+    out["broker_cpu_s"] = _broker_cpu(broker_pid) - b0  # over the worker's whole run (set-up included)
+    return out
 
 
 def med(xs: list[float], fmt: str = "{:,.1f}") -> str:
@@ -324,6 +349,22 @@ def report(res: dict[str, list[dict[str, Any]]], n: int, repeats: int, started: 
             lines.append(f"| {LABELS[v]}, timed until its audit events were shipped too | "
                          f"{med(us(v, 'seconds_shipped'))} | {med(added(v, base, 'seconds_shipped'))} | "
                          f"{med(ratio(v, base, 'seconds_shipped'), '{:.2f}')} |")
+    lines += ["", "## CPU per message (load-independent: what the machine pays, whichever process pays it)", "",
+              "Business process (all its threads) during the timed loop, then until its audit events were shipped; "
+              "the shipper process over the same time; the broker over the worker's whole run (its set-up "
+              "included: a few us per message); us per message, median (min-max).", "",
+              "| variant | business process | + shipping to the end | shipper process | broker | total |",
+              "|---|---|---|---|---|---|"]
+    for v in PRODUCERS + CONSUMERS:
+        rows = res.get(v, [])
+        if not rows or "cpu_s" not in rows[0]:
+            continue
+        biz = [r["cpu_s"] / n * 1e6 for r in rows]
+        shipped = [r.get("cpu_shipped_s", r["cpu_s"]) / n * 1e6 for r in rows]
+        shipper = [r.get("shipper_cpu_s", 0.0) / n * 1e6 for r in rows]
+        broker = [r["broker_cpu_s"] / n * 1e6 for r in rows]
+        total = [a + b + c for a, b, c in zip(shipped, shipper, broker)]
+        lines.append(f"| {LABELS[v]} | {med(biz)} | {med(shipped)} | {med(shipper)} | {med(broker)} | {med(total)} |")
     rec = [r["record_us"] for r in res.get("p_msgtrace", []) if "record_us" in r]
     rec_cpu = [r["record_cpu_us"] for r in res.get("p_msgtrace", []) if "record_cpu_us" in r]
     counters = [(v, r) for v in res for r in res[v] if "recorded" in r]
@@ -365,22 +406,23 @@ def main() -> None:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     broker = TansuBroker().start()
     res: dict[str, list[dict[str, Any]]] = {}
+    bpid = broker.proc.pid
     try:
         ctopic = fill_topic(broker.bootstrap, n)
         for v in producers:  # one unrecorded round: the broker and the page cache warm for every variant
             run_worker("p", v, broker.bootstrap, create_topic(broker.bootstrap, f"bench-w-{uuid.uuid4().hex[:8]}"),
-                       min(n, 5000))
+                       min(n, 5000), bpid)
         for v in consumers:
-            run_worker("c", v, broker.bootstrap, ctopic, min(n, 5000))
+            run_worker("c", v, broker.bootstrap, ctopic, min(n, 5000), bpid)
         for r in range(args.repeats):
             k = r % max(1, len(producers))
             order = producers[k:] + producers[:k]
             for v in order:
                 topic = create_topic(broker.bootstrap, f"bench-p-{uuid.uuid4().hex[:8]}")
-                res.setdefault(v, []).append(run_worker("p", v, broker.bootstrap, topic, n))
+                res.setdefault(v, []).append(run_worker("p", v, broker.bootstrap, topic, n, bpid))
             k = r % max(1, len(consumers))
             for v in consumers[k:] + consumers[:k]:
-                res.setdefault(v, []).append(run_worker("c", v, broker.bootstrap, ctopic, n))
+                res.setdefault(v, []).append(run_worker("c", v, broker.bootstrap, ctopic, n, bpid))
             print(f"repeat {r + 1}: " + ", ".join(f"{v}={res[v][-1]['seconds'] / n * 1e6:.1f}us" for v in res),
                   flush=True)
     finally:
