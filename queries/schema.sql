@@ -7,11 +7,12 @@
 --                         them take the plain names, so every query runs unchanged), else nothing
 --   __ENGINE__(E)         E() alone; Replicated<E>('/clickhouse/tables/{shard}/<db>/<table>', '{replica}')
 --                         with --cluster (macros {shard} and {replica} come from each server's config)
---   __LC__(T)             LowCardinality(T) on servers >= 20.3 (chDB included), else T
---   __CODEC__(C)          CODEC(C) on servers >= 20.3, else nothing (LZ4, the server default)
---   __TTL__(E)            "TTL E + INTERVAL <keep_days> DAY" on servers >= 20.3 when a retention is
---                         given (db init --keep-days), else nothing: retention drops day partitions
---                         (msgtrace retention), which works everywhere
+--   __LC__(T)             LowCardinality(T) on servers >= 20.3 and chDB, else T
+--   __CODEC__(C)          CODEC(C) on servers >= 20.3 (whose default is LZ4), else nothing (chDB's
+--                         default compression is ZSTD already: measured, benchmarks/results/sizing.md)
+--   __TTL__(E)            "TTL E + INTERVAL <keep_days> DAY" on servers >= 20.3 and chDB when a
+--                         retention is given (db init --keep-days), else nothing: retention drops day
+--                         partitions (msgtrace retention), which works everywhere
 --   -- distributed: T BY K   with --cluster: a Distributed table T over T_local, sharded by K
 -- Sharding trace_events and verdicts by cityHash64(msg_id) keeps all of a message's events (and
 -- its verdicts) on one shard: a trace-msg reads one shard's rows, and the reconcile's per-message

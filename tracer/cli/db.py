@@ -17,8 +17,9 @@ def db() -> None:
               help="Create Replicated local tables on every node of this cluster (remote_servers) and "
                    "Distributed tables over them, sharded by cityHash64(msg_id) (needs ZooKeeper).")
 @click.option("--features", default="auto", show_default=True, metavar="LIST",
-              help="Schema improvements: auto (those the server has and that pay), baseline (the 18.16 "
-                   "schema), or a list of lowcardinality, codecs, ttl (ClickHouse >= 20.3 and chDB).")
+              help="Schema improvements: auto (those the server has and that pay: lowcardinality, codecs, "
+                   "ttl on ClickHouse >= 20.3; lowcardinality, ttl on chDB), baseline (the 18.16 schema), "
+                   "or a list of lowcardinality, codecs, ttl.")
 @click.option("--keep-days", type=click.IntRange(min=1), metavar="N",
               help="Keep events N days: a TTL where the server has TTL; on others schedule "
                    "`msgtrace retention --keep-days N`.")
@@ -38,7 +39,7 @@ def db_init(store_url: str | None, cluster: str | None, features: str, keep_days
 
     with Store(store_url) as store:
         version = server_version or store.server_version()
-        chosen = parse_features(features, version)
+        chosen = parse_features(features, version, embedded=store.engine == "chdb")
         stmts = store.schema_statements(cluster=cluster, features=chosen, keep_days=keep_days, version=version)
         if print_only:
             click.echo(";\n\n".join(stmts) + ";")

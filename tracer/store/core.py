@@ -483,9 +483,11 @@ class ClickHouseBackend(Backend):
         logging.getLogger("clickhouse_driver.connection").setLevel(logging.CRITICAL)
         self.url = url
         self._lock = threading.Lock()
-        # Connect to "default": our database may not exist before `db init`.
+        # No database at connect: ours may not exist before `db init`, and a user restricted to it
+        # (deploy/clickhouse, allow_databases) is refused at connect if "default" is named; every
+        # statement names its database anyway.
         self._client = Client(host=url.host, port=url.port, user=url.user, password=url.password,
-                              database="default", secure=url.secure, connect_timeout=connect_timeout,
+                              database="", secure=url.secure, connect_timeout=connect_timeout,
                               send_receive_timeout=timeout, sync_request_timeout=connect_timeout,
                               # insert_distributed_sync: an insert into a Distributed table (a cluster,
                               # tracer.store.cluster) returns once the shards have the rows, so offsets
@@ -684,7 +686,8 @@ class Store:
         from tracer.store.schema import Feature, SchemaOptions, parse_features, render_schema
 
         if not isinstance(features, Feature):
-            features = parse_features(str(features), version or self.server_version())
+            features = parse_features(str(features), version or self.server_version(),
+                                      embedded=self.engine == "chdb")
         return render_schema(self.database, SchemaOptions(features, cluster, keep_days))
 
     def schema_present(self) -> bool:
