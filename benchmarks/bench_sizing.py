@@ -44,8 +44,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tracer.store import Store  # noqa: E402
-from tracer.store.schema import Feature  # noqa: E402
+from tracer.store import Store
+from tracer.store.schema import Feature
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sizing.md"
 DAY0 = "2026-11-21"

@@ -187,9 +187,9 @@ def _deploy_users_xml() -> tuple[str, str]:
     text = (DEPLOY / "clickhouse" / "users.d" / "msgtrace-users.xml").read_text()
     for who, pw in PASSWORDS.items():
         text = text.replace(f"__{who}_PASSWORD_SHA256__", hashlib.sha256(pw.encode()).hexdigest())
-    assert "__" not in re.sub(r"<!--.*?-->", "", text, flags=re.S)
+    assert "__" not in re.sub(r"<!--.*?-->", "", text, flags=re.DOTALL)
     root = ET.fromstring(text)
-    inner = lambda tag: "".join(ET.tostring(child, encoding="unicode") for child in root.find(tag))  # noqa: E731
+    inner = lambda tag: "".join(ET.tostring(child, encoding="unicode") for child in root.find(tag))
     return inner("profiles"), inner("users")
 
 

@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from xml.sax.saxutils import escape
 
-from tracer.localsvc.base import ServiceError, _Process, free_port, port_open, wait_until
+from tracer.localsvc.base import (
+    ServiceError,
+    _Process,
+    free_port,
+    port_open,
+    wait_until,
+)
 
 if TYPE_CHECKING:
     from tracer.localsvc.zookeeper import ZooKeeperServer
@@ -81,7 +87,7 @@ class ClickHouseServer(_Process):
         u, p = (user, password or "") if user else (self.user, self.password)
         return f"clickhouse://{quote(u, safe='')}:{quote(p, safe='')}@127.0.0.1:{self.tcp_port}/{database}"
 
-    def start(self, timeout: float = 60.0) -> "ClickHouseServer":
+    def start(self, timeout: float = 60.0) -> ClickHouseServer:
         d = self.workdir
         for sub in ("data", "tmp", "user_files", "format_schemas"):
             os.makedirs(os.path.join(d, sub), exist_ok=True)
@@ -95,7 +101,7 @@ class ClickHouseServer(_Process):
         def ready() -> bool:
             if self.proc is None or self.proc.poll() is not None:
                 raise ServiceError(f"clickhouse-server exited at start: {self.log_tail()}")
-            from clickhouse_driver import Client
+            from clickhouse_driver import Client  # type: ignore[import-untyped]
 
             c = Client("127.0.0.1", port=self.tcp_port, user=self.user, password=self.password,
                        connect_timeout=1)
@@ -120,7 +126,7 @@ class ClickHouseServer(_Process):
             text = ""
         return "\n".join(text.splitlines()[-n:]) if text else super().log_tail(n)
 
-    def __enter__(self) -> "ClickHouseServer":
+    def __enter__(self) -> ClickHouseServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -148,7 +154,7 @@ class ClickHouseCluster:
     the same replica.
     """
 
-    def __init__(self, zookeeper: "ZooKeeperServer", *, name: str = "msgtrace_test", shards: int = 2,
+    def __init__(self, zookeeper: ZooKeeperServer, *, name: str = "msgtrace_test", shards: int = 2,
                  replicas: int = 1, user: str = "msgtrace", password: str = "msgtrace-test",
                  workdir: str | None = None, extra_users: str = "", extra_profiles: str = "") -> None:
         self.name, self.zookeeper = name, zookeeper
@@ -181,7 +187,7 @@ class ClickHouseCluster:
     def url(self, node: int = 0, database: str = "msgtrace") -> str:
         return self.nodes[node].url(database)
 
-    def start(self, timeout: float = 90.0) -> "ClickHouseCluster":
+    def start(self, timeout: float = 90.0) -> ClickHouseCluster:
         import concurrent.futures as cf
 
         try:
@@ -204,7 +210,7 @@ class ClickHouseCluster:
         for n in self.nodes:
             n.stop(timeout=30)
 
-    def __enter__(self) -> "ClickHouseCluster":
+    def __enter__(self) -> ClickHouseCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

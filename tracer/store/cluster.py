@@ -146,7 +146,7 @@ class ShardRunner:
         return self._backends[key]
 
     def _on_shard(self, replicas: list[Replica], sql: str, params: Mapping[str, Any] | None,
-                  settings: Mapping[str, Any] | None) -> tuple[list[str], list[tuple]]:
+                  settings: Mapping[str, Any] | None) -> tuple[list[str], list[tuple[Any, ...]]]:
         errors = []
         for rep in replicas:  # the first replica that answers
             try:
@@ -157,7 +157,7 @@ class ShardRunner:
                                + "; ".join(errors))
 
     def run(self, sql: str, params: Mapping[str, Any] | None,
-            settings: Mapping[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+            settings: Mapping[str, Any] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
         shards = self.info.shards
         with ThreadPoolExecutor(max_workers=min(len(shards), 16)) as ex:
             parts = list(ex.map(lambda reps: self._on_shard(reps, sql, params, settings), shards))
