@@ -22,4 +22,4 @@ def test_incident_clusters_funnel_latencies(store):
     lat = g1["latency_acked_received_us"]
     assert set(lat) == {"p50", "p90", "p99"} and 0 < lat["p50"] <= lat["p99"]
     r = run(store, "incident", *WINDOW)
-    assert "where messages stopped" in r.stdout and "stage funnel" in r.stdout and "hop latencies" in r.stdout
+    assert "loss bursts" in r.stdout and "stage funnel" in r.stdout and "hop latencies" in r.stdout
