@@ -16,6 +16,8 @@ from tracer.localsvc.tansu import TansuBroker, tansu_binary
 from tracer.localsvc.rabbitmq import AmqpEndpoint, RabbitMQ, RabbitMQServer, find_rabbitmq
 from tracer.localsvc.clickhouse import ClickHouseCluster
 from tracer.localsvc.zookeeper import ZooKeeperServer, zookeeper_jar
+from tracer.localsvc.chromium import Chromium, chromium_binary
 
 __all__ = ["AmqpEndpoint", "RabbitMQ", "RabbitMQServer", "find_rabbitmq", "ServiceError", "free_port", "port_open", "wait_until", "ClickHouseServer", "clickhouse_server_binary",
-           "TansuBroker", "tansu_binary", "ClickHouseCluster", "ZooKeeperServer", "zookeeper_jar"]
+           "TansuBroker", "tansu_binary", "ClickHouseCluster", "ZooKeeperServer", "zookeeper_jar",
+           "Chromium", "chromium_binary"]
