@@ -255,7 +255,8 @@ def result_html(res: Any) -> str:
     return "\n".join(parts) + "\n"
 
 
-def write_out(path: str, res: Any) -> None:
+def write_out(path: str, res: Any, html_report: str | None = None) -> None:
+    """Write the report; ``html_report``: the page of tracer.report (charts), else the plain table."""
     import orjson
 
     low = path.lower()
@@ -264,7 +265,7 @@ def write_out(path: str, res: Any) -> None:
     elif low.endswith(".md"):
         data = result_markdown(res)
     elif low.endswith((".html", ".htm")):
-        data = result_html(res)
+        data = html_report if html_report is not None else result_html(res)
     else:
         raise ConfigError(f"--out {path!r}: use a .json, .md or .html file name")
     try:
@@ -327,8 +328,13 @@ def reconcile(t_from: str | None, t_to: str | None, yesterday: bool, tz_name: st
         res = run_reconcile(store, w.from_us, w.to_us, grace_s, groups=list(groups) or None, expected=source,
                             bootstrap=bootstrap, lookback_s=lookback_s, write=not no_write, progress=progress,
                             broker=broker)
+        html_report = None
+        if out_path and out_path.lower().endswith((".html", ".htm")):  # the incident report's renderer
+            from tracer.report import reconcile_html
+
+            html_report = reconcile_html(store, res, progress)
     if out_path:
-        write_out(out_path, res)
+        write_out(out_path, res, html_report)
     if as_json:
         import orjson
 
