@@ -1,15 +1,15 @@
 """A/B: two versions of msgtrace's hooks against plain kafka-python, interleaved on one broker.
 
-    git archive <old-commit> tracer benchmarks queries | tar -x -C /tmp/before
+    git archive <old-commit> tracer | tar -x -C /tmp/before
     python benchmarks/ab_hooks.py --a /tmp/before --b . [--messages 20000] [--repeats 3]
 
-Each repeat runs one fresh worker process per version (A, then B; the order
-alternates per repeat) against the same Tansu broker. A worker times, in this
-order, plain send+flush, traced send+flush, plain consumer loop, traced
-consumer loop and traced consumer + ``processing()`` (the functions of that
-version's ``benchmarks/bench_hooks.py``), so both versions see the same noise
-and each traced figure has a plain figure from the same minute. Prints
-medians, spreads and paired traced/plain ratios per version.
+Each repeat runs one fresh worker process per version (A, then B; the order alternates per repeat)
+against the same Tansu broker. A worker imports ``tracer`` from its version's directory and times,
+in this order, plain send+flush, traced send+flush, plain poll+commit, traced poll+commit and traced
+poll+commit + ``processing()`` (the loops are defined here, identical for both versions; both use
+only the public API: ``Tracer(...)``, ``wrap_producer``, ``wrap_consumer``, ``processing``,
+``flush``), so each traced figure has a plain figure from the same minute. Prints medians, spreads
+and paired traced/plain ratios per version.
 """
 from __future__ import annotations
 
@@ -22,22 +22,67 @@ import sys
 from pathlib import Path
 
 WORKER = r"""
-import json, logging, sys, tempfile, shutil
+import json, logging, sys, tempfile, shutil, time, uuid
 root, bootstrap, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-sys.path.insert(0, root); sys.path.insert(0, root + "/benchmarks")
+sys.path.insert(0, root)
 logging.basicConfig(level=logging.CRITICAL)
-import bench_hooks as b
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
 from tracer import Tracer
+V = b"x" * 100
+
+def topic():
+    name = f"ab-{uuid.uuid4().hex[:8]}"
+    a = KafkaAdminClient(bootstrap_servers=bootstrap); a.create_topics([NewTopic(name, 1, 1)]); a.close()
+    return name
+
+def send(t, n):
+    tp = topic()
+    raw = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+    p = t.wrap_producer(raw) if t else raw
+    p.send(tp, b"warm").get(30)
+    if t: t.flush(60)
+    t0 = time.perf_counter()
+    for i in range(n):
+        p.send(tp, V, key=b"k%d" % (i & 63))
+    p.flush(120)
+    dt = time.perf_counter() - t0
+    raw.close()
+    return dt, tp
+
+def consume(t, tp, n, proc=False):
+    raw = KafkaConsumer(bootstrap_servers=bootstrap, group_id=f"ab-{uuid.uuid4().hex[:8]}", enable_auto_commit=False,
+                        auto_offset_reset="earliest", max_poll_records=500)
+    c = t.wrap_consumer(raw) if t else raw
+    c.assign([TopicPartition(tp, 0)])
+    got, t0 = 0, None
+    while got < n:
+        batch = c.poll(timeout_ms=1000)
+        if batch and t0 is None:
+            t0 = time.perf_counter()
+        for recs in batch.values():
+            if proc:
+                for r in recs:
+                    with t.processing(r):
+                        pass
+            got += len(recs)
+        if batch:
+            c.commit()
+    dt = time.perf_counter() - t0
+    raw.close()
+    return dt
+
 spool = tempfile.mkdtemp(prefix="msgtrace-ab-")
 t = Tracer(service="ab", bootstrap=bootstrap, audit_topic="msgtrace.audit.ab", spool_dir=spool, adopt=False)
-topic = b.fill_topic(bootstrap, n, t); t.flush(120)
-b.bench_send(bootstrap, 1000, t); b.bench_send(bootstrap, 1000, None); t.flush(120)
+send(t, 1000); send(None, 1000)
 out = {}
-out["p_plain"] = n / b.bench_send(bootstrap, n, None); t.flush(120)
-out["p_traced"] = n / b.bench_send(bootstrap, n, t); t.flush(120)
-out["c_plain"] = n / b.bench_consume(bootstrap, topic, n, None); t.flush(120)
-out["c_traced"] = n / b.bench_consume(bootstrap, topic, n, t); t.flush(120)
-out["c_proc"] = n / b.bench_consume(bootstrap, topic, n, t, True); t.flush(120)
+dt, _ = send(None, n); out["p_plain"] = n / dt
+dt, traced_topic = send(t, n); out["p_traced"] = n / dt; t.flush(120)
+out["c_plain"] = n / consume(None, traced_topic, n)
+out["c_traced"] = n / consume(t, traced_topic, n); t.flush(120)
+out["c_proc"] = n / consume(t, traced_topic, n, True); t.flush(120)
+s = t.stats
+out["dropped"] = s["dropped"]
 t.close(30)
 shutil.rmtree(spool, ignore_errors=True)
 print(json.dumps(out))
@@ -46,7 +91,7 @@ print(json.dumps(out))
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--a", required=True, help="directory holding version A (tracer/ and benchmarks/)")
+    ap.add_argument("--a", required=True, help="directory holding version A (its tracer/ package)")
     ap.add_argument("--b", required=True, help="directory holding version B")
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--repeats", type=int, default=3)
@@ -67,7 +112,7 @@ def main() -> None:
                 row = json.loads(p.stdout.strip().splitlines()[-1])
                 for k, x in row.items():
                     res[v].setdefault(k, []).append(x)
-                print(f"repeat {r + 1} {v}: " + ", ".join(f"{k}={x:,.0f}/s" for k, x in row.items()), flush=True)
+                print(f"repeat {r + 1} {v}: " + ", ".join(f"{k}={x:,.0f}" for k, x in row.items()), flush=True)
     finally:
         broker.stop()
 
@@ -85,6 +130,7 @@ def main() -> None:
             ratios = [t / p for t, p in zip(d[traced], d[plain])]
             print(f"| {v} ({path}) | {name} | {med(d[plain])} | {med(d[traced])} | "
                   f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) |")
+        print(f"| {v} | events dropped | {sum(d['dropped'])} | | |")
 
 
 if __name__ == "__main__":
