@@ -27,6 +27,9 @@ Every call is thread-safe and never raises: a bug or a bad value is counted (``h
 logged at a limited rate, and the business call goes on. A :class:`Recorder` is bound to one MQ
 (``mq`` of its events); all recorders of a tracer share one :class:`Core` (emitter, identity
 policy, in-flight books), so ``processing(record)`` finds a record whichever adapter received it.
+
+One module on purpose, over the usual ~500 lines: it is the whole adapter contract (docs/sdk.md), and
+an adapter author reads one file to know every call there is.
 """
 from __future__ import annotations
 

@@ -11,6 +11,10 @@ thread. Turning frames into wire lines and shipping them happens elsewhere (:mod
 
 When the sink is down the spool grows up to ``max_spool_bytes``; beyond it events are dropped,
 counted and logged (their seq numbers stay unused, so the audit sees the gap).
+
+A little over ~500 lines: the hot path, the two shipping modes the owner controls (start, wake, flush,
+close, the supervisor and its fall-back) and fork handling share the spool's state and its lock, and
+are read together when one of them changes.
 """
 from __future__ import annotations
 
