@@ -98,8 +98,78 @@ def print_verdicts(verdicts: list[Any]) -> None:
             out.print(f"  remedy:     {escape(v.remedy)}")
 
 
+def _lookup(store: Any, key: str | None, at: str | None, topic: str | None, t_from: str | None, t_to: str | None,
+            tz_name: str | None, limit: int) -> tuple[str, list[Any]]:
+    """Messages found without a msg_id (tracer.analysis.lookup): a description of the question and
+    the matches (at most ``limit``)."""
+    from tracer.analysis import lookup as L
+
+    if sum(x is not None for x in (key, at)) > 1 or (at is not None and topic is not None):
+        raise click.UsageError("give one of --key, --at TOPIC/PARTITION@OFFSET, or --topic with --from/--to")
+    if (t_from or t_to) and (key is not None or at is not None or not topic):
+        raise click.UsageError("--from/--to go with --topic (and no --key or --at)")
+    if key is None and at is None and not t_from:
+        raise click.UsageError("--topic needs --from (and --to), or --key")
+    if L.ensure_lookup(store, progress=lambda text: err.print(f"[dim]{text}[/]")):
+        err.print("[dim]lookup tables built; they are kept up to date from now on[/]")
+    if at is not None:
+        t, p, o = L.parse_at(at)
+        return f"stored at {t}/{p}@{o}", L.describe(store, L.by_offset(store, t, p, o, limit))
+    if key is not None:
+        where = f" on {topic}" if topic else ""
+        return f"with key {key!r}{where}", L.describe(store, L.by_key(store, key, topic, limit))
+    from datetime import datetime, timedelta, timezone
+
+    from tracer.cli.reconcile import parse_time, parse_tz, to_us
+
+    tz = parse_tz(tz_name)
+    start, was_date = parse_time(t_from or "", tz, "--from")
+    end = parse_time(t_to, tz, "--to")[0] if t_to else (start + timedelta(days=1) if was_date else
+                                                       datetime.now(timezone.utc))
+    if end <= start:
+        raise click.UsageError("--to must be after --from")
+    return (f"sent to {topic} in [{start.isoformat()}, {end.isoformat()})",
+            L.describe(store, L.by_time(store, topic or "", to_us(start), to_us(end), limit)))
+
+
+def print_matches(question: str, found: list[Any], limit: int) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from tracer.verdicts import DELIVERED, LOST
+
+    more = f" (the first {limit}; --limit for more)" if len(found) >= limit else ""
+    t = Table(title=f"{len(found)} messages {escape(question)}{more}")
+    for c in ("time (UTC)", "msg_id", "topic/p@offset", "key", "verdicts"):
+        t.add_column(c, overflow="fold")
+    for m in found:
+        vs = ", ".join(f"[{'green' if v.verdict == DELIVERED else ('red' if v.verdict in LOST else 'yellow')}]"
+                       f"{escape(v.consumer_group or '-')}: {v.verdict}[/]" for v in m.verdicts) or "-"
+        t.add_row(fmt_ts(m.ts_us), escape(m.msg_id), escape(m.where), escape(m.key), vs)
+    out.print(t)
+    if found:
+        out.print(f"drill down: trace-msg {escape(_quote(found[0].msg_id))}")
+
+
+def _quote(s: str) -> str:
+    import shlex
+
+    return shlex.quote(s)
+
+
 @click.command("trace-msg")
-@click.argument("msg_id")
+@click.argument("msg_id", required=False)
+@click.option("--key", metavar="KEY", help="Find the messages sent with this key (no msg_id needed).")
+@click.option("--at", "at", metavar="TOPIC/PARTITION@OFFSET",
+              help="Find the message(s) the broker stored at this offset (several if offsets were reused).")
+@click.option("--topic", metavar="TOPIC", help="With --from/--to: the messages sent to TOPIC then; with --key: "
+                                              "only on TOPIC.")
+@click.option("--from", "t_from", metavar="TIME", help="With --topic: from this time (ISO 8601, or a date).")
+@click.option("--to", "t_to", metavar="TIME", help="With --topic: until this time (exclusive; default now).")
+@click.option("--tz", "tz_name", default="UTC", show_default=True, envvar="MSGTRACE_TZ",
+              help="Time zone of --from/--to without an offset.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000),
+              help="At most this many messages are listed and judged.")
 @click.option("--group", "groups", multiple=True, metavar="GROUP",
               help="A consumer group expected to process the message (repeatable); judged even if it never "
                    "received it. Default: the groups seen for this message.")
@@ -112,19 +182,48 @@ def print_verdicts(verdicts: list[Any]) -> None:
 @store_option
 @json_option
 @handle_errors
-def trace_msg(msg_id: str, groups: tuple[str, ...], topic_groups: bool, bootstrap: str | None,
-              store_url: str | None, as_json: bool) -> None:
+def trace_msg(msg_id: str | None, key: str | None, at: str | None, topic: str | None, t_from: str | None,
+              t_to: str | None, tz_name: str | None, limit: int, groups: tuple[str, ...], topic_groups: bool,
+              bootstrap: str | None, store_url: str | None, as_json: bool) -> None:
     """Show where message MSG_ID went: its timeline, its verdict per consumer group and the remedy.
 
+    Without a msg_id: --key K, --at TOPIC/PARTITION@OFFSET, or --topic T --from A --to B find the
+    messages (through small lookup tables, built on first use) and list them with their verdicts; a
+    --key or --at that finds one message shows it in full.
     The groups judged: those seen for the message, those a `msgtrace reconcile` run judged it for,
     --group, and with --topic-groups those receiving from its topic around its time.
-    Exit status: 0 delivered to every expected group, 1 not, 3 unknown id, 2 error.
+    Exit status: 0 delivered to every expected group, 1 not, 3 unknown id (or nothing found), 2 error.
     """
     from tracer.analysis.judge import judge_message
     from tracer.store import Store
 
-    if not msg_id:
-        raise click.UsageError("MSG_ID must not be empty")
+    lookup = key is not None or at is not None or topic is not None or bool(t_from or t_to)
+    if lookup and msg_id:
+        raise click.UsageError("give MSG_ID or a lookup (--key, --at, --topic), not both")
+    if not lookup and not msg_id:
+        raise click.UsageError("give MSG_ID, or find messages with --key, --at or --topic --from/--to")
+    if lookup:
+        with Store(store_url) as store, store.session():
+            question, found = _lookup(store, key, at, topic, t_from, t_to, tz_name, limit)
+            if len(found) == 1 and (key is not None or at is not None):
+                msg_id = found[0].msg_id  # one message: shown in full below
+                if not as_json:
+                    out.print(f"[dim]1 message {question}:[/]")
+            else:
+                for m in found:
+                    m.verdicts = judge_message(store, m.msg_id, groups, bootstrap=bootstrap)
+        if not msg_id:
+            bad = any(v.verdict != "delivered" for m in found for v in m.verdicts)
+            code = EXIT_UNKNOWN if not found else (EXIT_LOST if bad else EXIT_OK)
+            if as_json:
+                import orjson
+
+                sys.stdout.write(orjson.dumps({"query": question, "matches": [m.to_json() for m in found]}).decode()
+                                 + "\n")
+            else:
+                print_matches(question, found, limit)
+            sys.exit(code)
+    assert msg_id is not None
     with Store(store_url) as store, store.session():
         events = store.select_events(msg_id)
         if not events and (capped := cap_msg_id(msg_id)) != msg_id:  # the hooks cap ids over 1024 characters
