@@ -8,5 +8,5 @@ SELECT
     anyIf(key, key IS NOT NULL) AS key,
     minIf(ts_us, stage = 'sent') AS sent_ts
 FROM {db:Identifier}.trace_events
-WHERE msg_id IN {ids:Array(String)}
+WHERE msg_id IN (SELECT arrayJoin({ids:Array(String)}))
 GROUP BY msg_id

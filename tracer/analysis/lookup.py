@@ -20,7 +20,7 @@ from tracer.store import Store, load_sql
 
 TABLES = ("lookup_offsets", "lookup_keys", "lookup_times")
 VIEWS = tuple(f"{t}_mv" for t in TABLES)
-#: a short list: at most this many matches are judged and shown
+#: a short list: at most this many matches are judged and shown (queries return at most 1000)
 LIMIT = 20
 _AT_RE = re.compile(r"^(?P<topic>.+)/(?P<partition>-?\d+)@(?P<offset>\d+)$")
 _MV_RE = re.compile(r"CREATE MATERIALIZED VIEW IF NOT EXISTS \S+ __ON_CLUSTER__\s+TO (\S+)\s+AS (SELECT .*)", re.S)
@@ -114,21 +114,19 @@ def _matches(rows: Sequence[dict[str, Any]], topic: str = "") -> list[Match]:
 
 
 def by_offset(store: Store, topic: str, partition: int, offset: int, limit: int = LIMIT) -> list[Match]:
-    rows = store.query_file("lookup_offset", {"topic": topic, "partition": partition, "offset": offset,
-                                              "limit": limit}, small=True)
-    return _matches(rows, topic)
+    rows = store.query_file("lookup_offset", {"topic": topic, "partition": partition, "offset": offset}, small=True)
+    return _matches(rows[:limit], topic)
 
 
 def by_key(store: Store, key: str, topic: str | None = None, limit: int = LIMIT) -> list[Match]:
-    rows = store.query_file("lookup_key", {"key": key, "topic": topic or "", "any_topic": 0 if topic else 1,
-                                           "limit": limit}, small=True)
-    return _matches(rows)
+    rows = store.query_file("lookup_key", {"key": key, "topic": topic or "", "any_topic": 0 if topic else 1},
+                            small=True)
+    return _matches(rows[:limit])
 
 
 def by_time(store: Store, topic: str, from_us: int, to_us: int, limit: int = LIMIT) -> list[Match]:
-    rows = store.query_file("lookup_time", {"topic": topic, "from_us": from_us, "to_us": to_us, "limit": limit},
-                            small=True)
-    return _matches(rows, topic)
+    rows = store.query_file("lookup_time", {"topic": topic, "from_us": from_us, "to_us": to_us}, small=True)
+    return _matches(rows[:limit], topic)
 
 
 def describe(store: Store, found: list[Match]) -> list[Match]:
