@@ -21,6 +21,10 @@ per event, reconcile seconds per 100M events; on ClickHouse 18.16 and chDB, per 
 * Collector: `msgtrace collect --until-idle` of a Tansu audit topic holding --collector-events of
   the mix, into chDB and into 18.16; the collector process's CPU seconds (getrusage of the child)
   and, for 18.16, the server's CPU seconds (/proc/<pid>/stat) per event.
+* Memory: the 18.16 server's peak resident memory during one reconcile, per message scanned.
+
+The hand-written "## Reading" section of the results file (and what follows it) is kept when the
+file is rewritten; a phase left out with --skip keeps its figures from the last run's JSON.
 
 Results go to benchmarks/results/sizing.md.
 """
@@ -325,6 +329,28 @@ def collector_cpu(tmpl: Template, n_events: int, server) -> dict[str, dict]:
     return out
 
 
+def _rss(pid: int) -> dict[str, int]:
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmHWM:", "VmRSS:")):
+                out[line.split(":")[0]] = int(line.split()[1]) * 1024
+    return out
+
+
+def reconcile_memory(server, url: str) -> dict[str, float]:
+    """Peak memory of one reconcile (24 h) on the 18.16 server: restart it, then its peak resident
+    memory (VmHWM) minus the resident memory before the run, per message scanned."""
+    with Store(url) as s:
+        msgs = int(s.query("SELECT uniqExact(msg_id) AS m FROM {db:Identifier}.trace_events")[0]["m"])
+    server.stop()
+    server.start()
+    before = _rss(server.proc.pid)["VmRSS"]
+    secs = reconcile_seconds(url, 24)
+    peak = _rss(server.proc.pid)["VmHWM"] - before
+    return {"messages": msgs, "peak_bytes": peak, "per_message": peak / msgs, "seconds": secs}
+
+
 def med(xs: list[float]) -> str:
     if not xs:
         return "-"
@@ -363,7 +389,8 @@ def main() -> None:
     ap.add_argument("--lossy-every", type=int, default=100,
                     help="reconcile data: only every K-th copy of the demo keeps its losses (production-like)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma list of VARIANTS keys")
-    ap.add_argument("--skip", default="", help="comma list of phases to skip: disk, reconcile, collector")
+    ap.add_argument("--skip", default="", help="comma list of phases to skip (their last figures are kept): "
+                                                "disk, reconcile, collector, memory")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
 
@@ -378,6 +405,7 @@ def main() -> None:
     times: dict[tuple[str, int], list[float]] = {}
     counts: dict[int, int] = {}
     collector: dict[str, dict] = {}
+    memory: dict[str, float] = {}
     windows = [int(h) for h in args.windows.split(",")]
     names = [n for n in args.variants.split(",") if n]
     try:
@@ -404,15 +432,31 @@ def main() -> None:
                 print(f"reconcile repeat {rep + 1}/{args.repeats} done", flush=True)
         if "collector" not in skip:
             collector = collector_cpu(tmpl, args.collector_events, server)
+        if "memory" not in skip:
+            url = _store_url("18.16 baseline", work, server)
+            if "reconcile" in skip:
+                _fill(url, "18.16 baseline", tmpl, args.events, args.lossy_every)
+            memory = reconcile_memory(server, url)
     finally:
         server.stop()
-    write_results(args, tmpl, version, chdb_version, sizes, windows, counts, times, collector)
+    # a skipped phase keeps the figures of the last run (benchmarks/results/sizing.json)
+    last = json.loads(RESULTS.with_suffix(".json").read_text()) if RESULTS.with_suffix(".json").exists() else {}
+    if not sizes and last.get("sizes"):
+        sizes = {k: Footprint(v["rows"], v["bytes_on_disk"], v["compressed"], v["uncompressed"], v["columns"])
+                 for k, v in last["sizes"].items()}
+    if not times and last.get("times"):
+        times = {(k.split("|")[0], int(k.split("|")[1])): v for k, v in last["times"].items()}
+        counts = {int(k): v for k, v in last["counts"].items()}
+        windows = sorted(counts)
+    collector = collector or last.get("collector", {})
+    memory = memory or last.get("memory", {})
+    write_results(args, tmpl, version, chdb_version, sizes, windows, counts, times, collector, memory)
     shutil.rmtree(work, ignore_errors=True)
 
 
 def write_results(args, tmpl: Template, version: str, chdb_version: str, sizes: dict[str, Footprint],
                   windows: list[int], counts: dict[int, int], times: dict[tuple[str, int], list[float]],
-                  collector: dict[str, dict]) -> None:
+                  collector: dict[str, dict], memory: dict[str, float]) -> None:
     lines = ["# Sizing\n",
              f"`python benchmarks/bench_sizing.py --events {args.events} --repeats {args.repeats} --lossy-every "
              f"{args.lossy_every}` on {platform.node()} ({os.cpu_count()} cores, shared with other work; "
@@ -465,11 +509,19 @@ def write_results(args, tmpl: Template, version: str, chdb_version: str, sizes: 
             srv_rate = "-" if not srv else f"{c['stored'] / srv:,.0f}"
             lines.append(f"| {name} | {c['stored']:,} | {c['wall_s']:.1f} | {c['cpu_s']:.1f} | "
                          f"{c['stored'] / c['cpu_s']:,.0f} | {srv_s} | {srv_rate} |")
-    RESULTS.write_text("\n".join(lines) + "\n")
+    if memory:
+        lines += ["", "## Reconcile memory\n",
+                  f"18.16, the 24 h window of the reconcile data, the server restarted before the run: its resident "
+                  f"memory grew by **{memory['peak_bytes'] / 2**20:,.0f} MiB for {memory['messages']:,} messages, "
+                  f"~{memory['per_message']:.0f} bytes per message scanned** (pass 1's GROUP BY msg_id, and pass 2 "
+                  f"for the lossy ones); the run took {memory['seconds']:.1f} s."]
+    reading = RESULTS.read_text().split("\n## Reading\n", 1)[1] if RESULTS.exists() and "\n## Reading\n" in RESULTS.read_text() else ""
+    RESULTS.write_text("\n".join(lines) + "\n" + ("\n## Reading\n" + reading if reading else ""))
     print("\n".join(lines))
     json.dump({"sizes": {k: {"rows": v.rows, "bytes_on_disk": v.bytes_on_disk, "compressed": v.compressed,
                              "uncompressed": v.uncompressed, "columns": v.columns} for k, v in sizes.items()},
                "times": {f"{k[0]}|{k[1]}": v for k, v in times.items()}, "counts": counts, "collector": collector,
+               "memory": memory,
                "template": {"events": len(tmpl.rows), "messages": tmpl.n_msgs, "plain": tmpl.n_plain}},
               open(RESULTS.with_suffix(".json"), "w"), indent=1)
 
