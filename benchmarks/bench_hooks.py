@@ -278,12 +278,16 @@ def fill_topic(bootstrap: str, n: int) -> str:
     from tracer.sdk.emitter import NullSink
 
     topic = create_topic(bootstrap, f"bench-c-{uuid.uuid4().hex[:8]}")
-    with Tracer(service="fill", sink=NullSink(), spool_dir=tempfile.mkdtemp(), max_spool_bytes=1 << 34) as t:
+    spool = tempfile.mkdtemp(prefix="msgtrace-bench-fill-")
+    with Tracer(service="fill", sink=NullSink(), spool_dir=spool, max_spool_bytes=1 << 34) as t:
         p = t.wrap_producer(KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5))
         for i in range(n):
             p.send(topic, VALUE, key=b"k%d" % (i & 63))
         p.flush(120)
         p.close()
+    import shutil
+
+    shutil.rmtree(spool, ignore_errors=True)
     return topic
 
 
@@ -393,9 +397,15 @@ def main() -> None:
         import logging
 
         logging.basicConfig(level=logging.CRITICAL)
+        import shutil
+
         kind, variant, bootstrap, topic, n = args.worker
         fn = worker_producer if kind == "p" else worker_consumer
-        print(json.dumps(fn(variant, bootstrap, topic, int(n))))
+        tempfile.tempdir = tempfile.mkdtemp(prefix="msgtrace-bench-")  # every spool of this worker in here
+        try:
+            print(json.dumps(fn(variant, bootstrap, topic, int(n))))
+        finally:
+            shutil.rmtree(tempfile.tempdir, ignore_errors=True)
         return
     from tracer.localsvc import TansuBroker
 
