@@ -13,7 +13,6 @@ traced figures paired with a plain run of the same repeat. ``--profile X`` print
 from __future__ import annotations
 
 import argparse
-import asyncio
 import cProfile
 import pstats
 import shutil
@@ -215,7 +214,6 @@ def main() -> None:
     batches = records(n)
     if args.profile:
         prof = cProfile.Profile()
-        run: Callable[[], Any]
         if args.profile in ("send", "ack"):
             stub = StubProducer()
             p = tracer.wrap_producer(stub)

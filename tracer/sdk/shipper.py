@@ -27,11 +27,11 @@ import signal
 import struct
 import sys
 import time
-from typing import Any, Protocol
+from typing import Protocol
 
 from tracer.errors import describe
 from tracer.sdk.frames import Expander
-from tracer.sdk.sinks import NullSink, Sink, sink_from_spec
+from tracer.sdk.sinks import Sink, sink_from_spec
 from tracer.sdk.spool import (SEG_SUFFIX, Chunk, SpoolReader, dead_spools, expander_for, list_segments, seg_name,
                               ship_chunk_data, try_lock)
 
