@@ -1,89 +1,36 @@
-"""``msgtrace demo``: the red-packet case end to end, every seed loss injected and found."""
+"""``msgtrace demo``: the red-packet case end to end, every seed loss injected and found, then replayed.
+
+Modules: :mod:`tracer.demo.base` (ground truth, service processes), :mod:`tracer.demo.story` (the
+Kafka story, kafka-python or confluent-kafka), :mod:`tracer.demo.rabbit` (the RabbitMQ story),
+:mod:`tracer.demo.apps` and one module per client (the services), :mod:`tracer.demo.verify` (the
+msgtrace commands run afterwards, checked), :mod:`tracer.demo.report` (the comparisons and tables).
+"""
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from tracer.cli.util import handle_errors
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _msgtrace(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run a msgtrace command in a fresh process, as a user or a cron job would."""
-    p = subprocess.run([sys.executable, "-m", "tracer", *args], capture_output=True, text=True, timeout=timeout)
-    if check and p.returncode not in (0, 1):
-        raise click.ClickException(f"msgtrace {args[0]} failed (exit {p.returncode}): "
-                                   f"{(p.stderr or p.stdout).strip()[-500:]}")
-    return p
-
-
-def compare(story, report: dict[str, Any]) -> list[dict[str, Any]]:
-    """Injected ground truth beside what the reconciler found, per category and group."""
-    found = {(m["msg_id"], m["consumer_group"]): (m["verdict"], frozenset(m.get("flags") or ()))
-             for m in report.get("messages", [])}
-    rows = []
-    for cat in story.cats.values():
-        for group, (verdict, flags) in cat.expect.items():
-            hits, misses = 0, []
-            for oid in cat.orders:
-                got = found.get((f"{oid}:paid", group), ("delivered", frozenset()))
-                if got[0] == verdict and flags <= got[1]:
-                    hits += 1
-                else:
-                    misses.append({"msg_id": f"{oid}:paid", "verdict": got[0], "flags": sorted(got[1])})
-            rows.append({"category": cat.name, "seed_case": cat.seed_case, "consumer_group": group,
-                         "expected": verdict, "expected_flags": sorted(flags), "injected": len(cat.orders),
-                         "detected": hits, "misses": misses, "ok": hits == len(cat.orders)})
-    return rows
-
-
-def comparison_table(rows: list[dict[str, Any]]) -> Table:
-    t = Table(title="injected (ground truth) vs detected (msgtrace reconcile)")
-    for col, kw in (("category", {}), ("group", {}), ("expected verdict", {}), ("injected", {"justify": "right"}),
-                    ("detected", {"justify": "right"}), ("", {})):
-        t.add_column(col, **kw)
-    prev = None
-    for r in rows:
-        label = r["expected"] + "".join(f" +{f}" for f in r["expected_flags"])
-        miss = "; ".join(f"{m['msg_id']}={m['verdict']}" for m in r["misses"][:3])
-        t.add_row(r["category"] if r["category"] != prev else "", r["consumer_group"], label, str(r["injected"]),
-                  str(r["detected"]) + (f" [red]{miss}[/]" if miss else ""), "[green]✓[/]" if r["ok"] else "[red]✗[/]")
-        prev = r["category"]
-    return t
-
-
-def remedies_table(story) -> Table:
-    from tracer.verdicts import REMEDY
-
-    t = Table(title="what was injected, and the remedy msgtrace points to")
-    t.add_column("verdict")
-    t.add_column("injected as (seeds)")
-    t.add_column("remedy")
-    for cat in story.cats.values():
-        verdict = cat.expect["red-packet"][0] if cat.name != "redelivered" else "delivered +redelivered"
-        remedy = REMEDY.get(cat.name, "") or ("make processing idempotent (it was: no double payment)"
-                                              if cat.name == "redelivered" else "-")
-        t.add_row(verdict, cat.seed_case, remedy)
-    return t
-
-
 @click.command("demo")
+@click.option("--mq", type=click.Choice(["kafka", "rabbitmq"]), default="kafka", show_default=True,
+              help="The business MQ: Kafka (Tansu) or RabbitMQ (a node of the demo's own).")
+@click.option("--client", type=click.Choice(["kafka-python", "confluent", "pika"]), default=None,
+              help="The client library in the services: Kafka: kafka-python (default) or confluent "
+                   "(confluent-kafka); RabbitMQ: pika.")
+@click.option("--replay/--no-replay", default=True, show_default=True,
+              help="End by replaying what was lost (msgtrace replay, dry run then --execute) and reconciling "
+                   "again. Kafka only: msgtrace replay re-publishes to Kafka.")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the store, spools, databases and logs go (default: a new temp dir).")
 @click.option("--scale", type=click.IntRange(4, 100_000), default=20, show_default=True,
@@ -94,60 +41,49 @@ def remedies_table(story) -> Table:
 @click.option("--keep", is_flag=True, help="Leave the brokers and the store up for exploring; Ctrl-C ends.")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON on stdout (progress on stderr).")
 @handle_errors
-def demo(workdir: Path | None, scale: int, seed: int, sink: str, keep: bool, as_json: bool) -> None:
-    """Run the red-packet story with each seed loss injected, then reconcile and compare."""
-    from tracer.demo.story import Story
+def demo(mq: str, client: str | None, replay: bool, workdir: Path | None, scale: int, seed: int, sink: str,
+         keep: bool, as_json: bool) -> None:
+    """Run the red-packet story with each seed loss injected, then reconcile and compare.
 
+    Exit status: 0 when every injected loss was found as injected (and, with the replay, every
+    recoverable message recovered), every trace-msg answered as expected; 1 on a mismatch; 2 on an
+    error.
+    """
+    from tracer.demo.base import StoryBase
+
+    client = client or ("pika" if mq == "rabbitmq" else "kafka-python")
+    if (mq == "rabbitmq") != (client == "pika"):
+        raise click.BadParameter(f"{client} is not a client for {mq} (Kafka: kafka-python, confluent; "
+                                 "RabbitMQ: pika)", param_hint="--client")
     console = Console(stderr=as_json, highlight=False)
+    if not console.is_terminal:  # a log or a pipe: wide enough for the tables (COLUMNS still wins)
+        console = Console(stderr=as_json, highlight=False, width=int(os.environ.get("COLUMNS") or 150))
     workdir = (workdir or Path(tempfile.mkdtemp(prefix="msgtrace-demo-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    story = Story(workdir, scale=scale, seed=seed, sink=sink, console=console)
-    console.rule("[bold]msgtrace demo: order paid -> red packet")
-    t0 = time.time()
+    story: StoryBase
+    if mq == "rabbitmq":
+        from tracer.demo.rabbit import RabbitStory
+
+        story = RabbitStory(workdir, scale=scale, seed=seed, sink=sink, console=console)
+    else:
+        from tracer.demo.story import Story
+
+        story = Story(workdir, scale=scale, seed=seed, sink=sink, console=console, client=client, replay=replay)
+    console.rule(f"[bold]msgtrace demo: order paid -> red packet, on {story.describe()}")
     ok = False
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        story.run()
-        window_to = time.time() + 1
-        store = story.store_url
-        # the spools of processes that died and were not restarted in place
-        for spool in story.dead_spools:
-            if sink == "collector":
-                _msgtrace("ship", "--spool", str(spool), "--bootstrap", story.audit.bootstrap)
-            else:
-                _msgtrace("ship", "--spool", str(spool), "--store", store)
-        if sink == "collector":
-            p = _msgtrace("collect", "--until-idle", "--json", "--bootstrap", story.audit.bootstrap,
-                          "--store", store)
-            stats = json.loads(p.stdout.strip().splitlines()[-1]) if p.stdout.strip() else {}
-            story.step(f"collector drained the audit topic: {stats}")
-        p = _msgtrace("reconcile", "--from", _iso(story.t0 - 1), "--to", _iso(window_to), "--grace", "0",
-                      "--group", "red-packet", "--group", "points", "--json", "--store", store,
-                      "--expected-sql", "SELECT order_id || ':paid' AS msg_id FROM orders WHERE status = 'paid'",
-                      "--expected-dsn", f"sqlite:///{workdir / 'orders.db'}")
-        report = json.loads(p.stdout)
-        story.step(f"reconciled: {report.get('summary')}")
-        rows = compare(story, report)
-        ok = all(r["ok"] for r in rows)
-        console.print(comparison_table(rows))
-        console.print(remedies_table(story))
-        width = str(max(console.width, 150)) if not console.is_terminal else str(console.width)
-        for cat in story.cats.values():
-            if not cat.orders:
-                continue
-            msg_id = f"{cat.orders[0]}:paid"
-            console.rule(f"trace-msg {msg_id}  [dim]({cat.name})")
-            tm = subprocess.run([sys.executable, "-c", "from tracer.cli import trace_msg_main; trace_msg_main()",
-                                 msg_id, "--store", store], capture_output=True, text=True, timeout=60,
-                                env={**os.environ, "COLUMNS": width})
-            console.print(tm.stdout.rstrip(), markup=False, highlight=False, soft_wrap=True)
+        result = _run(story, console, replay and story.replayable)
+        ok = result["ok"]
         if as_json:
-            sys.stdout.write(json.dumps({"ok": ok, "workdir": str(workdir), "summary": report.get("summary"),
-                                         "categories": rows}) + "\n")
+            sys.stdout.write(json.dumps(result) + "\n")
         console.rule()
-        console.print(f"{'[green]all injected losses found[/]' if ok else '[red]mismatch between injected and detected[/]'}"
-                      f" in {time.time() - t0:.0f} s; workdir {workdir}")
-        console.print(f"explore: trace-msg <id> --store {store}")
+        verdict = "[green]all injected losses found[/]" if ok else "[red]mismatch between injected and detected[/]"
+        if result.get("after"):
+            verdict += (" and every recoverable one recovered" if ok else "")
+        timings = ", ".join(f"{k} {v:.0f} s" for k, v in result["timings"].items())
+        console.print(f"{verdict} in {time.time() - story.t0:.0f} s ({timings}); workdir {workdir}")
+        console.print(f"explore: trace-msg <id> --store {story.store_url}")
         if keep:
             console.print("brokers and store kept up; Ctrl-C to stop")
             while True:
@@ -157,3 +93,87 @@ def demo(workdir: Path | None, scale: int, seed: int, sink: str, keep: bool, as_
     finally:
         story.cleanup()
     sys.exit(0 if ok else 1)
+
+
+def _run(story: Any, console: Console, replay: bool) -> dict[str, Any]:
+    from tracer.demo.report import (
+        before_after_table,
+        compare,
+        comparison_table,
+        remedies_table,
+        replay_table,
+    )
+    from tracer.demo.verify import Verifier
+
+    timings: dict[str, float] = {}
+    mark = time.time()
+
+    def lap(name: str) -> None:
+        nonlocal mark
+        now = time.time()
+        timings[name] = now - mark
+        mark = now
+
+    story.run()
+    lap("story")
+    v = Verifier(story, console)
+    if not replay:
+        story.stop_services()  # their spools were flushed; a clean stop closes the clients
+    v.ship_dead_spools()
+    v.collect()
+    report = v.reconcile(time.time() + 1)
+    rows = compare(story.cats, report)
+    console.print(comparison_table(rows))
+    console.print(remedies_table(story.cats))
+    lap("audit+reconcile")
+    for cat in story.cats.values():
+        if cat.orders:
+            v.trace_msg(cat, cat.expect)
+    lap("trace-msg")
+    result: dict[str, Any] = {
+        "mq": story.mq, "client": story.client, "workdir": str(story.workdir), "run_id": report.get("run_id"),
+        "summary": report.get("summary"), "categories": [r.as_json() for r in rows], "replay": None, "after": None}
+    ok = all(r.ok for r in rows)
+    if replay:
+        problems: list[str] = []
+        dry = v.replay_dry_run(report["run_id"])
+        if dry.returncode != 1:
+            problems.append(f"the dry run exited {dry.returncode}, expected 1 (messages still lost)")
+        executed = v.replay_execute(report["run_id"])
+        console.print(replay_table(executed, story.cats))
+        published = {m["msg_id"] for m in executed.get("messages", []) if m.get("result") == "published"}
+        lost = story.orders_of_lost()
+        if published != lost:
+            problems.append(f"re-published {sorted(published)}, expected the lost {sorted(lost)}")
+        story.step(f"replay run {executed.get('replay_run')}: {executed.get('counts')}; waiting for both groups "
+                   f"to process the {len(published)} re-published messages from {executed.get('to_topic')}")
+        story.await_replays(published)
+        story.settle()
+        story.stop_services()
+        lap("replay")
+        v.ship_dead_spools()
+        v.collect()
+        report2 = v.reconcile(time.time() + 1)
+        after = compare(story.cats, report2, after=True)
+        console.print(before_after_table(rows, after, executed, story.cats))
+        for name in ("lost_in_consumer", "failed_and_committed"):
+            cat = story.cats[name]
+            if cat.orders:
+                v.trace_msg(cat, cat.after, label="after the replay")
+        lap("after the replay")
+        for p in problems:
+            console.print(f"[red]replay:[/] {p}")
+        ok = ok and not problems and all(r.ok for r in after)
+        result["replay"] = {"dry_run_exit": dry.returncode, "execute": {k: executed.get(k) for k in (
+            "replay_run", "mode", "counts", "skipped_by_reason", "failed_by_reason", "still_lost", "to_topic")},
+            "published": sorted(published), "problems": problems}
+        result["after"] = {"run_id": report2.get("run_id"), "summary": report2.get("summary"),
+                           "categories": [r.as_json() for r in after]}
+    elif not story.replayable:
+        console.print(f"[dim]no replay on {story.describe()}: msgtrace replay re-publishes to Kafka only "
+                      "(--bootstrap); the remedies above stay in words[/]")
+    ok = ok and all(c.ok for c in v.checks)
+    result["trace_msg"] = [c.as_json() for c in v.checks]
+    result["timings"] = {k: round(s, 1) for k, s in timings.items()}
+    result["ok"] = ok
+    return result

@@ -1,33 +1,40 @@
-"""The demo's two business services, as real processes with their own databases.
+"""The demo's two business services, as real processes with their own databases (entry point).
 
-* ``order``: marks orders paid in its own database, then publishes ``order-paid``
-  with a traced kafka-python producer. Driven by JSON lines on stdin.
-* ``red-packet``: consumer group ``red-packet``; hands each message to a worker
-  pool (auto-commit on, as in the seeds) and pays a red packet into its table.
-* ``points``: consumer group ``points``; processes in the poll loop and commits
-  by hand every few seconds; idempotent.
+``python -m tracer.demo.apps ROLE --mq kafka|rabbitmq --client kafka-python|confluent|pika ...``
 
-Each writes JSON log lines to stdout: that is all the orchestrator reads. The
-apps behave like the seeds' services, bugs included: the order service commits
-before it sends and swallows send errors; the red-packet service swallows
-handler errors and lets auto-commit run ahead of its worker threads.
+* ``order``: marks orders paid in its own database, then publishes ``order-paid``. Driven by
+  JSON lines on stdin (``pay``, ``flush``, ``stop``).
+* ``red-packet``: consumer group (RabbitMQ: queue) ``red-packet``; pays a red packet into its table.
+* ``points``: consumer group / queue ``points``; processes and commits (acks) by hand every few
+  seconds; idempotent.
+
+Each writes JSON log lines to stdout: that is all the orchestrator reads. The services behave like
+the seeds' services, bugs included: the order service commits before it sends and swallows send
+errors; the red-packet service swallows handler errors and settles messages before its work is
+done (Kafka auto-commit ahead of a worker pool, RabbitMQ ``auto_ack``). One module per client holds
+the client code (:mod:`tracer.demo.kafka_apps`, :mod:`tracer.demo.confluent_apps`,
+:mod:`tracer.demo.rabbit_apps`); the business rules are here, once.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
-import signal
 import sqlite3
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-TOPIC = "order-paid"
-DLQ_TOPIC = "order-paid.dlq"
+TOPIC = "order-paid"                # Kafka topic; RabbitMQ fanout exchange
+DLQ_TOPIC = "order-paid.dlq"        # Kafka dead-letter topic; RabbitMQ dead-letter queue
+RETRY_TOPIC = "order-paid.retry"    # Kafka: where `msgtrace replay` re-publishes; both groups read it
+DLX = "order-paid.dlx"              # RabbitMQ dead-letter exchange of the red-packet queue
+ROUTING_KEY = "order.paid"          # RabbitMQ routing key of every order-paid message
+#: the fault the orchestrator switches on while it wants the payment API to hang (see Faults)
+PAYMENT_API_HANGS = "payment-api-hangs"
 _out_lock = threading.Lock()
 
 
@@ -44,211 +51,117 @@ def open_db(path: str, ddl: str) -> sqlite3.Connection:
     return db
 
 
-def make_tracer(args: argparse.Namespace, service: str):
+def make_tracer(args: argparse.Namespace, service: str) -> Any:
     from tracer import Tracer
 
     return Tracer(service=service, bootstrap=args.audit_bootstrap or None, store=args.store or None,
-                  spool_dir=args.spool_dir)
+                  spool_dir=args.spool_dir, mq=args.mq)
 
 
-# --- order service -----------------------------------------------------------
+class Faults:
+    """Faults the orchestrator switches on and off by name (a file in ``--fault-dir``)."""
 
-def order_service(args: argparse.Namespace) -> None:
-    from kafka import KafkaProducer
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
 
-    db = open_db(args.db, "CREATE TABLE IF NOT EXISTS orders (order_id TEXT PRIMARY KEY, user_id TEXT, "
-                          "amount TEXT, status TEXT, paid_at REAL)")
-    tracer = make_tracer(args, "order-service")
-    # retries=0 and a short delivery timeout: a cut connection fails the send
-    # visibly instead of being retried forever behind the app's back.
-    producer = tracer.wrap_producer(KafkaProducer(
-        bootstrap_servers=args.bootstrap, acks="all", retries=0, enable_idempotence=False,
-        request_timeout_ms=2000, delivery_timeout_ms=3000, max_block_ms=5000, linger_ms=0,
-        reconnect_backoff_ms=100, reconnect_backoff_max_ms=500))
-    log("ready", pid=os.getpid())
-    for line in sys.stdin:
-        cmd = json.loads(line)
-        op = cmd["op"]
-        if op == "pay":
-            oid = cmd["order_id"]
-            db.execute("INSERT OR REPLACE INTO orders VALUES (?, ?, ?, 'paid', ?)",
-                       (oid, cmd["user_id"], cmd["amount"], time.time()))
-            log("order_paid", order_id=oid)  # committed in the order database
-            if cmd.get("crash_before_send"):
-                os.kill(os.getpid(), signal.SIGKILL)  # the seeds' "crashed after the DB commit"
-            value = json.dumps({"order_id": oid, "user_id": cmd["user_id"], "amount": cmd["amount"]}).encode()
+    def on(self, name: str) -> bool:
+        return bool(self.directory) and os.path.exists(os.path.join(self.directory, name))
+
+
+def control(tracer: Any, stopping: threading.Event) -> None:
+    """The consumers' stdin, in a thread: ``flush`` ships the audit events recorded so far, ``stop`` (or
+    the orchestrator going away) ends the service cleanly."""
+    def run() -> None:
+        for line in sys.stdin:
             try:
-                fut = producer.send(TOPIC, value=value, key=oid.encode(), msg_id=f"{oid}:paid")
-                fut.add_callback(lambda md, oid=oid: log("acked", order_id=oid, partition=md.partition,
-                                                         offset=md.offset))
-                fut.add_errback(lambda exc, oid=oid: log("send_error", order_id=oid, error=repr(exc)))
-            except Exception as e:  # swallowed, as the seeds' order service does
-                log("send_error", order_id=oid, error=repr(e))
-            log("published", order_id=oid)
-        elif op == "flush":
-            try:
-                producer.flush(timeout=10)
-            except Exception as e:
-                log("flush_error", error=repr(e))
-            log("flushed")
-        elif op == "stop":
-            break
-    try:
-        producer.close(timeout=5)
-    except Exception:
-        pass
-    tracer.close(timeout=10)
-    log("stopped")
+                op = json.loads(line).get("op")
+            except ValueError:
+                continue
+            if op == "flush":
+                log("flushed", ok=bool(tracer.flush(20)))
+            elif op == "stop":
+                break
+        stopping.set()
+
+    threading.Thread(target=run, name="control", daemon=True).start()
 
 
-# --- consumers -----------------------------------------------------------------
+# --- the business rules, the same for every client ------------------------------------------------
+
+ORDERS_DDL = ("CREATE TABLE IF NOT EXISTS orders (order_id TEXT PRIMARY KEY, user_id TEXT, amount TEXT, "
+              "status TEXT, paid_at REAL)")
+RED_PACKETS_DDL = ("CREATE TABLE IF NOT EXISTS red_packets (order_id TEXT PRIMARY KEY, user_id TEXT, "
+                   "amount TEXT, paid_at REAL)")
+POINTS_DDL = "CREATE TABLE IF NOT EXISTS points (order_id TEXT PRIMARY KEY, user_id TEXT, points INTEGER, at REAL)"
+
 
 class PaymentRejected(Exception):
     pass
 
 
-def _consumer(args: argparse.Namespace, group: str, **overrides: Any):
-    from kafka import KafkaConsumer
+def mark_paid(db: sqlite3.Connection, cmd: dict[str, Any]) -> bytes:
+    """The order service's own transaction (committed before anything is sent); returns the message."""
+    oid = cmd["order_id"]
+    db.execute("INSERT OR REPLACE INTO orders VALUES (?, ?, ?, 'paid', ?)",
+               (oid, cmd["user_id"], cmd["amount"], time.time()))
+    log("order_paid", order_id=oid)
+    return json.dumps({"order_id": oid, "user_id": cmd["user_id"], "amount": cmd["amount"]}).encode()
 
-    conf = dict(bootstrap_servers=args.bootstrap, group_id=group, auto_offset_reset="earliest",
-                session_timeout_ms=6000, heartbeat_interval_ms=1000, max_poll_records=50,
-                request_timeout_ms=10000, reconnect_backoff_ms=100, reconnect_backoff_max_ms=500)
-    conf.update(overrides)
-    return KafkaConsumer(**conf)
 
-
-def _poll(consumer) -> dict:
-    """poll() that survives a network blip (kafka-python raises on a reset connection)."""
-    from kafka.errors import KafkaError
-
+def poison_reason(order: dict[str, Any]) -> str | None:
+    """Why a message cannot be processed at all (it goes to the dead-letter queue), or None."""
     try:
-        return consumer.poll(timeout_ms=200)
-    except KafkaError as e:
-        log("poll_error", error=repr(e))
-        time.sleep(0.2)  # back off, then poll again
-        return {}
+        amount = Decimal(order["amount"])
+    except (InvalidOperation, ValueError, TypeError, KeyError):
+        return f"invalid amount {order.get('amount')!r}"
+    if not amount.is_finite() or amount <= 0:
+        return f"invalid amount {order['amount']!r}"
+    return None
 
 
-def _poll_loop(consumer, stopping: threading.Event):
-    """Until SIGTERM: poll, log assignment changes, yield each poll's records (maybe none)."""
-    last = None
-    log("ready", pid=os.getpid())
-    while not stopping.is_set():
-        batch = _poll(consumer)
-        current = sorted(tp.partition for tp in consumer.assignment())
-        if current != last:
-            last = current
-            log("assigned", partitions=current)
-        yield [record for records in batch.values() for record in records]
+def pay_red_packet(db: sqlite3.Connection, order: dict[str, Any], faults: Faults) -> None:
+    """Pay the red packet; raises PaymentRejected for a frozen account; hangs while the payment API does."""
+    oid = order["order_id"]
+    if order["user_id"].startswith("slow-") and faults.on(PAYMENT_API_HANGS):
+        log("slow_payment", order_id=oid)
+        time.sleep(120)  # the payment API hangs; the process is killed meanwhile
+    if order["user_id"].startswith("frozen-"):
+        raise PaymentRejected(f"account {order['user_id']} is frozen")
+    db.execute("INSERT OR IGNORE INTO red_packets VALUES (?, ?, ?, ?)",
+               (oid, order["user_id"], order["amount"], time.time()))
 
 
-def red_packet_service(args: argparse.Namespace) -> None:
-    from kafka import KafkaProducer
-
-    db = open_db(args.db, "CREATE TABLE IF NOT EXISTS red_packets (order_id TEXT PRIMARY KEY, "
-                          "user_id TEXT, amount TEXT, paid_at REAL)")
-    tracer = make_tracer(args, "red-packet-service")
-    def commit_done(offsets, result) -> None:  # kafka-python calls this after each auto-commit
-        if isinstance(result, Exception):
-            log("commit_error", error=repr(result))
-        else:
-            log("auto_committed", offsets={str(tp.partition): om.offset for tp, om in offsets.items()})
-
-    consumer = tracer.wrap_consumer(_consumer(args, "red-packet", enable_auto_commit=True,
-                                              auto_commit_interval_ms=300,
-                                              default_offset_commit_callback=commit_done))
-    consumer.subscribe([TOPIC])
-    dlq = KafkaProducer(bootstrap_servers=args.bootstrap, acks="all")
-    # The seeds' trap: work handed to threads while auto-commit keeps committing.
-    pool = ThreadPoolExecutor(max_workers=4)
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-
-    def handle(record) -> None:
-        order = json.loads(record.value)
-        oid = order["order_id"]
-        log("processing", order_id=oid, partition=record.partition, offset=record.offset)
-        try:
-            amount = Decimal(order["amount"])
-            if not amount.is_finite() or amount <= 0:
-                raise InvalidOperation(order["amount"])
-        except (InvalidOperation, ValueError):
-            dlq.send(DLQ_TOPIC, record.value, key=record.key).get(timeout=10)
-            tracer.record("dead_lettered", f"{oid}:paid", topic=DLQ_TOPIC, consumer_group="red-packet",
-                          error=f"invalid amount {order['amount']!r}")
-            log("dead_lettered", order_id=oid)
-            return
-        try:
-            with tracer.processing(record):
-                if order["user_id"].startswith("slow-"):
-                    log("slow_payment", order_id=oid)
-                    time.sleep(120)  # the payment API hangs; the process is killed meanwhile
-                if order["user_id"].startswith("frozen-"):
-                    raise PaymentRejected(f"account {order['user_id']} is frozen")
-                db.execute("INSERT OR IGNORE INTO red_packets VALUES (?, ?, ?, ?)",
-                           (oid, order["user_id"], order["amount"], time.time()))
-            log("paid", order_id=oid)
-        except Exception as e:  # swallowed: the offset is committed anyway
-            log("handler_error", order_id=oid, error=repr(e))
-
-    for records in _poll_loop(consumer, stopping):
-        for record in records:
-            pool.submit(handle, record)
-    pool.shutdown(wait=True)
-    consumer.close()
-    dlq.close()
-    tracer.close(timeout=10)
-    log("stopped")
+def award_points(db: sqlite3.Connection, order: dict[str, Any]) -> bool:
+    """Idempotent: True when the points were awarded now, False when this order had them already."""
+    return bool(db.execute("INSERT OR IGNORE INTO points VALUES (?, ?, ?, ?)",
+                           (order["order_id"], order["user_id"], 10, time.time())).rowcount)
 
 
-def points_service(args: argparse.Namespace) -> None:
-    from kafka.errors import KafkaError
-
-    db = open_db(args.db, "CREATE TABLE IF NOT EXISTS points (order_id TEXT PRIMARY KEY, user_id TEXT, "
-                          "points INTEGER, at REAL)")
-    tracer = make_tracer(args, "points-service")
-    consumer = tracer.wrap_consumer(_consumer(args, "points", enable_auto_commit=False))
-    consumer.subscribe([TOPIC])
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    pending_since: float | None = None  # when the oldest uncommitted message was processed
-    for records in _poll_loop(consumer, stopping):
-        for record in records:
-            order = json.loads(record.value)
-            oid = order["order_id"]
-            with tracer.processing(record):
-                fresh = db.execute("INSERT OR IGNORE INTO points VALUES (?, ?, ?, ?)",
-                                   (oid, order["user_id"], 10, time.time())).rowcount
-            log("points", order_id=oid, fresh=bool(fresh), partition=record.partition, offset=record.offset)
-            if pending_since is None:
-                pending_since = time.monotonic()
-        # commits by hand, a few seconds after the work: a crash in between means redelivery
-        if pending_since is not None and time.monotonic() - pending_since > args.commit_every:
-            try:
-                consumer.commit()
-            except KafkaError as e:  # a network blip: keep the offsets, commit next round
-                log("commit_error", error=repr(e))
-                continue
-            pending_since = None
-            log("committed")
-    if pending_since is not None:
-        consumer.commit()
-    consumer.close()
-    tracer.close(timeout=10)
-    log("stopped")
+CLIENT_MODULES = {("kafka", "kafka-python"): "tracer.demo.kafka_apps",
+                  ("kafka", "confluent"): "tracer.demo.confluent_apps",
+                  ("rabbitmq", "pika"): "tracer.demo.rabbit_apps"}
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m tracer.demo.apps")
     ap.add_argument("role", choices=["order", "red-packet", "points"])
-    ap.add_argument("--bootstrap", required=True, help="business Kafka")
+    ap.add_argument("--mq", choices=["kafka", "rabbitmq"], default="kafka")
+    ap.add_argument("--client", choices=["kafka-python", "confluent", "pika"], default="kafka-python")
+    ap.add_argument("--bootstrap", default="", help="business Kafka")
+    ap.add_argument("--amqp-url", default="", help="business RabbitMQ")
     ap.add_argument("--audit-bootstrap", default="", help="audit Kafka (empty: direct store sink)")
     ap.add_argument("--store", default="", help="store URL for the direct sink")
     ap.add_argument("--spool-dir", required=True)
     ap.add_argument("--db", required=True)
+    ap.add_argument("--fault-dir", default="")
     ap.add_argument("--commit-every", type=float, default=3.0)
+    ap.add_argument("--ack", choices=["auto", "manual"], default="auto", help="RabbitMQ red-packet: auto_ack or not")
     args = ap.parse_args(argv)
-    {"order": order_service, "red-packet": red_packet_service, "points": points_service}[args.role](args)
+    module = CLIENT_MODULES.get((args.mq, args.client))
+    if module is None:
+        ap.error(f"no {args.client} services for {args.mq}")
+    roles = importlib.import_module(module).ROLES
+    roles[args.role](args)
 
 
 if __name__ == "__main__":

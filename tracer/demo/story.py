@@ -1,256 +1,117 @@
-"""The red-packet story, end to end, with every loss from the seeds injected as a real fault.
+"""The red-packet story on Kafka, end to end, with every loss from the seeds injected as a real fault.
 
-Nothing here writes a trace event or decides a verdict: events come from the
-hooks inside the apps' processes, verdicts from ``msgtrace reconcile``. The
-orchestrator only starts and breaks things, and keeps the ground truth of what
-it broke, so the two can be put side by side.
+The same story with kafka-python or confluent-kafka in the services (``client``). Nothing here
+writes a trace event or decides a verdict: events come from the hooks inside the services'
+processes, verdicts from ``msgtrace reconcile``. The orchestrator only starts and breaks things, and
+keeps the ground truth of what it broke, so the two can be put side by side.
 """
 from __future__ import annotations
 
-import json
-import os
-import queue
-import random
-import shutil
-import subprocess
-import sys
-import threading
-import time
-from dataclasses import dataclass, field
+import contextlib
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
 
 from rich.console import Console
-from rich.table import Table
 
-from tracer.localsvc import TansuBroker, free_port, wait_until
-from tracer.demo.apps import DLQ_TOPIC, TOPIC
+from tracer.demo.apps import DLQ_TOPIC, PAYMENT_API_HANGS, RETRY_TOPIC, TOPIC
+from tracer.demo.base import GROUPS, Category, StoryBase, build_categories
 from tracer.demo.proxy import FaultProxy
+from tracer.localsvc import TansuBroker, free_port, wait_until
 
-GROUPS = ("red-packet", "points")
-AUDIT_TOPIC = "msgtrace.audit"
-
-
-@dataclass(slots=True)
-class Category:
-    """One kind of loss: what the demo injects and what the reconciler must say, per group."""
-
-    name: str
-    seed_case: str
-    expect: dict[str, tuple[str, frozenset[str]]]  # group -> (verdict, flags)
-    orders: list[str] = field(default_factory=list)
-
-
-def _cat(name: str, case: str, rp: str, pts: str, pts_flags: tuple[str, ...] = ()) -> Category:
-    return Category(name, case, {"red-packet": (rp, frozenset()), "points": (pts, frozenset(pts_flags))})
+CASES = {
+    "delivered": "the normal path",
+    "never_sent": "order committed, process killed before send",
+    "send_failed": "network to the broker cut during the send, error swallowed",
+    "lost_in_broker": "broker acked from memory and restarted before consumption",
+    "lost_in_consumer": "auto-commit ran ahead of a worker thread; instance SIGKILLed",
+    "failed_and_committed": "handler raised, error swallowed, offset committed",
+    "dead_lettered": "poison message sent to the dead-letter topic",
+    "redelivered": "points instance killed after processing, before its commit",
+}
 
 
-def categories() -> dict[str, Category]:
-    cats = [
-        _cat("delivered", "the normal path", "delivered", "delivered"),
-        _cat("never_sent", "order committed, process killed before send", "never_sent", "never_sent"),
-        _cat("send_failed", "network to the broker cut during the send, error swallowed", "send_failed",
-             "send_failed"),
-        _cat("lost_in_broker", "broker acked from memory and restarted before consumption", "lost_in_broker",
-             "lost_in_broker"),
-        _cat("lost_in_consumer", "auto-commit ran ahead of a worker thread; instance SIGKILLed",
-             "lost_in_consumer", "delivered"),
-        _cat("failed_and_committed", "handler raised, error swallowed, offset committed",
-             "failed_and_committed", "delivered"),
-        _cat("dead_lettered", "poison message sent to the dead-letter topic", "dead_lettered", "delivered"),
-        _cat("redelivered", "points instance killed after processing, before its commit",
-             "delivered", "delivered", ("redelivered",)),
-    ]
-    return {c.name: c for c in cats}
+def categories(replay: bool = True) -> dict[str, Category]:
+    return build_categories(CASES, replay)
 
 
-class App:
-    """One service process; its JSON log lines are collected for the orchestrator."""
+class Story(StoryBase):
+    """Runs the Kafka story; see ``run()``."""
 
-    def __init__(self, name: str, argv: list[str], log_dir: Path, env: dict[str, str]) -> None:
-        self.name = name
-        self.lines: list[dict[str, Any]] = []
-        self._cv = threading.Condition()
-        self._log = open(log_dir / f"{name}.log", "a", encoding="utf-8")
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-                                     text=True, env=env, start_new_session=True)
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._log.write(line)
-            self._log.flush()
-            try:
-                item = json.loads(line)
-            except ValueError:
-                continue
-            with self._cv:
-                self.lines.append(item)
-                self._cv.notify_all()
-
-    def send(self, **cmd: Any) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-
-    def find(self, event: str, **match: Any) -> list[dict[str, Any]]:
-        with self._cv:
-            return [l for l in self.lines if l["event"] == event and all(l.get(k) == v for k, v in match.items())]
-
-    def wait(self, pred: Callable[[], Any], timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        with self._cv:
-            while True:
-                v = pred()
-                if v:
-                    return v
-                if self.proc.poll() is not None and not v:
-                    raise RuntimeError(f"{self.name} exited (code {self.proc.returncode}) while waiting for {what}")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"{self.name}: timed out after {timeout:.0f} s waiting for {what}")
-                self._cv.wait(min(left, 0.2))
-
-    def wait_event(self, event: str, timeout: float = 30, **match: Any) -> dict[str, Any]:
-        return self.wait(lambda: (self.find(event, **match) or [None])[-1], timeout,
-                         f"{event} {match or ''}".strip())
-
-    def assigned(self) -> list[int] | None:
-        got = self.find("assigned")
-        return got[-1]["partitions"] if got else None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-
-    def stop(self, timeout: float = 20) -> None:
-        if self.proc.poll() is None:
-            if self.name.startswith("order"):
-                try:
-                    self.send(op="stop")
-                except (BrokenPipeError, OSError):
-                    pass
-            else:
-                self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
-
-
-class Story:
-    """Runs the demo; see ``run()``."""
+    replayable = True
 
     def __init__(self, workdir: Path, scale: int = 20, seed: int = 7, sink: str = "collector",
-                 console: Console | None = None) -> None:
-        self.workdir = workdir
-        self.scale = max(4, scale)
-        self.rng = random.Random(seed)
-        self.sink = sink
-        self.console = console or Console(stderr=True)
-        self.cats = categories()
-        self.store_url = f"chdb://{workdir / 'store'}"
-        self.apps: dict[str, App] = {}
-        self.dead_spools: list[Path] = []
-        self.brokers: list[TansuBroker] = []
+                 console: Console | None = None, client: str = "kafka-python", replay: bool = True) -> None:
+        self.client = client
+        self.replay = replay
         self.proxy: FaultProxy | None = None
-        self._n = 0
-        self.t0 = time.time()
+        super().__init__(workdir, scale=scale, seed=seed, sink=sink, console=console)
 
-    # --- plumbing ------------------------------------------------------------------
-    def step(self, text: str) -> None:
-        self.console.print(f"[dim]{time.time() - self.t0:6.1f}s[/] {text}")
+    def categories(self) -> dict[str, Category]:
+        return categories(self.replay)
 
-    def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.pop("MSGTRACE_KAFKA_BOOTSTRAP", None)
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
+    @property
+    def business_bootstrap(self) -> str:
+        assert self.proxy is not None
+        return self.proxy.address
 
-    def start_app(self, name: str, role: str, db: str, **extra: str) -> App:
-        spool = self.workdir / "spool" / name
-        spool.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "tracer.demo.apps", role, "--bootstrap", self.proxy.address,
-                "--spool-dir", str(spool), "--db", str(self.workdir / db)]
-        if self.sink == "collector":
-            argv += ["--audit-bootstrap", self.audit.bootstrap]
-        else:
-            argv += ["--store", self.store_url]
-        for k, v in extra.items():
-            argv += [f"--{k.replace('_', '-')}", v]
-        app = App(name, argv, self.workdir / "logs", self._env())
-        self.apps[name] = app
-        app.wait_event("ready", timeout=60)
-        return app
+    def app_argv(self, role: str) -> list[str]:
+        return ["--bootstrap", self.business_bootstrap]
 
-    def new_order(self, cat: str, user: str | None = None, amount: str | None = None) -> dict[str, str]:
-        self._n += 1
-        oid = f"order-{self._n:05d}"
-        self.cats[cat].orders.append(oid)
-        return {"order_id": oid, "user_id": user or f"u-{self.rng.randint(1000, 9999)}",
-                "amount": amount or f"{self.rng.randint(100, 2000) / 100:.2f}"}
-
-    def pay(self, order: dict[str, str], **fault: Any) -> None:
-        self.apps["order"].send(op="pay", **order, **fault)
+    def describe(self) -> str:
+        return f"Kafka ({self.client})"
 
     def create_topics(self) -> None:
-        from kafka.admin import KafkaAdminClient, NewTopic
+        from kafka.admin import KafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 
-        admin = KafkaAdminClient(bootstrap_servers=self.proxy.address, request_timeout_ms=10000)
+        admin = KafkaAdminClient(bootstrap_servers=self.business_bootstrap, request_timeout_ms=10000)
         try:
-            admin.create_topics([NewTopic(TOPIC, 2, 1), NewTopic(DLQ_TOPIC, 1, 1)])
+            admin.create_topics([NewTopic(TOPIC, 2, 1), NewTopic(DLQ_TOPIC, 1, 1), NewTopic(RETRY_TOPIC, 1, 1)])
         finally:
             admin.close()
 
-    def caught_up(self, group: str) -> bool:
-        """Has ``group`` committed everything that is in the topic?"""
-        from kafka import KafkaConsumer, TopicPartition
+    def caught_up(self, group: str, topics: tuple[str, ...] = (TOPIC, RETRY_TOPIC)) -> bool:
+        """Has ``group`` committed everything that is in ``topics``?"""
+        from kafka import KafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 
-        probe = KafkaConsumer(bootstrap_servers=self.proxy.address, group_id=group, enable_auto_commit=False)
+        probe = KafkaConsumer(bootstrap_servers=self.business_bootstrap, group_id=group, enable_auto_commit=False)
         try:
-            tps = [TopicPartition(TOPIC, p) for p in (0, 1)]
+            tps = [TopicPartition(t, p) for t in topics for p in sorted(probe.partitions_for_topic(t) or ())]
             ends = probe.end_offsets(tps)
-            self.last_lag = {tp.partition: (probe.committed(tp), ends[tp]) for tp in tps}
+            self.last_lag = {(tp.topic, tp.partition): (probe.committed(tp), ends[tp]) for tp in tps}
             return all((c or 0) >= e for c, e in self.last_lag.values())
         finally:
             probe.close()
 
-    def done_everywhere(self, orders: list[str], rp_event: str = "paid", timeout: float = 60) -> None:
-        """Wait until both groups handled ``orders`` (by the apps' own logs)."""
-        rps = self.alive("red-packet")
-        pts = self.alive("points")
-        for oid in orders:
-            wait_until(lambda: any(a.find(rp_event, order_id=oid) for a in rps), timeout,
-                       f"red-packet: {rp_event} {oid}")
-            wait_until(lambda: any(a.find("points", order_id=oid) for a in pts), timeout, f"points: {oid}")
+    def settle(self) -> None:
+        for g in GROUPS:
+            wait_until(partial(self.caught_up, g), 60, f"{g} to commit everything it processed")
+        self.flush_services()
 
-    def alive(self, prefix: str) -> list[App]:
-        return [a for n, a in self.apps.items() if n.startswith(prefix) and a.proc.poll() is None]
+    def await_replays(self, msg_ids: set[str], timeout: float = 60) -> None:
+        """Both groups handled each re-published message from the retry topic (by their own logs)."""
+        orders = [m.removesuffix(":paid") for m in sorted(msg_ids)]
+        self.done_everywhere(orders, ("paid", "handler_error", "dead_lettered"), timeout, topic=RETRY_TOPIC)
 
-    # --- the story -------------------------------------------------------------------
+    def cleanup(self) -> None:
+        for app in self.apps.values():
+            with contextlib.suppress(Exception):  # cleanup goes on whatever one process did
+                app.kill()
+        if self.proxy:
+            self.proxy.close()
+        for b in self.brokers:
+            b.stop()
+
+    # --- the story -------------------------------------------------------------------------------------
     def run(self) -> None:
         w = self.workdir
-        for d in ("logs", "spool"):
-            (w / d).mkdir(parents=True, exist_ok=True)
         proxy_port = free_port()
         self.business = TansuBroker(workdir=str(w / "logs"), advertised_port=proxy_port)
         self.brokers.append(self.business.start())  # tracked at once: cleanup() stops what started
-        self.audit = TansuBroker(workdir=str(w / "logs"))
-        self.brokers.append(self.audit.start())
+        self.start_audit()
         self.proxy = FaultProxy(self.business.port, port=proxy_port)
         self.step(f"brokers up: business {self.proxy.address} (through a fault proxy), "
-                  f"audit {self.audit.bootstrap}; store {self.store_url}")
+                  f"audit {self.audit_bootstrap}; store {self.store_url}; services on {self.client}")
         self.create_topics()
-        from kafka.admin import KafkaAdminClient, NewTopic
-
-        admin = KafkaAdminClient(bootstrap_servers=self.audit.bootstrap)
-        admin.create_topics([NewTopic(AUDIT_TOPIC, 2, 1)])
-        admin.close()
-
         order = self.start_app("order", "order", "orders.db")
 
         # 3. the broker acknowledges, then loses the messages (memory broker restarted)
@@ -271,12 +132,12 @@ class Story:
         rp1 = self.start_app("red-packet-1", "red-packet", "redpacket.db")
         rp1.wait(lambda: rp1.assigned() == [0, 1], 60, "red-packet-1 owning both partitions")
         rp2 = self.start_app("red-packet-2", "red-packet", "redpacket.db")
-        rp2.wait(lambda: rp2.assigned() and rp1.assigned() and len(rp1.assigned()) == 1, 60,
+        rp2.wait(lambda: rp2.assigned() and rp1.assigned() and len(rp1.assigned() or ()) == 1, 60,
                  "red-packet group split over two instances")
         pts1 = self.start_app("points-1", "points", "points.db", commit_every="3")
         pts1.wait(lambda: pts1.assigned() == [0, 1], 60, "points-1 owning both partitions")
         pts2 = self.start_app("points-2", "points", "points.db", commit_every="3")
-        pts2.wait(lambda: pts2.assigned() and pts1.assigned() and len(pts1.assigned()) == 1, 60,
+        pts2.wait(lambda: pts2.assigned() and pts1.assigned() and len(pts1.assigned() or ()) == 1, 60,
                   "points group split over two instances")
         self.step("consumers ready: red-packet x2 (auto-commit, worker threads), points x2 (manual commit)")
 
@@ -316,18 +177,19 @@ class Story:
 
         # 4. auto-commit runs ahead of the worker thread; the instance is SIGKILLed
         for g in GROUPS:
-            wait_until(lambda: self.caught_up(g), 60, f"{g} caught up before the crash", )
+            wait_until(partial(self.caught_up, g), 60, f"{g} caught up before the crash")
         slow = self.new_order("lost_in_consumer", user="slow-1")
+        self.fault(PAYMENT_API_HANGS, True)
         self.pay(slow)
-        victim = wait_until(lambda: next((a for n, a in self.apps.items() if n.startswith("red-packet")
-                                          and a.find("slow_payment", order_id=slow["order_id"])), None),
-                            30, "a red-packet instance to start the slow payment")
+        victim = self.wait_logged("red-packet", "slow_payment", 30, "a red-packet instance to start the slow payment",
+                                  order_id=slow["order_id"])
         rec = victim.find("processing", order_id=slow["order_id"])[-1]
         # the victim's own auto-commit (confirmed to it by the broker) has passed the in-flight message
         victim.wait(lambda: any(int(c["offsets"].get(str(rec["partition"]), -1)) > rec["offset"]
                                 for c in victim.find("auto_committed")), 30,
                     "auto-commit to pass the in-flight message")
         victim.kill()
+        self.fault(PAYMENT_API_HANGS, False)  # the payment API is back (for the survivor, and the replay)
         self.dead_spools.append(self.workdir / "spool" / victim.name)
         survivor = rp2 if victim is rp1 else rp1
         survivor.wait(lambda: survivor.assigned() == [0, 1], 60, "the surviving instance to take over")
@@ -338,9 +200,8 @@ class Story:
         wait_until(lambda: self.caught_up("points"), 30, "points caught up")
         r = self.new_order("redelivered")
         self.pay(r)
-        victim = wait_until(lambda: next((a for a in self.alive("points")
-                                          if a.find("points", order_id=r["order_id"], fresh=True)), None),
-                            30, "a points instance to process the order")
+        victim = self.wait_logged("points", "points", 30, "a points instance to process the order",
+                                  order_id=r["order_id"], fresh=True)
         victim.kill()  # before its next commit (every 3 s)
         self.dead_spools.append(self.workdir / "spool" / victim.name)
         survivor = pts2 if victim is pts1 else pts1
@@ -354,20 +215,5 @@ class Story:
         for o in batch:
             self.pay(o)
         self.done_everywhere([o["order_id"] for o in batch])
-        order.send(op="flush")
-        order.wait_event("flushed")
-        wait_until(lambda: self.caught_up("points"), 30, "points' last commit")
-        self.step(f"{len(batch)} more orders delivered after the faults; stopping the services")
-        for app in list(self.apps.values()):
-            app.stop()
-
-    def cleanup(self) -> None:
-        for app in self.apps.values():
-            try:
-                app.kill()
-            except Exception:
-                pass
-        if self.proxy:
-            self.proxy.close()
-        for b in self.brokers:
-            b.stop()
+        self.settle()
+        self.step(f"{len(batch)} more orders delivered after the faults; every service shipped its audit events")
