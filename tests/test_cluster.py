@@ -62,7 +62,7 @@ def cluster(zookeeper) -> Iterator[ClickHouseCluster]:
     try:
         yield c
     finally:
-        c.stop()
+        c.stop(timeout=2)  # throwaway data: no need to wait for a clean shutdown
         shutil.rmtree(c.workdir, ignore_errors=True)
 
 

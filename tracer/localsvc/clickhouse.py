@@ -101,7 +101,12 @@ class ClickHouseServer(_Process):
         def ready() -> bool:
             if self.proc is None or self.proc.poll() is not None:
                 raise ServiceError(f"clickhouse-server exited at start: {self.log_tail()}")
+            import logging
+
             from clickhouse_driver import Client  # type: ignore[import-untyped]
+
+            # the driver logs a traceback per refused connect while the server starts
+            logging.getLogger("clickhouse_driver.connection").setLevel(logging.CRITICAL)
 
             c = Client("127.0.0.1", port=self.tcp_port, user=self.user, password=self.password,
                        connect_timeout=1)
@@ -206,9 +211,13 @@ class ClickHouseCluster:
         wait_until(lambda: not port_open(n.tcp_port), 30, f"port {n.tcp_port} to close")
         n.start(timeout)
 
-    def stop(self) -> None:
-        for n in self.nodes:
-            n.stop(timeout=30)
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop every node at once; SIGKILL a node still up after ``timeout`` (an 18.16 node with
+        ZooKeeper takes ~8 s to shut down: a test that throws the data away may not wait)."""
+        import concurrent.futures as cf
+
+        with cf.ThreadPoolExecutor(len(self.nodes)) as ex:
+            list(ex.map(lambda n: n.stop(timeout=timeout), self.nodes))
 
     def __enter__(self) -> ClickHouseCluster:
         return self.start()
