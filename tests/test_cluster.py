@@ -99,9 +99,26 @@ def bulk_events(n: int) -> list[Event]:
     return out
 
 
+def secret_free(args: list[str] | tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
+    """A command line with the password of its ``--store`` URL moved into the child's environment
+    (MSGTRACE_STORE_PASSWORD), so that no password shows in ``ps``."""
+    from urllib.parse import quote, unquote, urlsplit
+
+    out, env = list(args), {}
+    for i in range(1, len(out)):
+        if out[i - 1] == "--store" and out[i].startswith("clickhouse://"):
+            u = urlsplit(out[i])
+            if u.password is not None:
+                env["MSGTRACE_STORE_PASSWORD"] = unquote(u.password)
+                user = quote(unquote(u.username or "default"), safe="")
+                out[i] = u._replace(netloc=f"{user}@{u.hostname}:{u.port or 9000}").geturl()
+    return out, env
+
+
 def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MSGTRACE_STORE_LOCK_TIMEOUT="60")
-    return subprocess.run([sys.executable, "-m", "tracer", *args], capture_output=True, text=True, cwd=ROOT,
+    argv, secret = secret_free(args)
+    env = dict(os.environ, MSGTRACE_STORE_LOCK_TIMEOUT="60", **secret)
+    return subprocess.run([sys.executable, "-m", "tracer", *argv], capture_output=True, text=True, cwd=ROOT,
                           env=env, timeout=timeout)
 
 
@@ -157,9 +174,11 @@ def test_cluster_collect_restart_and_same_answers_as_chdb(cluster, kafka_bootstr
     logs = [tmp_path / "collector-1.log", tmp_path / "collector-2.log"]
     try:
         def start(url: str, log: Path) -> None:
-            cmd = [sys.executable, "-m", "tracer", "collect", "--bootstrap", kafka_bootstrap, "--audit-topic", topic,
-                   "--store", url, "--group", group, "--batch-events", "2000", "--batch-wait", "0.2", "--json"]
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(log, "wb"), cwd=ROOT))
+            cmd, secret = secret_free([sys.executable, "-m", "tracer", "collect", "--bootstrap", kafka_bootstrap,
+                                       "--audit-topic", topic, "--store", url, "--group", group,
+                                       "--batch-events", "2000", "--batch-wait", "0.2", "--json"])
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(log, "wb"), cwd=ROOT,
+                                          env={**os.environ, **secret}))
 
         # one membership change at a time (Tansu): the second collector joins a settled group
         start(url1, logs[0])
@@ -167,6 +186,8 @@ def test_cluster_collect_restart_and_same_answers_as_chdb(cluster, kafka_bootstr
         wait_until(lambda: distinct_events(store1) > 0, 60, "the first events on the cluster")
         start(url2, logs[1])
         wait_until(lambda: assigned(logs[1]), 60, "the second collector's partitions")
+        for p in procs:  # what `ps` shows of the collectors
+            assert cluster.password not in Path(f"/proc/{p.pid}/cmdline").read_bytes().decode(errors="replace")
         wait_until(lambda: distinct_events(store1) >= len({e.event_id for e in events[:a]}), 90,
                    "the first half on the cluster")
 

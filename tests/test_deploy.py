@@ -208,8 +208,11 @@ def users_server():
 
 
 def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tracer", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=timeout)
+    from tests.test_cluster import secret_free
+
+    argv, secret = secret_free(args)  # the password goes by the environment, never in `ps`
+    return subprocess.run([sys.executable, "-m", "tracer", *argv], capture_output=True, text=True, cwd=ROOT,
+                          timeout=timeout, env={**os.environ, **secret})
 
 
 def test_least_privilege_users_work_on_1816(users_server, kafka_bootstrap, tmp_path):
