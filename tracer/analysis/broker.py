@@ -24,7 +24,7 @@ from typing import Any, Iterable, Protocol
 
 from tracer import verdicts as V
 from tracer.analysis.evidence import fmt_us
-from tracer.analysis.result import Verdict
+from tracer.analysis.result import SeqGap, Verdict
 from tracer.analysis.rules import Evidence
 from tracer.analysis.sql import render
 from tracer.analysis.window import Window
@@ -177,6 +177,16 @@ class EvidenceContext:
     max_partitions: int = 500
     _history: dict[tuple[str, int, tuple[str, ...]], History] = field(default_factory=dict, repr=False)
     _asked: set[tuple[str, int]] = field(default_factory=set, repr=False)
+    _gaps: list[SeqGap] | None = field(default=None, repr=False)
+
+    def gaps(self) -> list[SeqGap]:
+        """The emitters with seq gaps in the scanned range (read once per run; checkers of audit-gap
+        evidence and the gap flags share it)."""
+        if self._gaps is None:
+            from tracer.analysis.gaps import seq_gaps
+
+            self._gaps = seq_gaps(self.store, self.window)
+        return self._gaps
 
     def allowed(self, topic: str, part: int) -> bool:
         """At most ``max_partitions`` partitions get per-partition queries in a run."""

@@ -21,9 +21,12 @@ def seq_gaps(store: Store, window: Window) -> list[SeqGap]:
     return [SeqGap(r["emitter_id"], r["lo"], r["hi"], r["n"], r["missing"]) for r in rows]
 
 
-def flag_seq_gaps(store: Store, rows: list[Verdict], window: Window) -> list[SeqGap]:
-    """Flag non-delivered verdicts of messages whose emitters show seq gaps; return the gaps."""
-    gaps = seq_gaps(store, window)
+def flag_seq_gaps(store: Store, rows: list[Verdict], window: Window,
+                  gaps: list[SeqGap] | None = None) -> list[SeqGap]:
+    """Flag non-delivered verdicts of messages whose emitters show seq gaps; return the gaps
+    (``gaps``: already read, e.g. by :meth:`tracer.analysis.broker.EvidenceContext.gaps`)."""
+    if gaps is None:
+        gaps = seq_gaps(store, window)
     if not gaps:
         return []
     msgs = {r["msg_id"] for r in store.query(render("reconcile_gap_msgs"), {

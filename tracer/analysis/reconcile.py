@@ -94,7 +94,7 @@ def reconcile(store: Store, window_from_us: int, window_to_us: int, grace_s: int
                 v.msg_id for v in res.rows if v.verdict == V.PENDING_IN_BROKER) if first.by_message else None)
             refine(ctx, res.rows, progress)
             _say(progress, "checking emitter seq gaps")
-            res.seq_gaps = flag_seq_gaps(store, res.rows, window)
+            res.seq_gaps = flag_seq_gaps(store, res.rows, window, ctx.gaps())
         for v in res.rows:
             res.count(v.verdict, v.topic, v.consumer_group)
         res.rows.sort(key=verdict_order)
