@@ -2,7 +2,7 @@
 per bucket of their time, where those counts part, and how long each hop took.
 
 One query (``queries/incident_timeline.sql``) reads the window's events once and returns every
-bucket plus the totals (bucket 0); Python only turns its few aggregated rows (buckets x topics x
+bucket plus the totals (bucket 0), keyed by the hashes of topic and group names (named back here); Python only turns its few aggregated rows (buckets x topics x
 groups) into typed values and finds the partings: the buckets where fewer messages reached a stage
 than the one before it, beyond what is still on its way at the window's end.
 """
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from tracer.analysis import rules as R
+from tracer.analysis.facts import NO_GROUP
 from tracer.analysis.sql import render
 from tracer.analysis.window import Window
 from tracer.events import Stage
@@ -152,9 +153,25 @@ def measure(store: Store, window: Window, topic_groups: Mapping[str, Sequence[st
     """The funnel of the window's messages, each counted for the groups it was seen by and those
     expected on its topic (``topic_groups``: topic -> groups)."""
     topics = sorted(topic_groups)
-    params = {**window.params(), "bucket_us": bucket_s * _US, "topics": topics or [""],
-              "topic_groups": [sorted(topic_groups[t]) for t in topics] or [[]]}
-    rows = [FunnelRow.from_row(r) for r in store.query(timeline_sql(), params)]
+    names = sorted(set(topics) | {g for gs in topic_groups.values() for g in gs} | {""})
+    h = {r["name"]: int(r["h"]) for r in store.query(render("incident_name_hashes"), {"names": names}, small=True)}
+    params = {**window.params(), "bucket_us": bucket_s * _US, "topic_hashes": [h[t] for t in topics] or [h[""]],
+              "group_hashes": [sorted(h[""] if g == NO_GROUP else h[g] for g in topic_groups[t]) for t in topics]
+              or [[]]}
+    topic_of = {v: k for k, v in h.items() if k in topic_groups or k == ""}
+    group_of = {v: k for k, v in h.items() if k}
+    group_of[h[""]] = NO_GROUP  # a consumer stage without a group
+    group_of[0] = ""  # the producer side only: no group received or was expected
+    raw = store.query(timeline_sql(), params)
+    unnamed = sorted({int(r["th"]) for r in raw if int(r["th"]) not in topic_of})
+    if unnamed:  # a topic the reconcile did not name (only messages of other windows' pairs): ask for it
+        topic_of.update({int(r["h"]): r["topic"] for r in store.query(render("incident_topic_names"), {
+            **window.scan(), "hashes": unnamed}, small=True)})
+    rows = []
+    for r in raw:
+        r["topic"] = topic_of.get(int(r["th"]), f"#{r['th']}")
+        r["consumer_group"] = group_of.get(int(r["gh"]), f"#{r['gh']}")
+        rows.append(FunnelRow.from_row(r))
     f = Funnel(bucket_s, [r for r in rows if r.bucket_us == 0], [r for r in rows if r.bucket_us != 0])
     f.partings = partings(f, window.cut_us)
     return f
