@@ -56,7 +56,7 @@ class Story:
                                  consumer_group=group, error=error, host=host, pid=pid, emitter_id=emitter, seq=seq,
                                  service="red-packet-service" if group else "order-service", key=msg))
 
-    def build(self) -> "Story":
+    def build(self) -> Story:
         for i in range(N):
             for p in range(4):
                 self.message(i, p)

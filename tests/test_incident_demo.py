@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -16,7 +16,7 @@ from tracer.verdicts import DELIVERED
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @pytest.mark.slow
@@ -26,10 +26,10 @@ def test_incident_finds_each_injected_fault_as_one_burst(tmp_path, kafka_bootstr
     work = tmp_path / "demo"
     # the losses as injected: without the replay of them at the end, where the demo has one
     usage = subprocess.run([sys.executable, "-m", "tracer", "demo", "--help"], capture_output=True, text=True,
-                           timeout=60).stdout
+                           timeout=60, check=False).stdout
     no_replay = ["--no-replay"] if "--no-replay" in usage else []
     p = subprocess.run([sys.executable, "-m", "tracer", "demo", "--scale", "4", "--json", "--workdir", str(work),
-                        *no_replay], capture_output=True, text=True, timeout=400)
+                        *no_replay], capture_output=True, text=True, timeout=400, check=False)
     assert p.returncode == 0, p.stderr[-3000:]
     truth = json.loads(p.stdout.strip().splitlines()[-1])["categories"]
     html = tmp_path / "incident.html"
@@ -37,7 +37,7 @@ def test_incident_finds_each_injected_fault_as_one_burst(tmp_path, kafka_bootstr
                         "--grace", "0", "--group", "red-packet", "--group", "points", "--json", "--html", str(html),
                         "--expected-sql", "SELECT order_id || ':paid' AS msg_id FROM orders WHERE status = 'paid'",
                         "--expected-dsn", f"sqlite:///{work / 'orders.db'}", "--store", f"chdb://{work / 'store'}"],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, check=False)
     assert q.returncode == 1, q.stderr[-2000:]
     doc = json.loads(q.stdout)
 

@@ -4,8 +4,8 @@ a control page that does reference the network is caught by the same checks (so 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

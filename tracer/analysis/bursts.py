@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import shlex
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from tracer import verdicts as V
 from tracer.analysis.evidence import fmt_us

@@ -8,8 +8,11 @@ than the one before it, beyond what is still on its way at the window's end.
 """
 from __future__ import annotations
 
+import itertools
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from tracer.analysis import rules as R
 from tracer.analysis.facts import NO_GROUP
@@ -52,8 +55,8 @@ class Latency:
     p99: int | None = None
 
     @classmethod
-    def of(cls, q: Sequence[float]) -> "Latency":
-        vals = [None if (v != v) else int(round(v)) for v in q]  # NaN: no value
+    def of(cls, q: Sequence[float]) -> Latency:
+        vals = [None if math.isnan(v) else round(v) for v in q]  # NaN: no value
         return cls(*vals[:3]) if len(vals) >= 3 else cls()
 
     def to_json(self) -> dict[str, int | None]:
@@ -74,7 +77,7 @@ class FunnelRow:
     latency: dict[str, Latency]  # hop name -> quantiles
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> "FunnelRow":
+    def from_row(cls, row: Mapping[str, Any]) -> FunnelRow:
         return cls(row["topic"], row["consumer_group"], int(row["bucket_us"]), int(row["messages"]),
                    {s.value: int(row[s.value]) for s in Stage}, int(row["redelivered"]),
                    int(row["duplicate_processing"]), {h: Latency.of(row[f"lat_{h}"]) for h in HOPS})
@@ -149,7 +152,7 @@ def timeline_sql() -> str:
                   producer_stages=R.stage_list_sql(R.PRODUCER_STAGES))
 
 
-def measure(store: Store, window: Window, topic_groups: Mapping[str, Sequence[str]], bucket_s: int = 60) -> Funnel:
+def measure(store: Store, window: Window, topic_groups: Mapping[str, Iterable[str]], bucket_s: int = 60) -> Funnel:
     """The funnel of the window's messages, each counted for the groups it was seen by and those
     expected on its topic (``topic_groups``: topic -> groups)."""
     topics = sorted(topic_groups)
@@ -189,11 +192,11 @@ def partings(f: Funnel, cut_us: int, settle_us: int = 0) -> list[Parting]:
         tot = totals.get((topic, group))
         p99 = (tot.latency["sent_done"].p99 if tot else None) or 0
         settle = max(settle_us, p99 + f.bucket_s * _US)
-        for before, after in zip(PATH, PATH[1:]):
+        for before, after in itertools.pairwise(PATH):
             if group == "" and after in (Stage.RECEIVED, Stage.OFFSET_COMMITTED, Stage.BUSINESS_DONE):
                 break  # no group: consumer stages are not expected
             run: list[tuple[int, int]] = []
-            for r in rows + [None]:  # type: ignore[list-item]
+            for r in [*rows, None]:
                 gap = 0
                 if r is not None and r.bucket_us + f.bucket_s * _US + settle <= cut_us:
                     gap = r.reached[before.value] - r.reached[after.value]

@@ -14,8 +14,9 @@ minute) stay in the JSON for scripts that read them.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from tracer import verdicts as V
 from tracer.analysis import bursts as B

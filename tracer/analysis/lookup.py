@@ -12,8 +12,9 @@ rebuilt at any time.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from tracer.errors import ConfigError
 from tracer.store import Store, load_sql
@@ -23,7 +24,7 @@ VIEWS = tuple(f"{t}_mv" for t in TABLES)
 #: a short list: at most this many matches are judged and shown (queries return at most 1000)
 LIMIT = 20
 _AT_RE = re.compile(r"^(?P<topic>.+)/(?P<partition>-?\d+)@(?P<offset>\d+)$")
-_MV_RE = re.compile(r"CREATE MATERIALIZED VIEW IF NOT EXISTS \S+ __ON_CLUSTER__\s+TO (\S+)\s+AS (SELECT .*)", re.S)
+_MV_RE = re.compile(r"CREATE MATERIALIZED VIEW IF NOT EXISTS \S+ __ON_CLUSTER__\s+TO (\S+)\s+AS (SELECT .*)", re.DOTALL)
 
 
 @dataclass(slots=True)

@@ -13,8 +13,9 @@ from the pairs the reconcile listed and where they ran (:mod:`tracer.analysis.bu
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from tracer import verdicts as V
 from tracer.analysis.bursts import Located
@@ -153,9 +154,8 @@ def collect(inst: list[Instance], rows: Iterable[Verdict], where: Mapping[str, L
         if loc is None or not g:
             continue
         holder = loc.instance.get(g, "")
-        if v.verdict in (V.LOST_IN_CONSUMER, V.IN_FLIGHT):
-            if holder:
-                left[holder] += 1
+        if v.verdict in (V.LOST_IN_CONSUMER, V.IN_FLIGHT) and holder:
+            left[holder] += 1
         if v.verdict == V.LOST_IN_CONSUMER and holder:
             key = (g, holder)
             sig.commits_without_outcome[key] = sig.commits_without_outcome.get(key, 0) + 1

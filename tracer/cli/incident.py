@@ -6,13 +6,29 @@ latencies; ``--html FILE`` writes the same as one self-contained report with cha
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timezone
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import click
 
-from tracer.cli.reconcile import _esc, _expected_source, _pct, parse_duration, resolve_window, window_options
-from tracer.cli.util import EXIT_LOST, EXIT_OK, handle_errors, json_option, out, progress_display, store_option
+from tracer.cli.reconcile import (
+    _esc,
+    _expected_source,
+    _pct,
+    parse_duration,
+    resolve_window,
+    window_options,
+)
+from tracer.cli.util import (
+    EXIT_LOST,
+    EXIT_OK,
+    handle_errors,
+    json_option,
+    out,
+    progress_display,
+    store_option,
+)
 from tracer.errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -30,7 +46,7 @@ def _lat(q: Any) -> str:
 
 
 def fmt_minute(us: int) -> str:
-    return datetime.fromtimestamp(us / 1e6, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return datetime.fromtimestamp(us / 1e6, tz=UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def print_report(rep: Any, top: int) -> None:

@@ -15,13 +15,12 @@ import shutil
 import signal
 import socket
 import struct
-import subprocess
 import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlparse
 
 from tracer.localsvc.base import ServiceError, _Process, free_port, wait_until
@@ -150,7 +149,8 @@ class Page:
             if msg.get("id") == my:
                 if "error" in msg:
                     raise ServiceError(f"DevTools {method}: {msg['error'].get('message')}")
-                return msg.get("result", {})
+                result: dict[str, Any] = msg.get("result", {})
+                return result
             self._event(msg)
         raise TimeoutError(f"DevTools {method}: no answer in {timeout:.0f} s")
 
@@ -178,7 +178,8 @@ class Page:
             msg = json.loads(self.ws.recv())
             self._event(msg)
             if msg.get("method") == method:
-                return msg
+                found: dict[str, Any] = msg
+                return found
         raise TimeoutError(f"no {method} in {timeout:.0f} s")
 
     def open(self, url: str, timeout: float = 30.0) -> None:
@@ -217,7 +218,7 @@ class Chromium(_Process):
         self.port = 0
         self.window = window
 
-    def start(self, timeout: float = 30.0) -> "Chromium":
+    def start(self, timeout: float = 30.0) -> Self:
         self.port = free_port()
         profile = Path(self.workdir) / "profile"
         profile.mkdir(parents=True, exist_ok=True)
@@ -258,8 +259,9 @@ class Chromium(_Process):
         if self._own:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "Chromium":
-        return self.start()
+    def __enter__(self) -> Self:
+        self.start()
+        return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()

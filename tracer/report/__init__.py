@@ -11,7 +11,8 @@ bokeh ~1 MB) and needs a browser to draw anything; server-side SVG also prints a
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from tracer.errors import ConfigError
 

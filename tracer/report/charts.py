@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from tracer.analysis.bursts import Burst
 from tracer.analysis.funnel import PATH, FunnelRow
@@ -26,8 +27,8 @@ _US = 1_000_000
 _ATTR_RE = re.compile(r'(\s(?:d|x|y|cx|cy|r|rx|ry|width|height|points|transform|x1|x2|y1|y2)=")([^"]*)"')
 _NUM_RE = re.compile(r"(-?\d+\.\d)\d+")
 _DESC_RE = re.compile(r'<desc class="value">([^<]*)</desc>')
-_SCRIPT_RE = re.compile(r"<script[^>]*>.*?</script>", re.S)
-_COMMENT_RE = re.compile(r"<!--.*?-->", re.S)
+_SCRIPT_RE = re.compile(r"<script[^>]*>.*?</script>", re.DOTALL)
+_COMMENT_RE = re.compile(r"<!--.*?-->", re.DOTALL)
 _ID_RE = re.compile(r'id="chart-([0-9a-f-]{36})"')
 _ids = itertools.count(1)
 
@@ -45,10 +46,11 @@ def _style() -> Any:
 
 
 def _config(**kw: Any) -> dict[str, Any]:
-    base: dict[str, Any] = dict(js=[], disable_xml_declaration=True, style=_style(), width=960, height=300,
-                                explicit_size=True, legend_at_bottom=True, legend_box_size=10, margin=10,
-                                truncate_legend=-1, show_minor_x_labels=False, x_labels_major_count=12,
-                                print_values=False, no_data_text="no data", allow_interruptions=True)
+    base: dict[str, Any] = {"js": [], "disable_xml_declaration": True, "style": _style(), "width": 960,
+                            "height": 300, "explicit_size": True, "legend_at_bottom": True, "legend_box_size": 10,
+                            "margin": 10, "truncate_legend": -1, "show_minor_x_labels": False,
+                            "x_labels_major_count": 12, "print_values": False, "no_data_text": "no data",
+                            "allow_interruptions": True}
     base.update(kw)
     return base
 
@@ -66,11 +68,11 @@ def finish(svg: str) -> str:
 
 
 def hhmm(us: int) -> str:
-    return datetime.fromtimestamp(us / _US, tz=timezone.utc).strftime("%H:%M")
+    return datetime.fromtimestamp(us / _US, tz=UTC).strftime("%H:%M")
 
 
 def hhmmss(us: int) -> str:
-    return datetime.fromtimestamp(us / _US, tz=timezone.utc).strftime("%H:%M:%S")
+    return datetime.fromtimestamp(us / _US, tz=UTC).strftime("%H:%M:%S")
 
 
 @dataclass(slots=True)

@@ -10,7 +10,8 @@ plainly delivered, grouped by verdict with the stage it stopped at and the remed
 from __future__ import annotations
 
 import html
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from tracer import verdicts as V
 from tracer.analysis.bursts import KIND, Burst, pair_time
@@ -19,6 +20,8 @@ from tracer.report import charts as C
 
 #: at most this many (topic, group) funnels get charts (those with the most messages not done first)
 MAX_FUNNEL_CHARTS = 6
+#: the evidence in words is written for this many pairs of each verdict
+EVIDENCE_ROWS = 100
 
 _CSS = """
 body{font:14px/1.45 sans-serif;margin:0 auto;max-width:1000px;padding:12px 20px;color:#222}
@@ -44,8 +47,8 @@ def render(rep: Any, title: str = "msgtrace incident") -> str:
              "<meta name='viewport' content='width=device-width, initial-scale=1'>",
              f"<title>{e(title)} {e(w['from'])} .. {e(w['to'])}</title><style>{_CSS}</style></head><body>",
              f"<h1>{e(title)}</h1>",
-             f"<p>Window {e(w['from'])} .. {e(w['to'])} (grace {res.grace_s} s, events until "
-             f"{e(w['judged_until'])}); run {e(res.run_id)}.</p>"]
+             (f"<p>Window {e(w['from'])} .. {e(w['to'])} (grace {res.grace_s} s, events until "
+              f"{e(w['judged_until'])}); run {e(res.run_id)}.</p>")]
     parts += _summary(res)
     parts += _bursts(rep.bursts, res)
     parts += _signals(rep.signals)
@@ -57,8 +60,8 @@ def render(rep: Any, title: str = "msgtrace incident") -> str:
 
 def _summary(res: Any) -> list[str]:
     cls = "lost" if res.lost else "ok"
-    out = [f"<p>Pairs (message, consumer group) judged: {res.total}; lost: <span class='{cls}'>{res.lost}</span> "
-           f"(loss rate {res.loss_rate * 100:.4f} %).</p><p class='chips'>"]
+    out = [(f"<p>Pairs (message, consumer group) judged: {res.total}; lost: <span class='{cls}'>{res.lost}</span> "
+            f"(loss rate {res.loss_rate * 100:.4f} %).</p><p class='chips'>")]
     for v, n in res.summary.items():
         out.append(f"<span class='{_cls(v)}'>{e(v)}: {n}</span>")
     out.append("</p>")
@@ -112,8 +115,8 @@ def _bursts(bursts: Sequence[Burst], res: Any) -> list[str]:
 def _signals(sig: Any) -> list[str]:
     out = ["<h2 id='signals'>Consumer and audit signals</h2>"]
     if not (sig.stopped or sig.rebalances or sig.commits_without_outcome or sig.audit_gaps):
-        return out + [f"<p>None: {len(sig.instances)} instances recorded events until the end of the window, "
-                      "no record was received by two instances, no audit gap.</p>"]
+        return [*out, (f"<p>None: {len(sig.instances)} instances recorded events until the end of the window, "
+                       "no record was received by two instances, no audit gap.</p>")]
     if sig.stopped:
         out.append("<h3>Instances whose events stop</h3><table><tr><th>service</th><th>instance</th><th>first event"
                    "</th><th>last event</th><th>last stage</th><th>what</th></tr>")
@@ -151,7 +154,7 @@ def _signals(sig: Any) -> list[str]:
 
 
 def _funnel(funnel: Any, res: Any) -> list[str]:
-    out = [f"<h2 id='funnel'>Stage funnel over time</h2>"]
+    out = ["<h2 id='funnel'>Stage funnel over time</h2>"]
     if not funnel.totals:
         return out + ["<p>No messages in the window.</p>"]
     w = res.window
@@ -204,6 +207,10 @@ def _ms(us: int | None) -> str:
 
 
 def _verdicts(rows: Iterable[Any]) -> list[str]:
+    """Every listed pair by verdict. Kept compact for days with thousands of losses: the stage a
+    verdict stops at and its remedy are said once per verdict (per row only where they vary), the
+    evidence in words for the first :data:`EVIDENCE_ROWS` of each verdict (every message's evidence:
+    ``trace-msg ID``), and cells without their optional end tags (HTML)."""
     by: dict[str, list[Any]] = {}
     for r in rows:
         by.setdefault(r.verdict, []).append(r)
@@ -212,23 +219,28 @@ def _verdicts(rows: Iterable[Any]) -> list[str]:
         return out + ["<p>None.</p>"]
     for v in sorted(by, key=lambda x: (x == V.DELIVERED, V.VERDICTS.index(x))):
         items = by[v]
-        head = (f"{len(items)} pairs: {V.MEANING.get(v, '')}. Stopped at: "
-                f"{V.STOPPED_AT.get(v, 'see each message')}.")
+        stops = sorted({r.stopped_at for r in items})
+        head = f"{len(items)} pairs: {V.MEANING.get(v, '')}."
+        if len(stops) == 1:
+            head += f" Stopped at: {stops[0]} ({V.stopped_words(stops[0])})."
         if v == V.DELIVERED:
             head = f"{len(items)} pairs delivered with flags (redelivered, duplicate processing, ...)."
+        if len(items) > EVIDENCE_ROWS:
+            head += f" Evidence in words for the first {EVIDENCE_ROWS}; any message's: trace-msg ID."
         out.append(f"<h3><span class='{_cls(v)}'>{e(v)}</span> <span class='muted'>(lost: "
                    f"{e(V.LOST_LABEL[v])})</span></h3><p>{e(head)}</p>")
         if V.REMEDY.get(v):
             out.append(f"<p><b>Remedy:</b> {e(V.REMEDY[v])}</p>")
-        out.append("<table><tr><th>msg_id</th><th>group</th><th>where</th><th>when (UTC)</th><th>stopped at</th>"
-                   "<th>flags</th><th>evidence</th></tr>")
+        per_row_stop = len(stops) > 1
+        out.append("<table><tr><th>msg_id<th>group<th>where<th>when (UTC)" + ("<th>stopped at" if per_row_stop else "")
+                   + "<th>flags<th>evidence")
         side = KIND[v][0] if v in KIND else None
-        for r in items:
+        for n, r in enumerate(items):
             f = r.facts
             ts = pair_time(r, side) if side is not None else (f.last_ts if f is not None else 0)
             where = location(f) if f is not None else r.topic
-            out.append(f"<tr><td>{e(r.msg_id)}</td><td>{e(r.consumer_group) or '-'}</td><td>{e(where)}</td>"
-                       f"<td>{e(fmt_us(ts)[11:23] if ts else '-')}</td><td>{e(r.stopped_at)}</td>"
-                       f"<td>{e(', '.join(r.flags))}</td><td>{e(r.evidence)}</td></tr>")
+            out.append(f"<tr><td>{e(r.msg_id)}<td>{e(r.consumer_group) or '-'}<td>{e(where)}"
+                       f"<td>{e(fmt_us(ts)[11:23] if ts else '-')}" + (f"<td>{e(r.stopped_at)}" if per_row_stop else "")
+                       + f"<td>{e(', '.join(r.flags))}<td>{e(r.evidence) if n < EVIDENCE_ROWS else ''}")
         out.append("</table>")
     return out
