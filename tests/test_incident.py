@@ -23,3 +23,26 @@ def test_incident_clusters_funnel_latencies(store):
     assert set(lat) == {"p50", "p90", "p99"} and 0 < lat["p50"] <= lat["p99"]
     r = run(store, "incident", *WINDOW)
     assert "loss bursts" in r.stdout and "stage funnel" in r.stdout and "hop latencies" in r.stdout
+
+
+def test_progress_display_only_on_a_terminal():
+    import io
+
+    from rich.console import Console
+
+    from tracer.cli.util import progress_display
+
+    buf = io.StringIO()
+    with progress_display(True, console=Console(file=buf, force_terminal=False)) as p:
+        p("judging")
+        assert not p.enabled
+    assert buf.getvalue() == ""
+    term = Console(file=io.StringIO(), force_terminal=True, width=80)
+    with progress_display(False, console=term) as p:  # --json
+        assert not p.enabled
+    assert term.file.getvalue() == ""
+    with progress_display(True, console=term) as p:
+        assert p.enabled
+        p("pass 1")
+        p("measuring the stage funnel")
+    assert "measuring the stage funnel" in term.file.getvalue()
