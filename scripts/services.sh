@@ -8,6 +8,7 @@
 #   zookeeper           replicated tables of the ClickHouse cluster test (needs Java: default-jre-headless)
 #   chromium            opens the HTML reports headless in the report tests
 #   docker-compose      `docker-compose config` checks deploy/docker-compose.yml (no engine needed)
+#   systemd             `systemd-analyze verify` checks deploy/systemd/ units
 #   gcc, python3-dev    build the collector's C decoder (collectors/_fastjson.c)
 set -euo pipefail
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -20,6 +21,7 @@ have rabbitmq-server || need+=(rabbitmq-server)
 have java || need+=(default-jre-headless)
 have chromium || need+=(chromium)
 have docker-compose || need+=(docker-compose)
+have systemd-analyze || need+=(systemd)
 have "${CC:-cc}" || need+=(gcc)
 PY=${PYTHON:-python3}
 if ! "$PY" -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null; then

@@ -31,7 +31,8 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 _USED: dict[str, str] = {}
 #: production settings a developer's shell may carry: never seen by the tests
 _PRODUCTION_ENV = ("MSGTRACE_KAFKA_BOOTSTRAP", "MSGTRACE_BUSINESS_KAFKA_BOOTSTRAP", "MSGTRACE_STORE",
-                   "MSGTRACE_SPOOL_DIR", "MSGTRACE_AUDIT_TOPIC", "MSGTRACE_SERVICE", "MSGTRACE_EXPECTED_DSN")
+                   "MSGTRACE_SPOOL_DIR", "MSGTRACE_AUDIT_TOPIC", "MSGTRACE_SERVICE", "MSGTRACE_EXPECTED_DSN",
+                   "MSGTRACE_STORE_PASSWORD", "MSGTRACE_STORE_PASSWORD_FILE")
 for _name in _PRODUCTION_ENV:
     os.environ.pop(_name, None)
 _KAFKA_FIXTURES = {"kafka_bootstrap", "tansu"}
