@@ -73,7 +73,7 @@ def demo(mq: str, client: str | None, replay: bool, workdir: Path | None, scale:
     ok = False
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        result = _run(story, console, replay and story.replayable)
+        result = _run(story, console, replay and story.replayable, show=not as_json)
         ok = result["ok"]
         if as_json:
             sys.stdout.write(json.dumps(result) + "\n")
@@ -95,7 +95,7 @@ def demo(mq: str, client: str | None, replay: bool, workdir: Path | None, scale:
     sys.exit(0 if ok else 1)
 
 
-def _run(story: Any, console: Console, replay: bool) -> dict[str, Any]:
+def _run(story: Any, console: Console, replay: bool, show: bool = True) -> dict[str, Any]:
     from tracer.demo.report import (
         before_after_table,
         compare,
@@ -116,7 +116,7 @@ def _run(story: Any, console: Console, replay: bool) -> dict[str, Any]:
 
     story.run()
     lap("story")
-    v = Verifier(story, console)
+    v = Verifier(story, console, show=show)
     if not replay:
         story.stop_services()  # their spools were flushed; a clean stop closes the clients
     v.ship_dead_spools()

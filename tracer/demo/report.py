@@ -24,6 +24,7 @@ class Row:
     injected: int
     detected: int
     misses: list[dict[str, Any]] = field(default_factory=list)
+    msg_ids: list[str] = field(default_factory=list)
     #: judged with the expectation's interim verdict (a known gap, reported elsewhere)
     known_gap: int = 0
 
@@ -35,7 +36,7 @@ class Row:
         return {"category": self.category, "seed_case": self.seed_case, "consumer_group": self.consumer_group,
                 "expected": self.expect.verdict, "expected_flags": sorted(self.expect.flags),
                 "expected_evidence": self.expect.evidence, "injected": self.injected, "detected": self.detected,
-                "misses": self.misses, "known_gap": self.known_gap,
+                "msg_ids": self.msg_ids, "misses": self.misses, "known_gap": self.known_gap,
                 "known_gap_verdict": self.expect.interim if self.known_gap else "",
                 "known_gap_why": self.expect.interim_why if self.known_gap else "", "ok": self.ok}
 
@@ -55,7 +56,7 @@ def compare(cats: dict[str, Category], report: dict[str, Any], after: bool = Fal
     rows = []
     for cat in cats.values():
         for group, exp in (cat.after if after else cat.expect).items():
-            row = Row(cat.name, cat.seed_case, group, exp, len(cat.orders), 0)
+            row = Row(cat.name, cat.seed_case, group, exp, len(cat.orders), 0, msg_ids=[msg_id(o) for o in cat.orders])
             for oid in cat.orders:
                 m = found.get((msg_id(oid), group)) or {"verdict": "delivered", "flags": [], "evidence": ""}
                 flags = set(m.get("flags") or ())

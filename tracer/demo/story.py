@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from tracer.demo.apps import DLQ_TOPIC, PAYMENT_API_HANGS, RETRY_TOPIC, TOPIC
-from tracer.demo.base import GROUPS, Category, StoryBase, build_categories
+from tracer.demo.base import GROUPS, App, Category, StoryBase, build_categories
 from tracer.demo.proxy import FaultProxy
 from tracer.localsvc import TansuBroker, free_port, wait_until
 
@@ -82,6 +82,16 @@ class Story(StoryBase):
         finally:
             probe.close()
 
+    @staticmethod
+    def owns_both(app: App) -> bool:
+        return app.assigned() == [0, 1]
+
+    @staticmethod
+    def split(first: App, second: App) -> bool:
+        """Does each of two instances of a group own one of the two partitions?"""
+        a, b = first.assigned(), second.assigned()
+        return bool(a and b and len(a) == 1 and len(b) == 1)
+
     def settle(self) -> None:
         for g in GROUPS:
             wait_until(partial(self.caught_up, g), 60, f"{g} to commit everything it processed")
@@ -128,17 +138,18 @@ class Story(StoryBase):
         self.create_topics()
         order = self.start_app("order", "order", "orders.db")
 
-        # consumers join one step at a time (Tansu wedges groups changed mid-rebalance)
-        rp1 = self.start_app("red-packet-1", "red-packet", "redpacket.db")
-        rp1.wait(lambda: rp1.assigned() == [0, 1], 60, "red-packet-1 owning both partitions")
-        rp2 = self.start_app("red-packet-2", "red-packet", "redpacket.db")
-        rp2.wait(lambda: rp2.assigned() and rp1.assigned() and len(rp1.assigned() or ()) == 1, 60,
-                 "red-packet group split over two instances")
-        pts1 = self.start_app("points-1", "points", "points.db", commit_every="3")
-        pts1.wait(lambda: pts1.assigned() == [0, 1], 60, "points-1 owning both partitions")
-        pts2 = self.start_app("points-2", "points", "points.db", commit_every="3")
-        pts2.wait(lambda: pts2.assigned() and pts1.assigned() and len(pts1.assigned() or ()) == 1, 60,
-                  "points group split over two instances")
+        # consumers join one step at a time per group (Tansu wedges a group changed mid-rebalance); the two
+        # groups are independent, so they join side by side
+        rp1 = self.start_app("red-packet-1", "red-packet", "redpacket.db", wait=False)
+        pts1 = self.start_app("points-1", "points", "points.db", wait=False, commit_every="3")
+        for first in (rp1, pts1):
+            first.wait_event("ready", timeout=60)
+            first.wait(partial(self.owns_both, first), 60, f"{first.name} owning both partitions")
+        rp2 = self.start_app("red-packet-2", "red-packet", "redpacket.db", wait=False)
+        pts2 = self.start_app("points-2", "points", "points.db", wait=False, commit_every="3")
+        for first, second in ((rp1, rp2), (pts1, pts2)):
+            second.wait_event("ready", timeout=60)
+            second.wait(partial(self.split, first, second), 60, f"{second.name}: the group split over two instances")
         self.step("consumers ready: red-packet x2 (auto-commit, worker threads), points x2 (manual commit)")
 
         # the normal path
@@ -191,22 +202,24 @@ class Story(StoryBase):
         victim.kill()
         self.fault(PAYMENT_API_HANGS, False)  # the payment API is back (for the survivor, and the replay)
         self.dead_spools.append(self.workdir / "spool" / victim.name)
-        survivor = rp2 if victim is rp1 else rp1
-        survivor.wait(lambda: survivor.assigned() == [0, 1], 60, "the surviving instance to take over")
+        rp_survivor = rp2 if victim is rp1 else rp1
         self.step(f"[yellow]fault[/]: {victim.name} SIGKILLed mid-payment of {slow['order_id']} "
-                  "after auto-commit covered it; the survivor took over")
+                  "after auto-commit covered it")
 
-        # 7. processed, killed before the manual commit, redelivered after the rebalance
-        wait_until(lambda: self.caught_up("points"), 30, "points caught up")
+        # 7. processed, killed before the manual commit, redelivered after the rebalance (meanwhile the
+        # red-packet group rebalances: another group, the two do not disturb each other)
+        wait_until(partial(self.caught_up, "points"), 30, "points caught up")
         r = self.new_order("redelivered")
         self.pay(r)
         victim = self.wait_logged("points", "points", 30, "a points instance to process the order",
                                   order_id=r["order_id"], fresh=True)
         victim.kill()  # before its next commit (every 3 s)
         self.dead_spools.append(self.workdir / "spool" / victim.name)
-        survivor = pts2 if victim is pts1 else pts1
-        survivor.wait(lambda: survivor.assigned() == [0, 1], 60, "the surviving points instance to take over")
-        survivor.wait_event("points", order_id=r["order_id"], fresh=False, timeout=60)
+        pts_survivor = pts2 if victim is pts1 else pts1
+        rp_survivor.wait(partial(self.owns_both, rp_survivor), 60, "the surviving red-packet instance to take over")
+        self.step(f"{rp_survivor.name} took over the red-packet partitions")
+        pts_survivor.wait(partial(self.owns_both, pts_survivor), 60, "the surviving points instance to take over")
+        pts_survivor.wait_event("points", order_id=r["order_id"], fresh=False, timeout=60)
         self.step(f"[yellow]fault[/]: {victim.name} SIGKILLed after processing {r['order_id']}, before "
                   "committing; redelivered to the survivor after the rebalance (idempotent)")
 

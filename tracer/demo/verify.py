@@ -92,9 +92,11 @@ def expected_exit(expect: dict[str, Expect]) -> int:
 class Verifier:
     """Runs the commands for one story and keeps what they answered."""
 
-    def __init__(self, story: StoryBase, console: Console) -> None:
+    def __init__(self, story: StoryBase, console: Console, show: bool = True) -> None:
         self.story = story
         self.console = console
+        #: print trace-msg's and replay's own output as a person sees it (off with --json: the checks stay)
+        self.show = show
         self.store = story.store_url
         self.checks: list[TraceCheck] = []
 
@@ -135,19 +137,22 @@ class Verifier:
         width = str(max(self.console.width, 150)) if not self.console.is_terminal else str(self.console.width)
         env = {**os.environ, "COLUMNS": width}
         groups = [a for g in sorted(expect) for a in ("--group", g)]
-        self.console.rule(f"trace-msg {mid}  [dim]({label or cat.name})")
-        shown = subprocess.run([*TRACE_MSG, mid, *groups, "--store", self.store],
-                               capture_output=True, text=True, timeout=60, env=env, check=False)
-        self.console.print((shown.stdout or shown.stderr).rstrip(), markup=False, highlight=False, soft_wrap=True)
         check = TraceCheck(cat.name if not label else f"{cat.name} ({label})", mid, expect,
                            expected_exit=expected_exit(expect))
+        shown = None
+        if self.show:
+            self.console.rule(f"trace-msg {mid}  [dim]({label or cat.name})")
+            shown = subprocess.run([*TRACE_MSG, mid, *groups, "--store", self.store],
+                                   capture_output=True, text=True, timeout=60, env=env, check=False)
+            self.console.print((shown.stdout or shown.stderr).rstrip(), markup=False, highlight=False,
+                               soft_wrap=True)
         p = subprocess.run([*TRACE_MSG, mid, *groups, "--store", self.store,
                             "--json"], capture_output=True, text=True, timeout=60, env=env, check=False)
         check.exit_code = p.returncode
-        for code, what in ((shown.returncode, "trace-msg"), (p.returncode, "trace-msg --json")):
-            if code != check.expected_exit:
-                err = (shown.stderr if what == "trace-msg" else p.stderr).strip().splitlines()
-                check.problems.append(f"{what} exited {code}, expected {check.expected_exit}"
+        for run, what in ((shown, "trace-msg"), (p, "trace-msg --json")):
+            if run is not None and run.returncode != check.expected_exit:
+                err = run.stderr.strip().splitlines()
+                check.problems.append(f"{what} exited {run.returncode}, expected {check.expected_exit}"
                                       + (f": {err[-1]}" if err else ""))
         try:
             doc = json.loads(p.stdout)
@@ -188,7 +193,10 @@ class Verifier:
         self.console.rule("msgtrace replay (dry run)")
         self.console.print(f"$ {shown}", markup=False, highlight=False, soft_wrap=True)
         p = msgtrace(*args, env={**os.environ, "COLUMNS": str(max(self.console.width, 150))})
-        self.console.print(p.stdout.rstrip(), markup=False, highlight=False, soft_wrap=True)
+        out = p.stdout.rstrip()
+        if not self.show:  # the summary lines only
+            out = "\n".join(line for line in out.splitlines() if not line.startswith(("┃", "│", "┏", "┡", "└", " ")))
+        self.console.print(out, markup=False, highlight=False, soft_wrap=True)
         return p
 
     def replay_execute(self, run_id: str) -> dict[str, Any]:
