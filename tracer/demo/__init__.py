@@ -55,6 +55,7 @@ def demo(mq: str, client: str | None, replay: bool, workdir: Path | None, scale:
     if (mq == "rabbitmq") != (client == "pika"):
         raise click.BadParameter(f"{client} is not a client for {mq} (Kafka: kafka-python, confluent; "
                                  "RabbitMQ: pika)", param_hint="--client")
+    _preflight(mq, client)
     console = Console(stderr=as_json, highlight=False)
     if not console.is_terminal:  # a log or a pipe: wide enough for the tables (COLUMNS still wins)
         console = Console(stderr=as_json, highlight=False, width=int(os.environ.get("COLUMNS") or 150))
@@ -93,6 +94,26 @@ def demo(mq: str, client: str | None, replay: bool, workdir: Path | None, scale:
     finally:
         story.cleanup()
     sys.exit(0 if ok else 1)
+
+
+def _preflight(mq: str, client: str) -> None:
+    """The client library and broker a story needs, or one line saying how to get them."""
+    import importlib.util
+
+    from tracer.errors import ConfigError
+
+    need = {"confluent": ("confluent_kafka", "confluent-kafka", "confluent"), "pika": ("pika", "pika", "rabbitmq")}
+    if client in need:
+        module, dist, extra = need[client]
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"the {client} demo needs the PyPI package {dist}: pip install 'msgtrace[{extra}]' "
+                              f"(scripts/demo.sh installs it)")
+    if mq == "rabbitmq":
+        from tracer.localsvc.rabbitmq import rabbitmq_server_binary
+
+        if rabbitmq_server_binary() is None:
+            raise ConfigError("the RabbitMQ demo runs a node of its own from Debian's rabbitmq-server: "
+                              "apt-get install rabbitmq-server (scripts/demo.sh installs it)")
 
 
 def _run(story: Any, console: Console, replay: bool, show: bool = True) -> dict[str, Any]:
