@@ -178,6 +178,41 @@ def bench_views_on_insert(root: str, events: int, repeats: int) -> dict[str, lis
     return res
 
 
+def bench_views_on_columnar_insert(root: str, events: int, repeats: int, batch: int = 10_000) -> dict[str, list[float]]:
+    """The collector's path: columnar inserts of ``batch`` events (Store.insert_events), into a fresh
+    store with and without the lookup views, alternating; wall seconds for ``events`` events."""
+    from tests.test_incident_bursts import Story
+
+    story = Story()
+    i = 0
+    while len(story.events) < events:
+        for p in range(4):
+            story.message(i, p)
+        i += 1
+    evs = story.events[:events]
+    res: dict[str, list[float]] = {"plain": [], "views": [], "ratio": []}
+    for r in range(repeats):
+        pair = {}
+        for variant in (("plain", "views") if r % 2 == 0 else ("views", "plain")):
+            path = f"{root}/col-{variant}-{r}"
+            st = Store(f"chdb://{path}")
+            with st.session():
+                st.init_schema()
+                if variant == "views":
+                    L.ensure_lookup(st)
+                st.insert_events(evs[:batch])  # warm-up (types, first insert)
+                t = time.perf_counter()
+                for k in range(0, len(evs), batch):
+                    st.insert_events(evs[k:k + batch])
+                pair[variant] = time.perf_counter() - t
+            st.close()
+            shutil.rmtree(path, ignore_errors=True)
+        res["plain"].append(pair["plain"])
+        res["views"].append(pair["views"])
+        res["ratio"].append(pair["views"] / pair["plain"])
+    return res
+
+
 def bench_report(root: str, messages: int) -> dict[str, Any]:
     """A day of ``messages`` messages with 1 % lost, as an incident HTML report."""
     from tracer.report import incident_html
@@ -259,6 +294,10 @@ def main() -> None:
             r3 = bench_views_on_insert(root, a.insert_events, a.repeats)
             print(f"== insert of {a.insert_events} events (INSERT ... SELECT): plain {spread(r3['plain'])} s, with "
                   f"the lookup views {spread(r3['views'])} s; ratio {spread(r3['ratio'], fmt='{:.2f}')}")
+            r5 = bench_views_on_columnar_insert(root, a.insert_events // 5, a.repeats)
+            print(f"== columnar inserts (the collector's path) of {a.insert_events // 5} events in batches of 10k: "
+                  f"plain {spread(r5['plain'])} s, with the lookup views {spread(r5['views'])} s; ratio "
+                  f"{spread(r5['ratio'], fmt='{:.2f}')}")
         if "report" not in a.skip:
             r4 = bench_report(root, a.day_messages)
             print(f"== report: a day of {a.day_messages} messages, {r4['losses']} lost pairs ({r4['rows']} listed, "
