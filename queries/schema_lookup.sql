@@ -7,6 +7,8 @@
 -- chDB, or a cluster: __LOCAL__, __ON_CLUSTER__, __ENGINE__). Runs on ClickHouse 18.16.
 -- A row may be written twice (the view and the first fill both saw it): ReplacingMergeTree merges
 -- duplicates and every lookup reads DISTINCT msg_ids.
+-- Partitioned by day like trace_events, so that retention can drop the same day partitions here
+-- (a lookup whose events were dropped finds an id with no events, which trace-msg reports as such).
 
 CREATE TABLE IF NOT EXISTS {db:Identifier}.lookup_offsets__LOCAL__ __ON_CLUSTER__
 (
@@ -17,7 +19,7 @@ CREATE TABLE IF NOT EXISTS {db:Identifier}.lookup_offsets__LOCAL__ __ON_CLUSTER_
     msg_id String
 )
 ENGINE = __ENGINE__(ReplacingMergeTree)
-PARTITION BY toYYYYMM(toDateTime(intDiv(ts_us, 1000000)))
+PARTITION BY toYYYYMMDD(toDateTime(intDiv(ts_us, 1000000)))
 ORDER BY (topic, partition, offset, msg_id);
 -- distributed: lookup_offsets BY cityHash64(msg_id)
 
@@ -29,7 +31,7 @@ CREATE TABLE IF NOT EXISTS {db:Identifier}.lookup_keys__LOCAL__ __ON_CLUSTER__
     msg_id String
 )
 ENGINE = __ENGINE__(ReplacingMergeTree)
-PARTITION BY toYYYYMM(toDateTime(intDiv(ts_us, 1000000)))
+PARTITION BY toYYYYMMDD(toDateTime(intDiv(ts_us, 1000000)))
 ORDER BY (key, topic, ts_us, msg_id);
 -- distributed: lookup_keys BY cityHash64(msg_id)
 
@@ -40,7 +42,7 @@ CREATE TABLE IF NOT EXISTS {db:Identifier}.lookup_times__LOCAL__ __ON_CLUSTER__
     msg_id String
 )
 ENGINE = __ENGINE__(ReplacingMergeTree)
-PARTITION BY toYYYYMM(toDateTime(intDiv(ts_us, 1000000)))
+PARTITION BY toYYYYMMDD(toDateTime(intDiv(ts_us, 1000000)))
 ORDER BY (topic, ts_us, msg_id);
 -- distributed: lookup_times BY cityHash64(msg_id)
 
