@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import pygal  # type: ignore[import-untyped]
+from pygal.style import Style  # type: ignore[import-untyped]
+
 from tracer.analysis.bursts import Burst
 from tracer.analysis.funnel import PATH, FunnelRow
 from tracer.verdicts import LOST
@@ -37,8 +40,6 @@ PALETTE = ("#4477aa", "#66ccee", "#228833", "#ccbb44", "#ee6677", "#aa3377", "#b
 
 
 def _style() -> Any:
-    from pygal.style import Style  # type: ignore[import-untyped]
-
     return Style(background="white", plot_background="white", foreground="#333", foreground_strong="#111",
                  foreground_subtle="#999", opacity=".9", opacity_hover="1", colors=PALETTE,
                  font_family="sans-serif", label_font_size=11, major_label_font_size=11,
@@ -100,8 +101,6 @@ def series(rows: Sequence[FunnelRow], from_us: int, to_us: int, bucket_s: int) -
 
 def funnel_chart(s: Series, title: str) -> str:
     """Messages reaching each stage of the main path, per point of time."""
-    import pygal  # type: ignore[import-untyped]
-
     c = pygal.Line(**_config(title=title, show_dots=len(s.starts) <= 60, dots_size=2, fill=False,
                              y_title="messages", stroke_style={"width": 1.5}))
     c.x_labels = [hhmm(t) for t in s.starts]
@@ -112,8 +111,6 @@ def funnel_chart(s: Series, title: str) -> str:
 
 def latency_chart(s: Series, title: str, hops: Iterable[str] = ("sent_acked", "acked_received", "received_done")) -> str:
     """p50 and p99 of each hop in milliseconds (log scale), per point of time."""
-    import pygal  # type: ignore[import-untyped]
-
     worst = " (worst bucket of each point)" if s.merged > 1 else ""
     c = pygal.Line(**_config(title=title + worst, logarithmic=True, show_dots=len(s.starts) <= 60, dots_size=2,
                              y_title="ms (log)", value_formatter=lambda v: f"{v:.1f} ms",
@@ -132,8 +129,6 @@ def latency_chart(s: Series, title: str, hops: Iterable[str] = ("sent_acked", "a
 
 def rates_chart(s: Series, title: str) -> str:
     """Redelivered and duplicate-processed share of the messages received / done, in percent."""
-    import pygal  # type: ignore[import-untyped]
-
     c = pygal.Line(**_config(title=title, height=220, show_dots=len(s.starts) <= 60, dots_size=2,
                              y_title="%", value_formatter=lambda v: f"{v:.2f} %"))
     c.x_labels = [hhmm(t) for t in s.starts]
@@ -151,9 +146,6 @@ def rates_chart(s: Series, title: str) -> str:
 def bursts_chart(bursts: Sequence[Burst], from_us: int, to_us: int, title: str = "loss bursts") -> str:
     """Each burst as a bar from its start to its end (a dot when instant), one row per burst; red for
     lost messages, yellow for the rest (parked, not yet, unknown)."""
-    import pygal  # type: ignore[import-untyped]
-    from pygal.style import Style  # type: ignore[import-untyped]
-
     timed = [(i, b) for i, b in enumerate(bursts, 1) if b.start_us]  # numbered as the page lists them
     height = max(170, 90 + 24 * len(timed))
     span = max(1, to_us - from_us)
