@@ -70,8 +70,10 @@ def print_report(rep: Any, top: int) -> None:
                 out.print(f"   remedy: {_esc(V.REMEDY[b.verdict])}")
             for c in b.commands()[:3]:
                 out.print(f"   [dim]$[/] {_esc(c)}")
-    else:
+    elif res.total:
         out.print("[green]every message of the window was delivered[/]")
+    else:
+        out.print("no messages in the window")
     sig = rep.signals
     if sig.stopped or sig.rebalances or sig.commits_without_outcome or sig.audit_gaps:
         out.print("[bold]signals[/]")

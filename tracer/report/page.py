@@ -84,7 +84,8 @@ def _cls(verdict: str) -> str:
 def _bursts(bursts: Sequence[Burst], res: Any) -> list[str]:
     out = ["<h2 id='bursts'>Loss bursts</h2>"]
     if not bursts:
-        return out + ["<p class='ok'>Every message of the window was delivered.</p>"]
+        return [*out, "<p class='ok'>Every message of the window was delivered.</p>" if res.total else
+                "<p>No messages in the window.</p>"]
     w = res.window
     end = min(w.to_us, max([w.from_us + 1] + [b.end_us for b in bursts]))
     start = min([w.from_us] + [b.start_us for b in bursts if b.start_us])
