@@ -11,6 +11,7 @@ and the chart's title says so.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -49,7 +50,7 @@ def _style() -> Any:
 def _config(**kw: Any) -> dict[str, Any]:
     base: dict[str, Any] = {"js": [], "disable_xml_declaration": True, "style": _style(), "width": 960,
                             "height": 300, "explicit_size": True, "legend_at_bottom": True, "legend_box_size": 10,
-                            "margin": 10, "truncate_legend": -1, "show_minor_x_labels": False,
+                            "margin": 10, "truncate_legend": -1, "truncate_label": -1, "show_minor_x_labels": False,
                             "x_labels_major_count": 12, "print_values": False, "no_data_text": "no data",
                             "allow_interruptions": True}
     base.update(kw)
@@ -110,12 +111,9 @@ def funnel_chart(s: Series, title: str) -> str:
 
 
 def latency_chart(s: Series, title: str, hops: Iterable[str] = ("sent_acked", "acked_received", "received_done")) -> str:
-    """p50 and p99 of each hop in milliseconds (log scale), per point of time."""
+    """p50 and p99 of each hop in milliseconds (log scale, labelled 1-2-5 per decade), per point of time."""
     worst = " (worst bucket of each point)" if s.merged > 1 else ""
-    c = pygal.Line(**_config(title=title + worst, logarithmic=True, show_dots=len(s.starts) <= 60, dots_size=2,
-                             y_title="ms (log)", value_formatter=lambda v: f"{v:.1f} ms",
-                             stroke_style={"width": 1.5}))
-    c.x_labels = [hhmm(t) for t in s.starts]
+    lines: list[tuple[str, list[float | None]]] = []
     for hop in hops:
         for q in ("p50", "p99"):
             vals: list[float | None] = []
@@ -123,8 +121,23 @@ def latency_chart(s: Series, title: str, hops: Iterable[str] = ("sent_acked", "a
                 got = [getattr(r.latency[hop], q) for r in rows]
                 got = [g for g in got if g is not None and g > 0]
                 vals.append(max(got) / 1000 if got else None)
-            c.add(f"{hop.replace('_', '→')} {q}", vals)
+            lines.append((f"{hop.replace('_', '→')} {q}", vals))
+    seen = [v for _, vals in lines for v in vals if v]
+    labels: list[float] = []
+    if seen:
+        lo, hi = math.floor(math.log10(min(seen))), math.ceil(math.log10(max(seen)))
+        labels = [m * 10.0 ** k for k in range(lo, hi + 1) for m in (1, 2, 5) if m * 10.0 ** k <= 10.0 ** hi]
+    c = pygal.Line(**_config(title=title + worst, logarithmic=True, show_dots=len(s.starts) <= 60, dots_size=2,
+                             y_title="ms (log)", value_formatter=_ms, stroke_style={"width": 1.5},
+                             y_labels=labels or None, y_labels_major=[x for x in labels if f"{x:g}"[0] == "1"] or None))
+    c.x_labels = [hhmm(t) for t in s.starts]
+    for name, vals in lines:
+        c.add(name, vals)
     return finish(c.render(is_unicode=True))
+
+
+def _ms(v: float) -> str:
+    return f"{v:g} ms" if v >= 1 else f"{v:.2g} ms"
 
 
 def rates_chart(s: Series, title: str) -> str:
