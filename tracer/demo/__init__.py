@@ -123,6 +123,7 @@ def _run(story: Any, console: Console, replay: bool, show: bool = True) -> dict[
         comparison_table,
         remedies_table,
         replay_table,
+        unrecovered_lines,
     )
     from tracer.demo.verify import Verifier
 
@@ -177,6 +178,8 @@ def _run(story: Any, console: Console, replay: bool, show: bool = True) -> dict[
         report2 = v.reconcile(time.time() + 1)
         after = compare(story.cats, report2, after=True)
         console.print(before_after_table(rows, after, executed, story.cats))
+        for line in unrecovered_lines(story.cats, report2):
+            console.print(f"[yellow]not recovered[/] {line}", markup=True, highlight=False)
         for name in ("lost_in_consumer", "failed_and_committed"):
             cat = story.cats[name]
             if cat.orders:

@@ -151,3 +151,18 @@ def replay_table(result: dict[str, Any], cats: dict[str, Category]) -> Table:
         t.add_row(m["msg_id"], cat_of.get(m["msg_id"], "?"), ", ".join(m.get("verdicts") or ()),
                   str(m.get("from") or m.get("source") or ""), res)
     return t
+
+
+def unrecovered_lines(cats: dict[str, Category], report: dict[str, Any]) -> list[str]:
+    """For each category the replay could not recover: one message, its verdict and its evidence (which
+    carries the replay attempt), in words."""
+    found = _found(report)
+    out = []
+    for cat in cats.values():
+        for group, exp in sorted(cat.after.items()):
+            if exp.verdict == "delivered" or not cat.orders:
+                continue
+            m = found.get((msg_id(cat.orders[0]), group))
+            if m is not None:
+                out.append(f"{m['msg_id']} ({group}): {m['verdict']}: {m.get('evidence') or ''}")
+    return out
