@@ -87,7 +87,8 @@ def test_json_schema(store):
     r = run(store, "j1", "--json")
     assert r.exit_code == 1
     doc = orjson.loads(r.stdout)
-    assert list(doc) == ["msg_id", "verdicts", "events"] and doc["msg_id"] == "j1"
+    # the contract's keys, then the clock skew found between services (none here)
+    assert list(doc) == ["msg_id", "verdicts", "events", "skew"] and doc["msg_id"] == "j1" and doc["skew"] == []
     assert [list(v) for v in doc["verdicts"]] == [["consumer_group", "verdict", "stopped_at", "flags",
                                                     "evidence"]] * 2
     assert {(v["consumer_group"], v["verdict"]) for v in doc["verdicts"]} == {("g1", "delivered"),
@@ -108,7 +109,8 @@ def test_unknown_id_suggests_same_prefix(store):
     assert r.exit_code == 3
     assert "no events" in r.output and "order-1:paid" in r.output and "other" not in r.output
     r = run(store, "order-7:paid", "--json")
-    assert r.exit_code == 3 and orjson.loads(r.stdout) == {"msg_id": "order-7:paid", "verdicts": [], "events": []}
+    assert r.exit_code == 3 and orjson.loads(r.stdout) == {"msg_id": "order-7:paid", "verdicts": [], "events": [],
+                                                           "skew": []}
     assert similar_prefix("order-42:paid") == "order-42:" and similar_prefix("abcdef") == "abcd"
 
 

@@ -34,6 +34,8 @@ def fmt_delta(us: int) -> str:
 
 
 def timeline_table(events: list[Event]):  # -> rich.table.Table
+    """The events as given (trace-msg passes them in causal order: tracer.analysis.timeline); +Δ is
+    each row's stamp minus the previous row's (negative where two clocks disagree)."""
     from rich.table import Table
 
     t = Table(title=None, show_lines=False)
@@ -235,11 +237,15 @@ def trace_msg(msg_id: str | None, key: str | None, at: str | None, topic: str | 
         similar = similar_ids(store, msg_id) if not events else []
     delivered = bool(verdicts) and all(v.verdict == "delivered" for v in verdicts)
     code = EXIT_UNKNOWN if not events else (EXIT_OK if delivered else EXIT_LOST)
+    from tracer.analysis.timeline import causal
+
+    line = causal(events)  # causes before effects where the events prove it; the clocks' skew
+    events = line.events
     if as_json:
         import orjson
 
         doc = {"msg_id": msg_id, "verdicts": [verdict_json(v) for v in verdicts],
-               "events": [e.to_dict() for e in events]}
+               "events": [e.to_dict() for e in events], "skew": [s.to_json() for s in line.skews]}
         sys.stdout.write(orjson.dumps(doc).decode() + "\n")
         if not events and similar:
             err.print("unknown message id; ids with the same prefix: " + ", ".join(repr(s) for s in similar))
@@ -259,6 +265,11 @@ def trace_msg(msg_id: str | None, key: str | None, at: str | None, topic: str | 
         head += f", trace id {', '.join(trace_ids)}"
     out.print(head)
     out.print(timeline_table(events))
+    for s in line.skews:
+        out.print(f"[yellow]clock skew[/]: {escape(s.text())}")
+    if line.reordered:
+        out.print("[dim]ordered by causality (each process's seq, acks before receipts of their offset, receipts "
+                  "before the group's later stages); times are as each service stamped them[/]")
     print_verdicts(verdicts)
     sys.exit(code)
 
