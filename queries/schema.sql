@@ -107,3 +107,55 @@ PARTITION BY toYYYYMMDD(toDateTime(intDiv(judged_us, 1000000)))
 ORDER BY (run_id, msg_id, consumer_group)
 __TTL__(toDateTime(intDiv(judged_us, 1000000)));
 -- distributed: verdicts BY cityHash64(msg_id)
+
+-- msgtrace replay: every run (`msgtrace replay`, dry runs too) and every message it considered.
+-- One row per replay run: who ran it, when, on which reconcile run, with what filters, and the
+-- confirmation counts. mode: dry_run (nothing was published) or execute.
+CREATE TABLE IF NOT EXISTS {db:Identifier}.replay_runs__LOCAL__ __ON_CLUSTER__
+(
+    run_id String,
+    started_us UInt64,
+    finished_us UInt64,
+    user String,
+    host String,
+    mode String,
+    reconcile_run String,
+    window_from_us UInt64,
+    window_to_us UInt64,
+    note String,
+    params String,
+    planned UInt64,
+    published UInt64,
+    skipped UInt64,
+    failed UInt64
+)
+ENGINE = __ENGINE__(MergeTree)
+PARTITION BY toYYYYMM(toDateTime(intDiv(started_us, 1000000)))
+ORDER BY (started_us, run_id);
+-- distributed: replay_runs BY cityHash64(run_id)
+
+-- One row per message a replay run considered: where it was read from, where it went, the result
+-- (planned, published, skipped, failed) and why. Ordered by msg_id: "was this message replayed
+-- before?" reads it by primary key.
+CREATE TABLE IF NOT EXISTS {db:Identifier}.replay_messages__LOCAL__ __ON_CLUSTER__
+(
+    run_id String,
+    at_us UInt64,
+    msg_id String,
+    consumer_groups Array(String),
+    verdicts Array(String),
+    source String,
+    source_topic String,
+    source_partition Int32,
+    source_offset Int64,
+    target_topic String,
+    target_partition Int32,
+    target_offset Int64,
+    result String,
+    reason_code String,
+    reason String
+)
+ENGINE = __ENGINE__(MergeTree)
+PARTITION BY toYYYYMM(toDateTime(intDiv(at_us, 1000000)))
+ORDER BY (msg_id, run_id);
+-- distributed: replay_messages BY cityHash64(msg_id)

@@ -204,7 +204,7 @@ def test_forked_child_does_not_keep_the_chdb_store_locked(chdb_url):
 # --- schema variants, retention ------------------------------------------------------
 
 def test_schema_renders_per_server_version_and_cluster():
-    from tracer.store.schema import ALL_FEATURES, Feature, SchemaOptions, parse_features, render_schema
+    from tracer.store.schema import ALL_FEATURES, Feature, SchemaOptions, parse_features, render_schema, schema_tables
 
     assert parse_features("auto", "18.16.1") == Feature.NONE
     assert parse_features("auto", "26.9.2.1") != Feature.NONE
@@ -219,7 +219,7 @@ def test_schema_renders_per_server_version_and_cluster():
     assert "stage LowCardinality(String)" in new and "CODEC(ZSTD(1))" in new and "INTERVAL 7 DAY" in new
     stmts = render_schema("msgtrace", SchemaOptions(cluster="prod"))
     dist = [s for s in stmts if "Distributed" in s]
-    assert len(dist) == 4 and all("ON CLUSTER `prod`" in s for s in stmts)
+    assert len(dist) == len(schema_tables()) >= 6 and all("ON CLUSTER `prod`" in s for s in stmts)
     assert "Distributed(`prod`, `msgtrace`, trace_events_local, cityHash64(msg_id))" in dist[0]
     assert "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/msgtrace/trace_events_local', '{replica}')" \
         in "\n".join(stmts)

@@ -45,6 +45,13 @@ def db_init(store_url: str | None, cluster: str | None, features: str, keep_days
             click.echo(";\n\n".join(stmts) + ";")
             return
         store.init_schema(cluster=cluster, features=chosen, keep_days=keep_days)
+        # trace-msg's lookup tables (--key, --at, --topic): built now, so the first lookup on a big
+        # store does not pay the one-off fill from the stored events
+        from tracer.analysis.lookup import ensure_lookup
+        from tracer.cli.util import progress_display
+
+        with progress_display(True) as progress:
+            ensure_lookup(store, progress)
         shown = ", ".join(feature_names(chosen)) or "baseline"
         where = f" on cluster {cluster}" if cluster else ""
         out.print(f"schema ready in {store.url.redacted()}{where} (ClickHouse {version}; features: {shown})")

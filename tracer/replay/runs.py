@@ -3,7 +3,7 @@
 Reads: a stored reconcile run (``reconcile_runs``) and its verdicts, the events of the messages in
 question, earlier replays of them. Writes: one ``replay_runs`` row (who, when, what, the counts)
 and one ``replay_messages`` row per message (from where, to where, the result and why), in the
-tables of ``queries/schema_replay.sql``, which :func:`ensure_schema` creates.
+tables ``replay_runs`` and ``replay_messages`` of ``queries/schema.sql`` (:func:`ensure_schema`).
 """
 from __future__ import annotations
 
@@ -22,8 +22,13 @@ ID_BATCH = 1000
 
 
 def ensure_schema(store: Store) -> None:
-    """Create the replay tables if they are missing (safe to run again; ``db init`` will run it too)."""
-    store.run_script("schema_replay")
+    """Create the replay tables if they are missing (safe to run again). They are part of
+    ``queries/schema.sql`` (``db init`` creates them); this covers a store made before they were,
+    on one server, chDB or a cluster (Replicated + Distributed like every other table)."""
+    if store.schema_present():
+        return
+    info = store.cluster_info()
+    store.init_schema(cluster=info.name if info is not None else None)
 
 
 @dataclass(slots=True)

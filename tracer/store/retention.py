@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 from tracer.errors import ConfigError, StoreError
-from tracer.store.core import Store, check_identifier
+from tracer.store.core import Store, check_identifier, load_sql
 
 _PARTITION_ID_RE = re.compile(r"^[0-9]{8}$")
 
@@ -51,7 +51,7 @@ class RetentionPlan:
 
 def _day_tables(store: Store, names: list[str]) -> tuple[list[str], list[str]]:
     """(tables partitioned by day, tables with a TTL) among ``names`` (the storage tables)."""
-    cols, rows = store.rows("SELECT name, partition_key, create_table_query FROM system.tables "
+    _, rows = store.rows("SELECT name, partition_key, create_table_query FROM system.tables "
                             "WHERE database = {db:String}", {"db": store.database})
     by_name = {r[0]: (r[1] or "", r[2] or "") for r in rows}
     day = [n for n in names if "toYYYYMMDD" in by_name.get(n, ("", ""))[0]]
@@ -66,7 +66,9 @@ def plan(store: Store, keep_days: int) -> RetentionPlan:
     from tracer.store.schema import LOCAL_SUFFIX, schema_tables
 
     info = store.cluster_info()
-    tables = schema_tables()
+    # the events' own tables and trace-msg's lookup tables (queries/schema_lookup.sql), which hold
+    # the same days: a lookup row outliving its events would point at nothing
+    tables = schema_tables() + schema_tables(load_sql("schema_lookup"))
     storage = {t: (info.local_tables.get(t, t + LOCAL_SUFFIX) if info else t) for t in tables}
     day_tables, ttl = _day_tables(store, list(storage.values()))
     cutoff = str(store.rows("SELECT toYYYYMMDD(today() - {n:UInt32}) AS d", {"n": keep_days}, small=True)[1][0][0])
