@@ -26,6 +26,10 @@ from tracer.identity import cap_msg_id as cap_msg_id
 
 FORMAT_HEADER = "msgtrace-format"
 FORMAT_VERSION = "1"
+#: Attribute naming the replay run on every event of a message re-published by ``msgtrace replay``
+#: (the reconciler's ``replayed`` flag); the re-published message carries the run in the header
+#: ``tracer.identity.REPLAY_HEADER``.
+REPLAY_ATTR = "replay_run"
 #: A record larger than this is refused on decode (quarantined by the collector).
 MAX_RECORD_BYTES = 16 * 1024 * 1024
 

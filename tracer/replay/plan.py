@@ -27,11 +27,10 @@ from typing import Any
 
 from tracer import verdicts as V
 from tracer.analysis.reconcile import fmt_us
+from tracer.events import REPLAY_ATTR
+from tracer.identity import REPLAY_HEADER
 
-#: attr on the events of a re-published message: the replay run id (DESIGN.md, Headers)
-REPLAY_ATTR = "replay_run"
-#: header on a re-published message: the replay run id; the message keeps its ``msgtrace-id``
-REPLAY_HEADER = "msgtrace-replay"
+__all__ = ["REPLAY_ATTR", "REPLAY_HEADER"]  # re-exported: tracer.replay names them too
 
 #: the broker still has it: read it from the business topic at its offset
 CONSUMER_SIDE: frozenset[str] = frozenset({V.LOST_IN_CONSUMER, V.FAILED_AND_COMMITTED, V.IN_FLIGHT})
