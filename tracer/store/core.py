@@ -34,6 +34,7 @@ from tracer.events import STORE_COLUMNS, Event, to_columns
 
 DEFAULT_DATABASE = "msgtrace"
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]{0,19}$")
 _PARAM_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*):([^{}]+)\}")
 _CODE_RE = re.compile(r"Code: (\d+)\.")
 
@@ -112,8 +113,29 @@ def parse_store_url(url: str) -> StoreURL:
         return StoreURL("clickhouse", check_identifier(db), host=parts.hostname, port=port or 9000,
                         user=unquote(parts.username or "default"), password=password,
                         secure=scheme == "clickhouses")
-    shown = url.split("://", 1)[0] if "://" in url else url[:40]
+    if "://" not in url:
+        # never echo it: a bare string is as likely a password pasted into the wrong variable
+        raise ConfigError("invalid store URL: it has no scheme (expected chdb:///path or "
+                          "clickhouse://user@host:9000/db)")
+    shown = url.split("://", 1)[0]
+    if not _SCHEME_RE.match(shown):  # not a scheme a person would type: may be part of a secret
+        raise ConfigError("invalid store URL: unsupported scheme (expected chdb:// or clickhouse://)")
     raise ConfigError(f"unsupported store URL scheme {shown!r} (expected chdb:// or clickhouse://)")
+
+
+def lock_timeout_from_env(default: float = 30.0) -> float:
+    """``MSGTRACE_STORE_LOCK_TIMEOUT``: seconds to wait for an embedded store another process holds."""
+    raw = os.environ.get("MSGTRACE_STORE_LOCK_TIMEOUT")
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not (value >= 0 and value != float("inf")):
+        raise ConfigError("MSGTRACE_STORE_LOCK_TIMEOUT must be a number of seconds >= 0 "
+                          f"(got {raw.strip()[:20]!r})")
+    return value
 
 
 def _env_password() -> str:
@@ -561,7 +583,7 @@ class Store:
         self.url = parse_store_url(url or default_store_url())
         self.database = self.url.database
         if lock_timeout is None:
-            lock_timeout = float(os.environ.get("MSGTRACE_STORE_LOCK_TIMEOUT", "30"))
+            lock_timeout = lock_timeout_from_env()
         if self.url.engine == "chdb":
             self.backend: Backend = ChdbBackend(self.url, lock_timeout)
         else:
