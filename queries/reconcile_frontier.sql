@@ -1,3 +1,4 @@
+-- msgtrace: shard-local group-by
 -- Evidence for lost_in_broker that survives offset reuse: per (topic, partition, group), the latest
 -- broker_acked time (and its message and offset) among the messages that the group did receive.
 -- A message acked earlier on the same partition and never received by that group was passed over.

@@ -1,3 +1,4 @@
+-- msgtrace: shard-local group-by
 -- RabbitMQ's broker evidence (no partitions, no offsets): per queue (consumer_group), exchange (topic),
 -- routing key and publishing host, the latest sent time among the messages the queue received, and the
 -- message that has it. A queue delivers in order, so a message broker_acked before another one was even

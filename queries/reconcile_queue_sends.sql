@@ -1,3 +1,4 @@
+-- msgtrace: shard-local group-by
 -- The exchange (topic), routing key and host of a few RabbitMQ messages' sends (read by primary key):
 -- what reconcile_queue_order.sql's answers are compared with.
 SELECT

@@ -1,3 +1,4 @@
+-- msgtrace: shard-local group-by
 -- The latest replay run (attrs replay_run) of each of a few replayed messages, read by primary key:
 -- pass 2 (reconcile_pairs.sql) knows which messages have replay events, not the run's id.
 SELECT

@@ -1,3 +1,4 @@
+-- msgtrace: shard-local group-by
 -- The msg_ids behind pass 1's hashes (reconcile_scan_msg.sql groups by cityHash64(msg_id)): one
 -- read of the msg_id column. {hashes} is the run's generated staging table of hashes.
 SELECT DISTINCT msg_id

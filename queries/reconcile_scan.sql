@@ -1,3 +1,4 @@
+-- msgtrace: shard-local per-shard
 -- Reconcile, pass 1 per pair, for windows pass 1 by message (reconcile_scan_msg.sql) cannot judge
 -- (fan-out: several groups on a topic; mixed topics): every (msg_id, consumer group) pair,
 -- returned as counts for plainly delivered pairs (per topic and group) and one row per other pair,

@@ -1,3 +1,4 @@
+-- msgtrace: shard-local per-shard
 -- Reconcile, pass 1 by message (the usual case: the consumer stages of each message belong to one
 -- group). One lean GROUP BY over the scanned range that also finds the groups expected on each
 -- topic, so reconcile_topic_groups.sql (a second read of the window) is not needed. It groups by

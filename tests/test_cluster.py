@@ -247,7 +247,9 @@ def test_cluster_collect_restart_and_same_answers_as_chdb(cluster, kafka_bootstr
         c.init_schema()
         c.insert_events(events)
 
-    for args in (["reconcile", *WINDOW, "--all"], ["incident", *WINDOW]):
+    # fan-out (pass 1 per pair) and one group (pass 1 by message): both run per shard
+    for args in (["reconcile", *WINDOW, "--all"], ["reconcile", *WINDOW, "--all", "--group", "g1"],
+                 ["incident", *WINDOW]):
         single, dist = cli_json(*args, "--store", chdb_url), cli_json(*args, "--store", url1)
         assert dist == single, args[0]
         assert single.get("lost")  # the comparison is about something
