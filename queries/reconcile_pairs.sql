@@ -7,7 +7,12 @@
 -- Events of a replay run (attrs replay_run) have their own masks and times (rbit, r*): every other
 -- fact is of the original events (st = '' and bit = 0 for a replay event); the replay run's id is
 -- read afterwards for the few replayed messages only (reconcile_replay_runs.sql: no read of
--- attr_values here). Duplicates of an audit
+-- attr_values here). One exception (adopt1): a message with no sent or send_failed of its own (rebuilt
+-- from the source of truth and replayed) takes its replay's producer events as its own, so its
+-- consumer events are judged against that send (delivered + replayed), not as an audit gap.
+-- The message's topic is its business topic: its own producer events' topic, else its own receipts',
+-- else any own event's, else the replay's; the replay's topic (a retry topic) is replay_topic.
+-- Duplicates of an audit
 -- event change nothing: bit OR, min/max are idempotent, counts are of distinct event_ids (or, in the
 -- {counts} variant by rows, flagged unsure where a duplicate could inflate them).
 -- Level 2 folds the groups of a message into parallel arrays; level 3 expands the pairs to judge
@@ -47,6 +52,7 @@ SELECT
     replay_ts,
     replay_done_ts,
     replay_error,
+    replay_topic,
     p_error,
     c_error,
     trace_id,
@@ -69,6 +75,7 @@ FROM
         rb_ts,
         rb_open,
         replay_ts,
+        replay_topic,
         trace_id,
         p_error,
         indexOf(groups, grp) AS gi,
@@ -95,7 +102,11 @@ FROM
     (
         SELECT
             msg_id,
-            anyIf(t1, t1 != '') AS topic,
+            multiIf(anyIf(t1, g = '' AND t1 != '') != '', anyIf(t1, g = '' AND t1 != ''),
+                    anyIf(t1, t1 != '') != '', anyIf(t1, t1 != ''),
+                    anyIf(ot1, ot1 != '') != '', anyIf(ot1, ot1 != ''),
+                    anyIf(rt1, rt1 != '')) AS topic,
+            anyIf(rt1, rt1 != '') AS replay_topic,
             groupBitOrIf(mask1, g = '') AS pmask,
             groupBitOrIf(mask1, g != '') AS any_cmask,
             groupBitOrIf(rmask1, g = '') AS p_rmask,
@@ -136,17 +147,21 @@ FROM
             SELECT
                 msg_id,
                 g,
-                groupBitOr(bit) AS mask1,
+                toUInt8(g = '' AND countIf(st IN ('sent', 'send_failed')) = 0
+                        AND countIf(rp = 1 AND stage = 'sent') > 0) AS adopt1,
+                if(adopt1 = 1, groupBitOr(sbit), groupBitOr(bit)) AS mask1,
                 groupBitOr(rbit) AS rmask1,
                 {counts:SQL},
-                minIf(ts_us, st = 'sent') AS sent1,
-                maxIf(ts_us, st = 'sent') AS lsent1,
-                maxIf(ts_us, st = 'send_failed') AS sfail1,
-                minIf(ts_us, bit != 0) AS first1,
-                maxIf(ts_us, bit != 0) AS last1,
-                maxIf(ts_us, st = 'broker_acked') AS ack1,
-                argMaxIf(part, ts_us, st = 'broker_acked') AS ackp1,
-                argMaxIf(off, ts_us, st = 'broker_acked') AS acko1,
+                if(adopt1 = 1, minIf(ts_us, stage = 'sent'), minIf(ts_us, st = 'sent')) AS sent1,
+                if(adopt1 = 1, maxIf(ts_us, stage = 'sent'), maxIf(ts_us, st = 'sent')) AS lsent1,
+                if(adopt1 = 1, maxIf(ts_us, stage = 'send_failed'), maxIf(ts_us, st = 'send_failed')) AS sfail1,
+                if(adopt1 = 1, minIf(ts_us, sbit != 0), minIf(ts_us, bit != 0)) AS first1,
+                if(adopt1 = 1, maxIf(ts_us, sbit != 0), maxIf(ts_us, bit != 0)) AS last1,
+                if(adopt1 = 1, maxIf(ts_us, stage = 'broker_acked'), maxIf(ts_us, st = 'broker_acked')) AS ack1,
+                if(adopt1 = 1, argMaxIf(part, ts_us, stage = 'broker_acked'),
+                   argMaxIf(part, ts_us, st = 'broker_acked')) AS ackp1,
+                if(adopt1 = 1, argMaxIf(off, ts_us, stage = 'broker_acked'),
+                   argMaxIf(off, ts_us, st = 'broker_acked')) AS acko1,
                 maxIf(ts_us, st = 'rolled_back') AS rb1,
                 minIf(ts_us, st = 'received') AS recv1,
                 argMinIf(part, ts_us, st = 'received') AS recvp1,
@@ -156,9 +171,12 @@ FROM
                 maxIf(ts_us, st = 'business_done') AS done1,
                 maxIf(ts_us, st = 'business_failed') AS bfail1,
                 maxIf(ts_us, st = 'dead_lettered') AS dl1,
-                argMaxIf(err, ts_us, err != '' AND rp = 0) AS err1,
+                if(adopt1 = 1, argMaxIf(err, ts_us, err != ''), argMaxIf(err, ts_us, err != '' AND rp = 0)) AS err1,
                 argMaxIf(err, ts_us, err != '' AND rp = 1) AS rerr1,
-                anyIf(topic, topic != '') AS t1,
+                anyIf(topic, topic != '' AND rp = 0
+                      AND stage IN ('sent', 'send_failed', 'broker_acked', 'received')) AS t1,
+                anyIf(topic, topic != '' AND rp = 0) AS ot1,
+                anyIf(topic, topic != '' AND rp = 1) AS rt1,
                 anyIf(tid, tid != '') AS tid1,
                 minIf(ts_us, rp = 1) AS rfirst1,
                 maxIf(ts_us, rp = 1 AND stage = 'business_done') AS rdone1

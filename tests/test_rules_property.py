@@ -65,6 +65,8 @@ def history(draw: st.DrawFn, msg_id: str, topic: str, t0: int) -> list[Event]:
             story.append(("offset_committed", {**c, "offset": off + draw(st.integers(0, 2))}))
     if draw(st.integers(0, 3)) == 0:  # a replay (msgtrace replay) of the message
         run = {"attrs": {"replay_run": "r" + draw(st.sampled_from("12"))}}
+        if draw(st.booleans()):  # to a retry topic: the pair keeps the business topic, the retry is evidence
+            run["topic"] = topic + ".retry"
         story.append(("sent", run))
         story.append((draw(st.sampled_from(["broker_acked", "send_failed"])), {**run, "partition": part,
                                                                                "offset": off + 5}))
@@ -76,8 +78,8 @@ def history(draw: st.DrawFn, msg_id: str, topic: str, t0: int) -> list[Event]:
         if draw(st.integers(0, 5)) == 0:
             continue  # lost by the audit
         skew = draw(st.integers(-30, 30)) * MS  # clock skew: may put a stage before an earlier one
-        e = Event(msg_id=msg_id, stage=stage, ts_us=t0 + i * 10 * MS + skew, topic=topic, service="s", host="h",
-                  pid=1, **kw)
+        e = Event(msg_id=msg_id, stage=stage, ts_us=t0 + i * 10 * MS + skew, service="s", host="h",
+                  pid=1, **{"topic": topic, **kw})
         events.append(e)
         if draw(st.integers(0, 6)) == 0:
             events.append(Event(**e.to_dict()))  # the collector stored it twice (same event_id)

@@ -48,6 +48,29 @@ def _broker(f: PairFacts) -> str:
     return f"{at}; never received by this group"
 
 
+def _unacked(f: PairFacts) -> str:
+    if f.txn_id:  # RocketMQ: a half message whose transaction never ended
+        return (f"half message of transaction {f.txn_id} sent at {fmt_us(f.sent_ts)}; no commit or rollback "
+                f"(EndTransaction) by {fmt_us(f.cut)}: the local transaction is in doubt (producer died after the "
+                "half message, or its check-back answered UNKNOW)")
+    return f"sent at {fmt_us(f.sent_ts)}; no broker_acked and no send_failed by {fmt_us(f.cut)}"
+
+
+#: the remedy of an unacked half message (instead of verdicts.REMEDY's send callbacks)
+HALF_MESSAGE_REMEDY = ("implement the producer's transaction checker (RocketMQ's TransactionChecker / "
+                       "checkLocalTransaction) so the broker's check-back commits or rolls back from the local "
+                       "transaction's state (the order row), never UNKNOW for good; alert on half messages older "
+                       "than the check-back limit, and re-send from the outbox (msgtrace replay) when the order "
+                       "committed")
+
+
+def remedy(f: PairFacts, verdict: str) -> str:
+    """The remedy of a verdict (tracer.verdicts.REMEDY), or one the evidence calls for."""
+    if verdict == V.UNACKED and f.txn_id:
+        return HALF_MESSAGE_REMEDY
+    return V.REMEDY.get(verdict, "")
+
+
 def _in_flight(f: PairFacts) -> str:
     failed = f"; business_failed at {fmt_us(f.bfail_ts)}" if f.bfail_ts else ""
     return f"received at {fmt_us(f.recv_ts)}{failed}; not committed, no outcome by {fmt_us(f.cut)}"
@@ -58,12 +81,13 @@ TEXT: dict[str, Callable[[PairFacts], str]] = {
     V.NEVER_SENT: lambda f: "expected by the source of truth; no event recorded at all",
     V.SEND_FAILED: lambda f: (f"send_failed at {fmt_us(f.sfail_ts)}: {f.p_error or 'no error text'}; "
                               "never broker_acked"),
-    V.UNACKED: lambda f: f"sent at {fmt_us(f.sent_ts)}; no broker_acked and no send_failed by {fmt_us(f.cut)}",
+    V.UNACKED: _unacked,
     V.LOST_IN_BROKER: _broker,
     V.PENDING_IN_BROKER: _broker,
     V.EXPIRED_IN_BROKER: _broker,
-    V.LOST_IN_CONSUMER: lambda f: (f"received at {fmt_us(f.recv_ts)}; offset_committed at {fmt_us(f.commit_ts)} "
-                                   f"(offset {f.commit_o}); no business_done or business_failed"),
+    V.LOST_IN_CONSUMER: lambda f: (f"received at {fmt_us(f.recv_ts)}; offset_committed at {fmt_us(f.commit_ts)}"
+                                   + (f" (offset {f.commit_o})" if f.commit_o >= 0 else "")  # RabbitMQ, RocketMQ: none
+                                   + "; no business_done or business_failed"),
     V.FAILED_AND_COMMITTED: lambda f: (f"business_failed at {fmt_us(f.bfail_ts)}: {f.c_error or 'no error text'}; "
                                        f"offset_committed at {fmt_us(f.commit_ts)}; no later business_done"),
     V.IN_FLIGHT: _in_flight,
@@ -81,7 +105,8 @@ def replay_text(f: PairFacts) -> str:
         return ""
     reached = ", ".join(R.stages_of(f.replay_mask))
     err = f" ({f.replay_error})" if f.replay_error else ""
-    return f"replayed by run {f.replay_run or '?'} at {fmt_us(f.replay_ts)}: {reached}{err}"
+    to = f" to {f.replay_topic}" if f.replay_topic else ""
+    return f"replayed by run {f.replay_run or '?'} at {fmt_us(f.replay_ts)}{to}: {reached}{err}"
 
 
 def evidence_text(f: PairFacts, verdict: str) -> str:

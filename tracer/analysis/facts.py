@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Iterable, Mapping, Sequence
 
+from tracer import verdicts as V
 from tracer.analysis import rules as R
 from tracer.events import STAGE_BITS, Event
 
@@ -21,7 +22,10 @@ _PRODUCER = frozenset(s.value for s in R.PRODUCER_STAGES)
 class PairFacts:
     """Everything the rules and the evidence text read about one pair. Times are µs (0: none);
     partitions and offsets -1 where unknown. Replay facts are of events carrying ``replay_run``;
-    every other fact is of the original events only."""
+    every other fact is of the original events only, except for a message with no sent or
+    send_failed of its own (rebuilt from the source of truth, then replayed): its replay's producer
+    events are its own. ``topic`` is the business topic (the original's), ``replay_topic`` where the
+    replay was published (a retry topic)."""
 
     msg_id: str
     consumer_group: str
@@ -53,6 +57,8 @@ class PairFacts:
     replay_ts: int = 0
     replay_done_ts: int = 0
     replay_error: str = ""
+    replay_topic: str = ""
+    txn_id: str = ""  # RocketMQ: the transaction of its half message, for an unacked pair (evidence only)
     p_error: str = ""
     c_error: str = ""
     trace_id: str = ""
@@ -65,7 +71,7 @@ class PairFacts:
         kw = {f: row[f] for f in _ROW_FIELDS if f in row}
         kw["rb_open"] = bool(kw.get("rb_open"))
         kw["unsure"] = bool(kw.get("unsure"))
-        for k in ("trace_id", "p_error", "c_error", "replay_error", "replay_run", "topic"):
+        for k in ("trace_id", "p_error", "c_error", "replay_error", "replay_run", "topic", "replay_topic", "txn_id"):
             kw[k] = kw.get(k) or ""
         return cls(cut=cut, **kw)
 
@@ -80,6 +86,22 @@ class PairFacts:
 
 
 _ROW_FIELDS = tuple(f.name for f in fields(PairFacts) if f.name != "cut")
+_OWN_SEND = frozenset({"sent", "send_failed"})
+#: a message's business topic is named by these of its own events first (reconcile_pairs.sql's t1)
+_TOPIC_STAGES = frozenset({"sent", "send_failed", "broker_acked", "received"})
+#: a RocketMQ half message's ``sent`` (tracer.ingest's trace import, tracer.sdk.rocketmq); the same
+#: names are in queries/reconcile_half_sends.sql
+HALF_ATTR, TXN_ATTR = "rocketmq.half", "rocketmq.transaction_id"
+NO_TXN_ID = "(id not recorded)"
+
+
+def half_txn(events: Iterable[Event]) -> str:
+    """The transaction id of the latest half message ``sent`` among ``events`` ("" if none was half)."""
+    half = [e for e in events if e.stage == "sent" and e.attrs
+            and (e.attrs.get(HALF_ATTR) == "true" or TXN_ATTR in e.attrs)]
+    if not half:
+        return ""
+    return max(half, key=lambda e: e.ts_us).attrs.get(TXN_ATTR) or NO_TXN_ID
 
 
 # --- the same facts from one message's events (trace-msg) ------------------------------------------
@@ -134,9 +156,11 @@ class _Side:
     replay_error: str
 
     @classmethod
-    def of(cls, events: Sequence[Event]) -> "_Side":
+    def of(cls, events: Sequence[Event], producer: bool = False) -> "_Side":
         orig = [e for e in events if not _is_replay(e)]
         rep = [e for e in events if _is_replay(e)]
+        if producer and not any(e.stage in _OWN_SEND for e in orig) and any(e.stage == "sent" for e in rep):
+            orig = list(events)  # no send of its own: the replay's producer events are the message's (adopt1)
 
         def at(stage: str) -> list[Event]:
             return [e for e in orig if e.stage == stage]
@@ -177,7 +201,7 @@ def pairs_from_events(msg_id: str, events: Sequence[Event], groups: Iterable[str
     by_side: dict[str, list[Event]] = {}
     for e in events:
         by_side.setdefault(_side(e), []).append(e)
-    sides = {g: _Side.of(es) for g, es in by_side.items()}
+    sides = {g: _Side.of(es, producer=not g) for g, es in by_side.items()}
     p = sides.get("")
     seen = sorted(g for g in sides if g)
     any_cmask = 0
@@ -188,7 +212,12 @@ def pairs_from_events(msg_id: str, events: Sequence[Event], groups: Iterable[str
     sent_ts = p.sent_ts if p else 0
     firsts = [s.first_ts for s in sides.values() if s.first_ts > 0]
     msg_time = sent_ts or min(firsts, default=0)
-    topic = next((e.topic for e in events if e.topic), "")
+    own = [e for e in events if e.topic and not _is_replay(e)]
+    topic = (next((e.topic for e in own if e.stage in _TOPIC_STAGES and e.stage in _PRODUCER), "")
+             or next((e.topic for e in own if e.stage == "received"), "")
+             or next((e.topic for e in own), "")
+             or next((e.topic for e in events if e.topic), ""))
+    replay_topic = next((e.topic for e in events if e.topic and _is_replay(e)), "")
     trace_id = next((e.trace_id for e in events if e.trace_id), "") or ""
     ack_ts = p.ack_ts if p else 0
     rb_ts = p.rb_ts if p else 0
@@ -213,6 +242,11 @@ def pairs_from_events(msg_id: str, events: Sequence[Event], groups: Iterable[str
             replay_mask=(p.rmask if p else 0) | (f.rmask if f else 0),
             replay_run=replay_run if (p.rmask if p else 0) | (f.rmask if f else 0) else "",
             replay_ts=replay_ts, replay_done_ts=f.replay_done_ts if f else 0,
-            replay_error=(p.replay_error if p else "") or (f.replay_error if f else ""),
+            replay_error=(p.replay_error if p else "") or (f.replay_error if f else ""), replay_topic=replay_topic,
             p_error=p.error if p else "", c_error=f.error if f else "", trace_id=trace_id, cut=cut))
+    txn = half_txn(by_side.get("", ()))
+    if txn:  # read for the pairs the rules leave unacked only, as passes.pass2 does
+        for pf in out:
+            if R.decide(pf)[0] == V.UNACKED:
+                pf.txn_id = txn
     return out
