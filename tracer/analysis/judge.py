@@ -30,13 +30,19 @@ def judge_events(msg_id: str, events: Sequence[Event], groups: Iterable[str] = (
 
 
 def groups_around(store: Store, events: Sequence[Event], window_s: int) -> set[str]:
-    """Groups seen receiving from the message's topic within ``window_s`` of it (the expected ones)."""
+    """Groups seen receiving from the message's topic within ``window_s`` of it (the expected ones); for a
+    RabbitMQ message, the queues seen receiving its (exchange, routing key) (tracer.analysis.rabbitmq)."""
+    from tracer.analysis.rabbitmq import route_groups, route_of
+
     topic = next((e.topic for e in events if e.topic), "")
     if not topic:
         return set()
     t = min(e.ts_us for e in events)
-    rows = store.query(render("trace_msg_topic_groups"), {"topic": topic, "lo": max(0, t - window_s * 1_000_000),
-                                                          "hi": t + window_s * 1_000_000}, small=True)
+    lo, hi = max(0, t - window_s * 1_000_000), t + window_s * 1_000_000
+    rt = route_of(events)
+    if rt is not None:
+        return route_groups(store, lo, hi, [rt.exchange]).get(rt, set())
+    rows = store.query(render("trace_msg_topic_groups"), {"topic": topic, "lo": lo, "hi": hi}, small=True)
     return set(rows[0]["gs"]) if rows else set()
 
 

@@ -9,10 +9,17 @@ bindings routed both to that queue), and never delivered this one: it had left t
 message expired (TTL) or dropped by a length limit. The pair becomes ``lost_in_broker``.
 
 Pairs with a partition (Kafka) are never looked at here: their evidence is in :mod:`tracer.analysis.broker`.
+
+The same ordering of a queue shapes which queues are *expected* to get a message: an exchange routes
+by routing key, so the queues expected for a message are those seen receiving messages of its
+(exchange, routing key) in the window, not every queue of the exchange (:func:`drop_unrouted`; a
+direct or topic exchange with several routing keys would otherwise leave every queue of the other
+keys ``pending_in_broker`` for messages that were never routed to it). Kafka pairs are untouched.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
 from tracer import verdicts as V
 from tracer.analysis.broker import EvidenceContext
@@ -20,6 +27,9 @@ from tracer.analysis.evidence import fmt_us
 from tracer.analysis.result import Verdict
 from tracer.analysis.rules import Evidence
 from tracer.analysis.sql import render
+from tracer.analysis.window import Window
+from tracer.events import Event
+from tracer.store import Store
 
 #: candidates asked for their sends in one query at most
 _BATCH = 10_000
@@ -67,4 +77,94 @@ def queue_delivered_later(ctx: EvidenceContext, rows: list[Verdict], after: str)
                      f"{fmt_us(f.ack_ts)}; a queue delivers in order, so this one had left it undelivered")
 
 
-__all__ = ["queue_delivered_later"]
+# --- the queues expected for a message: its (exchange, routing key) ------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a RabbitMQ message was published: the exchange (our ``topic``) and its routing key."""
+
+    exchange: str
+    routing_key: str
+
+
+def routes(store: Store, scan: dict[str, int], ids: Iterable[str]) -> dict[str, Route]:
+    """The route of each RabbitMQ message among ``ids`` (others are left out), read by key."""
+    out: dict[str, Route] = {}
+    todo = sorted(set(ids))
+    for i in range(0, len(todo), _BATCH):
+        for r in store.query(render("reconcile_routes"), {**scan, "ids": todo[i:i + _BATCH]}, small=True):
+            sent = bool(r["s_exchange"])  # its own publication names the route; else its receipts
+            out[r["msg_id"]] = Route(r["s_exchange"] if sent else r["any_exchange"], r["s_rk"] if sent else r["r_rk"])
+    return out
+
+
+_ROUTE_STAGES = frozenset({"sent", "send_failed", "broker_acked", "received"})
+
+
+def route_of(events: Iterable[Event]) -> Route | None:
+    """The route of one message from its events (as :func:`routes` reads it); None unless RabbitMQ."""
+    evs = [e for e in events if e.mq == "rabbitmq" and e.stage in _ROUTE_STAGES]
+    if not evs:
+        return None
+
+    def rk(e: Event) -> str:
+        return (e.attrs or {}).get("routing_key", e.key or "")
+
+    own = [e for e in evs if e.stage != "received" and e.topic]
+    if own:
+        return Route(own[0].topic, rk(own[0]))
+    return Route(next((e.topic for e in evs if e.topic), ""), rk(evs[0]))
+
+
+def route_groups(store: Store, lo: int, hi: int, exchanges: Iterable[str]) -> dict[Route, set[str]]:
+    """The queues seen receiving from each (exchange, routing key) of ``exchanges`` in [lo, hi)."""
+    ex = sorted(set(exchanges))
+    if not ex:
+        return {}
+    rows = store.query(render("reconcile_route_groups"), {"lo": lo, "hi": hi, "topics": ex}, small=True)
+    return {Route(r["topic"], r["rk"]): set(r["gs"]) for r in rows}
+
+
+def drop_unrouted(store: Store, window: Window, rows: list[Verdict]) -> list[Verdict]:
+    """``rows`` without the pairs of RabbitMQ messages whose queue was expected only because it reads
+    from the same exchange: it recorded nothing of the message and received no message of the
+    message's (exchange, routing key) in the window. A message no queue recorded anything of keeps one
+    pair, with no group, saying that no queue was seen for its routing key (unroutable, or no consumer
+    ran).
+    Call it when the groups were found, not named (``--group``: the SRE's groups are judged as asked)."""
+    cands = [r for r in rows if r.consumer_group and r.facts is not None and r.facts.cmask == 0
+             and not r.facts.located]
+    if not cands:
+        return rows
+    found = routes(store, window.scan(), (r.msg_id for r in cands))
+    if not found:
+        return rows
+    groups = route_groups(store, window.from_us, window.cut_us, (rt.exchange for rt in found.values()))
+    dropped: dict[str, Verdict] = {}
+    keep: list[Verdict] = []
+    for r in rows:
+        rt = found.get(r.msg_id)
+        f = r.facts
+        if rt is not None and f is not None and r.consumer_group and f.cmask == 0 and not f.located \
+                and r.consumer_group not in groups.get(rt, set()):
+            dropped.setdefault(r.msg_id, r)
+        else:
+            keep.append(r)
+    left = {r.msg_id for r in keep}
+    for m, r in dropped.items():
+        if m in left or (r.facts is not None and r.facts.any_cmask):
+            continue  # another pair of it stays (listed, or counted as plainly delivered)
+        rt = found[m]
+        assert r.facts is not None
+        r.facts = replace(r.facts, consumer_group="")
+        r.consumer_group = ""
+        if r.verdict == V.PENDING_IN_BROKER:
+            r.decided_by = "no queue for the routing key"
+            r.evidence += (f"; no queue received a message published to exchange {rt.exchange!r} with routing "
+                           f"key {rt.routing_key!r} in the window: unroutable (no binding), or no consumer ran "
+                           "(name the queue with --group)")
+        keep.append(r)
+    return keep
+
+
+__all__ = ["Route", "drop_unrouted", "queue_delivered_later", "route_groups", "routes"]
