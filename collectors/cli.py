@@ -3,6 +3,10 @@
 Long-running by default, with a live status line on a terminal; ``--until-idle``
 drains the topic and exits. SIGTERM (and Ctrl-C) finish the current batch,
 commit and exit 0. Logs are structured (logfmt or JSON lines) on stderr.
+
+The audit Kafka's TLS / SASL settings come from ``MSGTRACE_KAFKA_*`` or ``MSGTRACE_KAFKA_CONFIG``
+(:mod:`tracer.kafka_config`), never from the command line. ``MSGTRACE_COLLECTOR_CRASH_AT`` is a
+fault hook for tests only (:mod:`collectors.faults`).
 """
 from __future__ import annotations
 
@@ -98,6 +102,11 @@ def _status_text(stats: Any, state: str, rate: float) -> str:
               help="Write a batch once it holds this many events ...")
 @click.option("--batch-wait", type=click.FloatRange(0.01), default=1.0, show_default=True,
               help="... or once its first record is this many seconds old.")
+@click.option("--session-timeout", type=click.FloatRange(0.5, 300), default=6.0, show_default=True,
+              envvar="MSGTRACE_COLLECTOR_SESSION_TIMEOUT",
+              help="Seconds without a heartbeat after which Kafka drops a collector from the group and gives "
+                   "its partitions to the others (heartbeats every third of it). Short: a killed collector's "
+                   "partitions move sooner; too short for the network: needless rebalances.")
 @click.option("--startup-timeout", type=click.FloatRange(1), default=60.0, show_default=True,
               help="With --until-idle: give up when Kafka or the partitions do not come within this time.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, envvar="MSGTRACE_METRICS_PORT",
@@ -114,8 +123,9 @@ def _status_text(stats: Any, state: str, rate: float) -> str:
 @json_option
 @handle_errors
 def collect(bootstrap: str | None, audit_topic: str, store_url: str | None, group_id: str, until_idle: bool,
-            batch_events: int, batch_wait: float, startup_timeout: float, metrics_port: int | None,
-            metrics_host: str, unhealthy_after: float, log_level: str, log_json: bool, as_json: bool) -> None:
+            batch_events: int, batch_wait: float, session_timeout: float, startup_timeout: float,
+            metrics_port: int | None, metrics_host: str, unhealthy_after: float, log_level: str, log_json: bool,
+            as_json: bool) -> None:
     """Collect audit events from Kafka into ClickHouse (at least once, de-duplicated).
 
     Run several with the same --group to share the audit topic's partitions: a rebalance (one
@@ -149,8 +159,10 @@ def collect(bootstrap: str | None, audit_topic: str, store_url: str | None, grou
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    session_ms = int(session_timeout * 1000)
     cfg = CollectorConfig(max_batch_events=batch_events, max_batch_wait_s=batch_wait,
-                          startup_timeout_s=startup_timeout)
+                          startup_timeout_s=startup_timeout, session_timeout_ms=session_ms,
+                          heartbeat_interval_ms=max(100, min(1000, session_ms // 3)))
     live = None
     on_status = None
     if err.is_terminal and not as_json:

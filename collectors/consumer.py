@@ -94,6 +94,9 @@ class CollectorConfig:
     consumer_options: dict[str, Any] = field(default_factory=dict)
     #: use the C decoder (collectors._fastjson) when it is built; False: the Python decoder only
     c_decoder: bool = True
+    #: a test-only fault hook called with the step reached ("decode", "intent", "write", "commit");
+    #: None: run_collector arms the one MSGTRACE_COLLECTOR_CRASH_AT asks for, if any (collectors.faults)
+    crash: Callable[[str], None] | None = None
 
 
 class Processor:
@@ -110,6 +113,7 @@ class Processor:
         self.until_idle = until_idle
         self.stop = stop
         self.on_status = on_status
+        self.crash = cfg.crash
         self.window_end: dict[Partition, int] = {}
         self.window_budget: dict[Partition, int] = {}
         self.held: deque[Any] = deque()
@@ -123,13 +127,14 @@ class Processor:
         self.kafka_state = StateLog("kafka")
         self.kafka_backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s)
         self.commit_step = CommitStep(self._commit, stats, backoff=Backoff(cfg.backoff_initial_s, cfg.backoff_max_s))
-        self.write_step = WriteStep(StoreWriter(store, session_hold=cfg.session_hold_s), self.commit_step, stats,
+        writer = StoreWriter(store, session_hold=cfg.session_hold_s, crash=cfg.crash)
+        self.write_step = WriteStep(writer, self.commit_step, stats,
                                     intent=self._intent, backoff=Backoff(cfg.backoff_initial_s, cfg.backoff_max_s),
                                     give_up_after=cfg.give_up_after_s, threaded=cfg.threaded_writes)
         self.batch_step = BatchStep(self.write_step, max_events=cfg.max_batch_events,
                                     max_records=cfg.max_batch_records, max_wait=cfg.max_batch_wait_s,
                                     raw_limit=cfg.raw_limit, in_window=self._in_window)
-        self.strategy = DecodeStep(self.batch_step, cfg.max_record_bytes, use_c=cfg.c_decoder)
+        self.strategy = DecodeStep(self.batch_step, cfg.max_record_bytes, use_c=cfg.c_decoder, crash=cfg.crash)
         self._last_status = 0.0
 
     # --- kafka glue ------------------------------------------------------------------
@@ -152,6 +157,8 @@ class Processor:
             self.consumer.commit(live)
             for tp, om in live.items():
                 self.committed_at[Partition(tp.topic, tp.partition)] = om.offset
+            if self.crash is not None:
+                self.crash("intent" if meta else "commit")
         except (CommitFailedError, IllegalStateError) as e:
             # The group rebalanced: these partitions are someone else's now. The rows are
             # stored; the new owner re-reads from the last commit and the store de-duplicates.

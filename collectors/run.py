@@ -17,7 +17,8 @@ from .step_base import Backoff, StateLog, log_event
 from .types import AuditSourceUnavailable, CollectorStats, FlushTimeout
 
 
-def _make_consumer(bootstrap: str, topic: str, group_id: str, cfg: CollectorConfig, listener: Any) -> Any:
+def _make_consumer(bootstrap: str, topic: str, group_id: str, cfg: CollectorConfig, listener: Any,
+                   security: dict[str, Any]) -> Any:
     from kafka import KafkaConsumer
     from kafka.errors import KafkaError
 
@@ -26,6 +27,7 @@ def _make_consumer(bootstrap: str, topic: str, group_id: str, cfg: CollectorConf
                 heartbeat_interval_ms=cfg.heartbeat_interval_ms, max_poll_records=cfg.max_poll_records,
                 fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=32 * 1024 * 1024,
                 client_id="msgtrace-collector")
+    opts.update(security)  # TLS / SASL of the audit Kafka (tracer.kafka_config)
     opts.update(cfg.consumer_options)
     try:
         consumer = KafkaConsumer(**opts)
@@ -47,7 +49,10 @@ def run_collector(bootstrap: str, topic: str, store_url: str | None, group_id: s
     reached at start is retried until ``config.startup_timeout_s``. ``stats``: the object to
     count into (e.g. one a metrics server already reads); a new one by default.
     """
+    from tracer.kafka_config import audit_settings
     from tracer.store import Store
+
+    from .faults import crash_points_from_env
 
     if not bootstrap:
         raise ConfigError("no audit Kafka bootstrap servers (use --bootstrap or MSGTRACE_KAFKA_BOOTSTRAP)")
@@ -58,6 +63,15 @@ def run_collector(bootstrap: str, topic: str, store_url: str | None, group_id: s
         import dataclasses
 
         cfg = dataclasses.replace(cfg, give_up_after_s=300.0)
+    security = audit_settings()  # a bad setting fails here, before anything is opened
+    if cfg.crash is None:
+        crash = crash_points_from_env()
+        if crash is not None:
+            import dataclasses
+
+            cfg = dataclasses.replace(cfg, crash=crash)
+            log_event(logging.WARNING, "test-only fault hook armed: this collector SIGKILLs itself",
+                      crash_at=crash.describe())
     stop = stop or threading.Event()
     stats = stats if stats is not None else CollectorStats()
     store = Store(store_url, lock_timeout=cfg.store_lock_timeout_s)
@@ -71,7 +85,7 @@ def run_collector(bootstrap: str, topic: str, store_url: str | None, group_id: s
     consumer = None
     while consumer is None:
         try:
-            consumer = _make_consumer(bootstrap, topic, group_id, cfg, listener)
+            consumer = _make_consumer(bootstrap, topic, group_id, cfg, listener, security.kafka_python())
         except AuditSourceUnavailable as e:
             stats.kafka_failures += 1
             backoff.failed()
@@ -89,7 +103,8 @@ def run_collector(bootstrap: str, topic: str, store_url: str | None, group_id: s
 
     decoder = "c" if cfg.c_decoder and FAST_C else "python"
     log_event(logging.INFO, "collector started", topic=topic, group=group_id, store=store.url.redacted(),
-              until_idle=until_idle, decoder=decoder)
+              until_idle=until_idle, decoder=decoder, kafka_security=security.describe(),
+              session_timeout_ms=cfg.session_timeout_ms)
     if decoder == "python" and cfg.c_decoder:
         log_event(logging.WARNING, "C decoder not built: decoding in Python (about 4x slower); "
                   "reinstall msgtrace with a C compiler present to build collectors._fastjson")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 from .decode import decode_record
 from .step_base import submit_until
@@ -11,12 +12,15 @@ from .types import Decoded, Message, MessageRejected, RawRecord, Step
 class DecodeStep:
     """Decodes one record at a time; holds at most one decoded record the next step refused."""
 
-    __slots__ = ("next_step", "max_record_bytes", "use_c", "_pending")
+    __slots__ = ("next_step", "max_record_bytes", "use_c", "crash", "_pending")
 
-    def __init__(self, next_step: Step[Message[Decoded]], max_record_bytes: int, *, use_c: bool = True) -> None:
+    def __init__(self, next_step: Step[Message[Decoded]], max_record_bytes: int, *, use_c: bool = True,
+                 crash: Callable[[str], None] | None = None) -> None:
         self.next_step = next_step
         self.max_record_bytes = max_record_bytes
         self.use_c = use_c
+        #: the test-only fault hook (collectors.faults), called with "decode" after each record
+        self.crash = crash
         self._pending: Message[Decoded] | None = None
 
     def submit(self, message: Message[RawRecord]) -> None:
@@ -26,6 +30,8 @@ class DecodeStep:
                 raise MessageRejected()
         rec = message.payload
         decoded = decode_record(rec.value, rec.headers, self.max_record_bytes, use_c=self.use_c)
+        if self.crash is not None:
+            self.crash("decode")
         self._pending = Message(message.partition, message.offset, decoded)
         self._forward()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 from tracer.errors import QueryError, StoreError
 
@@ -25,10 +25,13 @@ class StoreWriter:
     idle, so other processes (``trace-msg``, the reconciler) get the directory in between.
     """
 
-    __slots__ = ("store", "session_hold", "dup_chunk_bytes", "_session", "_session_opened", "_arrow")
+    __slots__ = ("store", "session_hold", "dup_chunk_bytes", "crash", "_session", "_session_opened", "_arrow")
 
-    def __init__(self, store: Any, *, session_hold: float = 3.0, dup_chunk_bytes: int = 100_000) -> None:
+    def __init__(self, store: Any, *, session_hold: float = 3.0, dup_chunk_bytes: int = 100_000,
+                 crash: Callable[[str], None] | None = None) -> None:
         self.store = store
+        #: the test-only fault hook (collectors.faults), called with "write" after a batch's rows went in
+        self.crash = crash
         self.session_hold = session_hold
         self.dup_chunk_bytes = dup_chunk_bytes
         self._session: Any = None
@@ -95,6 +98,8 @@ class StoreWriter:
                 self.store.insert("trace_events", columns)
                 batch.events_written = True
                 batch.duplicates = dups
+                if self.crash is not None:
+                    self.crash("write")
             if batch.quarantine and not batch.quarantine_written:
                 q = batch.quarantine
                 self.store.insert("quarantine", {f: [getattr(r, f) for r in q] for f in QuarantineRow.__slots__})

@@ -180,39 +180,72 @@ def _collect_cmd(bootstrap: str, topic: str, url: str, group: str, *extra: str) 
             "--store", url, "--group", group, *extra]
 
 
-def _env() -> dict:
+def _env(**extra: str) -> dict:
     env = dict(os.environ)
     env["MSGTRACE_STORE_LOCK_TIMEOUT"] = "30"
+    env.update(extra)
     return env
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The collector's own /metrics (samples without labels), {} while it does not answer."""
+    import urllib.error
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except (OSError, urllib.error.URLError):
+        return {}
+    return {s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples if not s.labels}
 
 
 @pytest.mark.slow
 def test_sigkill_three_times_ends_with_the_same_counts(tansu, store_url, tmp_path):
-    """SIGKILL at three points of a run; after restarts nothing is lost and nothing counts twice."""
+    """SIGKILL at three points of a run; after restarts nothing is lost and nothing counts twice.
+
+    No fixed sleeps: each collector is killed once its own /metrics shows both partitions assigned
+    and the group's committed offsets (a fresh consumer's ``committed()``) passed the mark. A short
+    session (``--session-timeout 1.5``) lets the killed member drop out of the group before the next
+    one joins (Tansu can wedge a group when a member's session expires during a rebalance); the next
+    collector showing both partitions as its own is the sign the group settled without the dead one.
+    """
+    from tracer.localsvc import free_port
+
     bootstrap = tansu.bootstrap
     topic, group = _names()
     create_topic(bootstrap, topic, 2)
     events = make_events(100_000)
     n_records = produce_events(bootstrap, topic, events, per_record=250, partitions=2)
     # small batches: the run takes long enough to be killed three times in the middle of it
-    cmd = _collect_cmd(bootstrap, topic, store_url, group, "--batch-events", "2000", "--log-level", "warning")
+    cmd = _collect_cmd(bootstrap, topic, store_url, group, "--batch-events", "2000", "--log-level", "warning",
+                       "--session-timeout", "1.5")
     kills = 0
+    progress = []
     for fraction in (0.15, 0.4, 0.65):
-        log = open(tmp_path / f"collector-{kills}.log", "wb")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env())
+        port = free_port()
+        log_path = tmp_path / f"collector-{kills}.log"
+        log = open(log_path, "wb")
+        proc = subprocess.Popen(cmd + ["--metrics-port", str(port), "--metrics-host", "127.0.0.1"],
+                                stdout=log, stderr=subprocess.STDOUT, env=_env())
         try:
+            wait_until(lambda: scrape(port).get("msgtrace_collector_assigned_partitions") == 2
+                       or proc.poll() is not None, 90, "the collector to own both partitions (the group settled)",
+                       interval=0.1)
+            assert proc.poll() is None, log_path.read_text()
             wait_until(lambda: committed(bootstrap, group, topic, 2) >= fraction * n_records or proc.poll() is not None,
                        120, f"the collector to commit {fraction:.0%} of the records", interval=0.1)
-            assert proc.poll() is None, (tmp_path / f"collector-{kills}.log").read_text()
+            assert proc.poll() is None, log_path.read_text()
+            progress.append(committed(bootstrap, group, topic, 2))
         finally:
             proc.kill()
             proc.wait(10)
             log.close()
+        assert proc.returncode == -9
         kills += 1
-        # Tansu can wedge a group when a member's session expires during a rebalance:
-        # let the killed member's session (6 s) expire before the next one joins.
-        time.sleep(7.0)
-    assert committed(bootstrap, group, topic, 2) < n_records
+    assert progress == sorted(progress) and progress[-1] < n_records, progress
     out = subprocess.run(cmd + ["--until-idle", "--json"], capture_output=True, env=_env(), timeout=300)
     assert out.returncode == 0, out.stderr.decode()[-2000:]
     final = orjson.loads(out.stdout)
@@ -222,6 +255,31 @@ def test_sigkill_three_times_ends_with_the_same_counts(tansu, store_url, tmp_pat
     assert c["stages"] == {"broker_acked": 25_000, "business_done": 25_000, "received": 25_000, "sent": 25_000}
     assert committed(bootstrap, group, topic, 2) == n_records
     assert kills == 3
+
+
+def test_crash_hook_kills_the_collector_where_asked(kafka_bootstrap, chdb_url, tmp_path):
+    """MSGTRACE_COLLECTOR_CRASH_AT (test-only): the real ``msgtrace collect`` dies by SIGKILL right after
+    its 2nd batch write, before that batch's commit; the marker names the point; the next run
+    stores the rest and the store holds each event once."""
+    topic, group = _names()
+    create_topic(kafka_bootstrap, topic, 1)
+    n_records = produce_events(kafka_bootstrap, topic, make_events(6_000), per_record=200)
+    marker = tmp_path / "kills.txt"
+    cmd = _collect_cmd(kafka_bootstrap, topic, chdb_url, group, "--batch-events", "1000", "--until-idle",
+                       "--session-timeout", "1.5", "--json")
+    died = subprocess.run(cmd, capture_output=True, timeout=120,
+                          env=_env(MSGTRACE_COLLECTOR_CRASH_AT="write:2", MSGTRACE_COLLECTOR_CRASH_MARKER=str(marker)))
+    assert died.returncode == -9, died.stderr.decode()[-2000:]
+    assert marker.read_text() == "write 2\n"
+    assert b"test-only fault hook armed" in died.stderr
+    first = committed(kafka_bootstrap, group, topic, 1)
+    assert 0 < first < n_records  # the first batch committed, the second written and not committed
+    assert counts(chdb_url)["distinct"] == 2_000
+    ok = subprocess.run(cmd, capture_output=True, timeout=120, env=_env())
+    assert ok.returncode == 0, ok.stderr.decode()[-2000:]
+    assert orjson.loads(ok.stdout)["duplicates"] >= 1_000  # the written, uncommitted batch was read again
+    assert counts(chdb_url)["distinct"] == 6_000  # each event once, whatever copies the store still holds
+    assert committed(kafka_bootstrap, group, topic, 1) == n_records
 
 
 def test_sigterm_finishes_the_batch_commits_and_exits_0(kafka_bootstrap, chdb_url, tmp_path):
