@@ -12,75 +12,18 @@ STEP is where the process dies, at the N-th time it gets there (counted from its
   batch again: the store must de-duplicate it);
 - ``commit``: the broker accepted the batch's offsets, before the collector goes on.
 
-The collector offers no fault hook of its own, so this wraps its step functions (the names are
-checked at start: a refactoring that removes one fails loudly here, it never silently kills
-nowhere). Before dying the process appends ``STEP N`` to ``--marker``, so the test knows the kill
-happened where it was meant to. The consumer session is short (1.5 s): Tansu can wedge a group
-when a killed member's long session expires during the next member's join.
+The crash points are the collector's own test-only fault hook (``collectors.faults``, the one
+``MSGTRACE_COLLECTOR_CRASH_AT`` arms in ``msgtrace collect``). Before dying the process appends
+``STEP N`` to ``--marker``, so the test knows the kill happened where it was meant to. The consumer
+session is short (1.5 s): Tansu can wedge a group when a killed member's long session expires
+during the next member's join.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
-
-STEPS = ("decode", "intent", "write", "commit")
-
-
-def _die(step: str, n: int, marker: str | None) -> None:
-    if marker:
-        with open(marker, "a", encoding="ascii") as f:
-            f.write(f"{step} {n}\n")
-            f.flush()
-            os.fsync(f.fileno())
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def install_crash(step: str, at: int, marker: str | None) -> None:
-    """Wrap the collector's function for ``step`` so that its ``at``-th call kills the process."""
-    from collectors import consumer, step_decode, writer
-
-    calls = [0]
-    lock = threading.Lock()
-
-    def hit() -> bool:
-        with lock:
-            calls[0] += 1
-            return calls[0] == at
-
-    if step == "decode":
-        real_decode = step_decode.decode_record
-
-        def decode_record(*a, **kw):  # type: ignore[no-untyped-def]
-            out = real_decode(*a, **kw)
-            if hit():
-                _die(step, at, marker)
-            return out
-
-        step_decode.decode_record = decode_record
-    elif step == "write":
-        real_write = writer.StoreWriter.write
-
-        def write(self, batch):  # type: ignore[no-untyped-def]
-            real_write(self, batch)
-            if batch.n_events and hit():
-                _die(step, at, marker)
-
-        writer.StoreWriter.write = write
-    elif step in ("intent", "commit"):
-        real_commit = consumer.Processor._commit
-
-        def _commit(self, offsets, metadata=None):  # type: ignore[no-untyped-def]
-            real_commit(self, offsets, metadata)
-            is_intent = bool(metadata)
-            if is_intent == (step == "intent") and offsets and hit():
-                _die(step, at, marker)
-
-        consumer.Processor._commit = _commit
-    else:
-        raise SystemExit(f"unknown step {step!r} (one of {', '.join(STEPS)})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,22 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
-    from collectors import CollectorConfig, consumer, run_collector, step_decode, writer
+    from collectors import CollectorConfig, run_collector
     from collectors.cli import setup_logging
+    from collectors.faults import CrashPoints, parse_crash_at
 
-    for owner, name in ((step_decode, "decode_record"), (writer.StoreWriter, "write"),
-                        (consumer.Processor, "_commit")):
-        if not hasattr(owner, name):
-            raise SystemExit(f"collector_child: {owner.__name__}.{name} is gone: the crash points need updating")
-    if args.crash:
-        step, _, n = args.crash.partition(":")
-        install_crash(step, int(n or 1), args.marker)
+    crash = CrashPoints(parse_crash_at(args.crash), args.marker) if args.crash else None
     setup_logging("info", False)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     cfg = CollectorConfig(max_batch_events=args.batch_events, max_batch_wait_s=args.batch_wait,
                           session_timeout_ms=1500, heartbeat_interval_ms=300, backoff_initial_s=0.2,
-                          backoff_max_s=1.0, startup_timeout_s=60, shutdown_timeout_s=30)
+                          backoff_max_s=1.0, startup_timeout_s=60, shutdown_timeout_s=30, crash=crash)
     stats = run_collector(args.bootstrap, args.topic, args.store, args.group, until_idle=args.until_idle,
                           config=cfg, stop=stop)
     if args.json:
