@@ -11,8 +11,13 @@ environment of the whole test session, so a developer shell configured for a rea
 sends test topics or test events there.
 
 Markers are given by what a test uses (:func:`pytest_collection_modifyitems`): ``kafka`` (a broker),
-``clickhouse`` (the ClickHouse server), ``rabbitmq`` (a RabbitMQ server), ``unit`` (neither: ``pytest -m unit`` is the fast tier);
-``slow`` is set by the tests themselves.
+``clickhouse`` (the ClickHouse server), ``rabbitmq`` (a RabbitMQ server), ``chdb`` (the embedded
+store), ``slow`` (Chromium, ZooKeeper, killed child processes, generated or million-row inputs), and
+``unit`` for none of these: ``pytest -m unit`` is the fast tier (pure Python, well under a minute),
+``pytest -m "unit or chdb"`` adds everything that needs no service. A test is marked by the fixtures
+it uses (the sets below), its own marks, or :data:`_MODULE_MARKS` for tests that start a service
+themselves. The tier is kept honest at run time: a ``unit`` test that starts a service process or
+opens a chDB store fails, naming the marker it needs (:func:`_unit_guard`).
 """
 from __future__ import annotations
 
@@ -35,9 +40,27 @@ _PRODUCTION_ENV = ("MSGTRACE_KAFKA_BOOTSTRAP", "MSGTRACE_BUSINESS_KAFKA_BOOTSTRA
                    "MSGTRACE_STORE_PASSWORD", "MSGTRACE_STORE_PASSWORD_FILE")
 for _name in _PRODUCTION_ENV:
     os.environ.pop(_name, None)
-_KAFKA_FIXTURES = {"kafka_bootstrap", "tansu"}
-_CLICKHOUSE_FIXTURES = {"clickhouse_server", "server_url"}
+_KAFKA_FIXTURES = {"kafka_bootstrap", "tansu", "proxied_audit", "proxied_broker"}
+_CLICKHOUSE_FIXTURES = {"clickhouse_server", "server_url", "own_server", "users_server"}
 _RABBITMQ_FIXTURES = {"rabbitmq", "amqp_url", "rabbitmq_server"}
+_CHDB_FIXTURES = {"chdb_url", "initialised_chdb", "story_store"}
+_SLOW_FIXTURES = {"chromium", "zookeeper", "adopted"}
+#: tests that start a service (or open chDB) without a fixture that says so: module -> marks, or
+#: (module, test name prefix) -> marks
+_MODULE_MARKS: dict[str, tuple[str, ...]] = {
+    "test_real_flags.py": ("kafka",),
+    "test_cluster.py": ("kafka", "clickhouse", "slow"),
+    "test_collector_native.py": ("chdb",),
+    "test_tracemsg_startup.py": ("chdb",),
+    "test_incident_demo.py": ("chdb", "kafka", "slow"),
+    "test_rules_property.py": ("chdb", "slow"),
+}
+_TEST_MARKS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("test_store.py", "test_stopped_server_gives_one_line_error"): ("clickhouse",),
+    ("test_bad_input.py", "test_a_million_expected_ids"): ("slow",),
+    ("test_emitter.py", "test_a_closed_emitter_can_be_garbage_collected"): ("slow",),
+    ("test_deploy.py", "test_nightly_script_runs_a_reconcile"): ("chdb",),
+}
 
 
 def unavailable(what: str, why: object) -> None:
@@ -186,25 +209,63 @@ def rabbitmq_server() -> Iterator[RabbitMQServer]:
 
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "rabbitmq: uses a RabbitMQ server (Debian rabbitmq-server)")
+    config.addinivalue_line("markers", "chdb: uses the embedded chDB store (no server; not in the unit tier)")
+
+
+def _marks_of(item) -> set[str]:
+    """The tier markers this test needs (see the module docstring)."""
+    names = set(getattr(item, "fixturenames", ()))
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    module = item.path.name if getattr(item, "path", None) is not None else ""
+    marks = {m for m in ("kafka", "clickhouse", "rabbitmq", "chdb", "slow") if item.get_closest_marker(m)}
+    marks.update(_MODULE_MARKS.get(module, ()))
+    for (mod, prefix), extra in _TEST_MARKS.items():
+        if mod == module and item.name.startswith(prefix):
+            marks.update(extra)
+    if names & _KAFKA_FIXTURES:
+        marks.add("kafka")
+    if names & _CLICKHOUSE_FIXTURES or "clickhouse" in params.values():
+        marks.add("clickhouse")
+    if names & _RABBITMQ_FIXTURES:
+        marks.add("rabbitmq")
+    if names & _CHDB_FIXTURES or "chdb" in params.values() or "store" in names:
+        marks.add("chdb")
+    if names & _SLOW_FIXTURES:
+        marks.add("slow")
+    return marks
 
 
 def pytest_collection_modifyitems(config, items) -> None:
     """Mark each test by the real services it uses (see the module docstring)."""
     for item in items:
-        names = set(getattr(item, "fixturenames", ()))
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        kafka = bool(names & _KAFKA_FIXTURES) or item.get_closest_marker("kafka") is not None
-        ch = bool(names & _CLICKHOUSE_FIXTURES) or params.get("store_url") == "clickhouse" \
-            or item.get_closest_marker("clickhouse") is not None
-        rabbit = bool(names & _RABBITMQ_FIXTURES) or item.get_closest_marker("rabbitmq") is not None
-        if rabbit:
-            item.add_marker(pytest.mark.rabbitmq)
-        if kafka:
-            item.add_marker(pytest.mark.kafka)
-        if ch:
-            item.add_marker(pytest.mark.clickhouse)
-        if not (kafka or ch or rabbit or item.get_closest_marker("slow")):
+        marks = _marks_of(item)
+        for m in sorted(marks):
+            item.add_marker(getattr(pytest.mark, m))
+        if not marks:
             item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture(autouse=True)
+def _unit_guard(request, monkeypatch) -> Iterator[None]:
+    """A ``unit`` test must not start a service process or open chDB: it would slow the fast tier
+    and hide what the test needs. Such a test fails, naming the marker it lacks."""
+    if request.node.get_closest_marker("unit") is None:
+        yield
+        return
+    from tracer.localsvc import base
+    from tracer.store import core
+
+    def no_service(self, argv, log_path):  # noqa: ARG001
+        pytest.fail(f"a unit-tier test started {type(self).__name__}: use its fixture or mark the test "
+                    "(kafka / clickhouse / rabbitmq / slow; tests/conftest.py _MODULE_MARKS)", pytrace=False)
+
+    def no_chdb(path):  # noqa: ARG001
+        pytest.fail("a unit-tier test opened a chDB store: use the chdb_url fixture or mark it chdb "
+                    "(tests/conftest.py _MODULE_MARKS)", pytrace=False)
+
+    monkeypatch.setattr(base._Process, "_spawn", no_service)
+    monkeypatch.setattr(core, "_chdb_connect", no_chdb)
+    yield
 
 
 def pytest_report_header(config) -> list[str]:

@@ -580,7 +580,8 @@ class Store:
     """
 
     def __init__(self, url: str | None = None, *, lock_timeout: float | None = None) -> None:
-        self.url = parse_store_url(url or default_store_url())
+        # None: the default store; "" (an empty --store or variable) is an error, never the default
+        self.url = parse_store_url(default_store_url() if url is None else url)
         self.database = self.url.database
         if lock_timeout is None:
             lock_timeout = lock_timeout_from_env()
