@@ -45,11 +45,14 @@ class BrokerView(Protocol):
 
 def live_committed(bootstrap: str, group: str, topic: str, part: int, timeout_s: float = 10.0) -> int | None:
     """The group's committed offset on (topic, partition), asked live from Kafka; None if unknown."""
+    from tracer.kafka_config import business_kafka_python
+
+    security = business_kafka_python()  # TLS / SASL; a wrong setting is a ConfigError, not a warning
     try:
         from kafka import KafkaConsumer, TopicPartition
 
         c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
-                          request_timeout_ms=int(timeout_s * 1000))
+                          request_timeout_ms=int(timeout_s * 1000), **security)
         try:
             value = c.committed(TopicPartition(topic, part))
             return int(value) if value is not None else None
@@ -63,11 +66,14 @@ def live_committed(bootstrap: str, group: str, topic: str, part: int, timeout_s:
 
 def live_log_start(bootstrap: str, topic: str, part: int, timeout_s: float = 10.0) -> int | None:
     """The partition's log start offset (earliest offset still in the log), asked live; None if unknown."""
+    from tracer.kafka_config import business_kafka_python
+
+    security = business_kafka_python()
     try:
         from kafka import KafkaConsumer, TopicPartition
 
         c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                          request_timeout_ms=int(timeout_s * 1000))
+                          request_timeout_ms=int(timeout_s * 1000), **security)
         try:
             tp = TopicPartition(topic, part)
             value = c.beginning_offsets([tp], timeout_ms=int(timeout_s * 1000)).get(tp)
