@@ -73,11 +73,14 @@ class Publisher:
         from kafka import KafkaProducer
         from kafka.errors import KafkaError
 
+        from tracer.kafka_config import business_kafka_python
+
+        security = business_kafka_python()  # TLS / SASL of the business Kafka
         try:
             return KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5,
                                  client_id="msgtrace-replay", max_block_ms=10_000,
                                  request_timeout_ms=int(self.timeout_s * 1000) // 2,
-                                 delivery_timeout_ms=int(self.timeout_s * 1000))
+                                 delivery_timeout_ms=int(self.timeout_s * 1000), **security)
         except KafkaError as e:
             raise ConfigError(f"cannot reach the business Kafka at {self.bootstrap}: {describe(e)}") from None
 
