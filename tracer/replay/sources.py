@@ -66,12 +66,15 @@ class BusinessKafka:
         from kafka import KafkaConsumer
         from kafka.errors import KafkaError
 
+        from tracer.kafka_config import business_kafka_python
+
         self.bootstrap, self.timeout_s = bootstrap, timeout_s
+        security = business_kafka_python()  # TLS / SASL of the business Kafka
         try:
             self._c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                                     allow_auto_create_topics=False, auto_offset_reset="none",
                                     client_id="msgtrace-replay", request_timeout_ms=int(timeout_s * 1000) + 5000,
-                                    max_poll_records=500)
+                                    max_poll_records=500, **security)
         except KafkaError as e:
             raise ConfigError(f"cannot reach the business Kafka at {bootstrap}: {describe(e)}") from None
         self._parts: dict[str, set[int]] = {}
