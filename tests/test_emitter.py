@@ -90,9 +90,11 @@ def test_sigkilled_spool_is_adopted_and_only_the_rest_shipped(tmp_path):
     wait_until(lambda: e.stats["adopted_events"] == 30 and e.flush(0), 20, "the dead spool to be shipped")
     assert [ev.seq for ev in sink.events] == list(range(51, 81))  # what was shipped is not shipped again
     assert {ev.emitter_id for ev in sink.events} == {dead_id}  # original stamps: the seq stays gap-free
-    assert not (spool / dead_id).exists()
     e.close()
-    assert os.listdir(spool) == []  # everything shipped: the own spool is removed too
+    # both spools shipped to their end and retained (default 24 h: the audit topic may still lose them)
+    assert sorted(os.listdir(spool)) == sorted([dead_id, e.emitter_id])
+    assert drain_spools(str(spool), ListSink(), retention_s=0) == {"spools": 0, "events": 0, "torn": 0, "left": 0}
+    assert os.listdir(spool) == []  # without a retention, shipped spools are removed
 
 
 def test_only_emitter_directories_are_adopted(tmp_path):
@@ -328,7 +330,13 @@ def test_ship_command_to_the_audit_topic(kafka_bootstrap, tmp_path):
     assert json.loads(proc.stdout.strip().splitlines()[-1])["events"] == 30
     events = read_audit(kafka_bootstrap, topic, expect=30)
     assert sorted(ev.seq for ev in events) == list(range(1, 31))
-    assert os.listdir(tmp_path / "spool") == []
+    assert os.listdir(tmp_path / "spool") == [e.emitter_id]  # shipped, retained (default 24 h)
+    again = subprocess.run([sys.executable, "-m", "tracer", "ship", "--spool", str(tmp_path / "spool"),
+                            "--bootstrap", kafka_bootstrap, "--audit-topic", topic, "--json", "--retention", "0"],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout.strip().splitlines()[-1])["events"] == 0  # nothing shipped twice
+    assert os.listdir(tmp_path / "spool") == []  # --retention 0: a shipped spool is removed
 
 
 def test_emit_deliveries_lines_are_valid_and_share_the_seq(tmp_path):

@@ -60,7 +60,9 @@ def test_owner_sigkilled_its_shipper_adopts_the_spool_and_ships_everything_once(
     assert sorted(e.msg_id for e in unique.values()) == sorted(f"m{i}" for i in range(500))
     assert_gap_free(list(unique.values()))
     wait_until(lambda: not alive(int(shipper_pid)), 30, "the orphaned shipper to finish and exit")
-    assert not os.path.exists(own_dir)  # adopted, drained and removed
+    assert os.listdir(spool) == [os.path.basename(own_dir)]  # adopted, drained, retained (default 24 h)
+    from tracer.sdk.emitter import NullSink, drain_spools
+    assert drain_spools(str(spool), NullSink(), retention_s=0)["events"] == 0  # nothing left unshipped
     assert os.listdir(spool) == []
 
 

@@ -117,7 +117,7 @@ def test_disk_full_recording_never_raises_and_what_did_not_fit_is_the_seq_gap(di
     s = f.stats
     assert s["hook_errors"] == 0
     assert s["recorded"] < f.attempted  # the disk did fill up
-    assert s["dropped"] + s["errors"] > 0, s  # and the emitter noticed (how it counts: the xfail below)
+    assert s["dropped"] + s["errors"] > 0, s  # and the emitter noticed (how: the test below)
     url = f.urls[engine]
     got = integrity(url)
     [(emitter, seqs)] = got.emitters.items()
@@ -129,9 +129,6 @@ def test_disk_full_recording_never_raises_and_what_did_not_fit_is_the_seq_gap(di
 
 @pytest.mark.kafka
 @pytest.mark.timeout(180)
-@pytest.mark.xfail(strict=True, reason="emitter: events that do not fit a full spool disk (ENOSPC at segment "
-                                       "rotation) are counted as 'errors' per failed write (a batch of acks is one), "
-                                       "not as 'dropped' events (only the size cap counts as dropped)")
 def test_disk_full_drops_are_counted_as_dropped(disk_full):
     s = disk_full.stats
     assert s["dropped"] == disk_full.attempted - s["recorded"] and s["errors"] == 0, s

@@ -39,13 +39,16 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, Callable, Hashable, Iterable, Sequence
 
-from tracer.identity import (MAX_MSG_ID_CHARS, MSG_ID_HEADER, TRACEPARENT, MsgIds, cap_msg_id, error_text,
-                             format_traceparent, get_header, incoming_ids, key_text, new_span_id, new_trace_ids,
-                             parse_traceparent, position_id, text)
+from tracer.identity import (MAX_MSG_ID_CHARS, MSG_ID_HEADER, REPLAY_HEADER, TRACEPARENT, MsgIds, cap_msg_id,
+                             error_text, format_traceparent, get_header, incoming_ids, key_text, new_span_id,
+                             new_trace_ids, parse_traceparent, position_id, text)
 from tracer.sdk.inflight import Delivery, InFlight
 from tracer.sdk.otel import Context, Spans
 
 SENT, SEND_FAILED, BROKER_ACKED = "sent", "send_failed", "broker_acked"
+#: the attribute naming the ``msgtrace replay`` run of a re-published record (its msgtrace-replay header)
+REPLAY_ATTR = "replay_run"
+_REPLAY_HEADER_B = REPLAY_HEADER.encode()
 RECEIVED, OFFSET_COMMITTED, ROLLED_BACK = "received", "offset_committed", "rolled_back"
 BUSINESS_DONE, BUSINESS_FAILED = "business_done", "business_failed"
 
@@ -77,6 +80,21 @@ class Identity:
     consumer_group: str | None = None
     trace_id: str | None = None
     span_id: str | None = None
+    replay_run: str | None = None  # the record was re-published by this ``msgtrace replay`` run
+
+
+def replay_run_of(headers: Any) -> str | None:
+    """The ``msgtrace-replay`` header's value (a replay run id) of a received record, or None."""
+    if not headers:
+        return None
+    if headers.__class__ is list:  # the Kafka clients' pairs: one short pass
+        v = None
+        for hk, hv in headers:
+            if hk == REPLAY_HEADER or hk == _REPLAY_HEADER_B:
+                v = hv
+    else:
+        v = get_header(headers, REPLAY_HEADER)
+    return (text(v) or None) if v is not None else None
 
 
 @dataclass(slots=True)
@@ -552,12 +570,15 @@ class Recorder:
         if len(msg_id) > MAX_MSG_ID_CHARS:
             msg_id = cap_msg_id(msg_id)
         g = group if group is not None else (found_group if found is not None else core.default_group)
-        return Identity(msg_id, ref.topic, ref.partition, ref.offset, g, trace_id, span_id)
+        return Identity(msg_id, ref.topic, ref.partition, ref.offset, g, trace_id, span_id,
+                        replay_run_of(ref.headers))
 
     def processed(self, ident: Identity, error: BaseException | None = None, duration_us: int | None = None) -> None:
         """``business_done`` (``error`` None) or ``business_failed`` for a received message."""
         try:
             attrs: dict[str, str] = {} if duration_us is None else {"duration_us": str(duration_us)}
+            if ident.replay_run:
+                attrs[REPLAY_ATTR] = ident.replay_run[:256]
             if error is None:
                 self._em(BUSINESS_DONE, ident.msg_id, ident.topic, ident.partition, ident.offset,
                          ident.consumer_group, None, None, ident.trace_id, ident.span_id, attrs, self.mq)

@@ -10,7 +10,16 @@ thread. Turning frames into wire lines and shipping them happens elsewhere (:mod
 - ``ship_process=False`` (the default for the store sink and custom sinks): a daemon thread.
 
 When the sink is down the spool grows up to ``max_spool_bytes``; beyond it events are dropped,
-counted and logged (their seq numbers stay unused, so the audit sees the gap).
+counted and logged (their seq numbers stay unused, so the audit sees the gap). A full disk (ENOSPC
+when a new segment is allocated) drops the same way, counted per event, and the allocation is not
+tried again for every event while the disk stays full.
+
+Shipped segments are retained for ``retention`` seconds (default 24 h, ``MSGTRACE_SPOOL_RETENTION``;
+0 = delete at once, and no recovery): the shipper ships again what the audit topic loses after
+acknowledging it (:mod:`tracer.sdk.recovery`), and ``msgtrace ship --repair`` re-sends the seq
+ranges the store misses. The cap counts retained segments too: when room is needed the oldest
+shipped segment is evicted first (counted: ``evicted_segments`` / ``evicted_events``), and only when
+nothing shipped is left to evict is an event dropped.
 
 A little over ~500 lines: the hot path, the two shipping modes the owner controls (start, wake, flush,
 close, the supervisor and its fall-back) and fork handling share the spool's state and its lock, and
@@ -18,6 +27,7 @@ are read together when one of them changes.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import marshal
 import os
@@ -32,14 +42,15 @@ from typing import Any, Sequence
 from tracer.errors import ConfigError, describe
 from tracer.events import local_identity
 from tracer.sdk.frames import BATCH, EVENT, HEADER, HEADER_SIZE, ROWS, Expander, SpoolMeta, sanitize_entries
-from tracer.sdk.shipper import Adopted, DictCounters, FileCounters, ShipLoop
+from tracer.sdk.shipper import Adopted, FileCounters, ShipLoop
 from tracer.sdk.shipper import drain_spools as drain_spools
 from tracer.sdk.sinks import KafkaSink as KafkaSink
 from tracer.sdk.sinks import NullSink as NullSink
 from tracer.sdk.sinks import Sink as Sink
 from tracer.sdk.sinks import StoreSink as StoreSink
 from tracer.sdk.sinks import sink_spec
-from tracer.sdk.spool import SpoolWriter
+from tracer.sdk.spool import DISK_FULL, SpoolWriter, seg_name
+from tracer.sdk.spool import default_retention as default_retention
 
 log = logging.getLogger("msgtrace.emitter")
 _EMITTERS: "weakref.WeakSet[Emitter]" = weakref.WeakSet()
@@ -75,11 +86,21 @@ class Emitter:
     def __init__(self, service: str, sink: Sink | None, spool_dir: str | None = None, *,
                  fsync: str = "never", max_spool_bytes: int = 256 << 20, mq: str = "kafka",
                  adopt: bool = True, adopt_interval: float = 5.0, segment_bytes: int = 8 << 20,
-                 start: bool = True, ship_process: bool | None = None) -> None:
+                 start: bool = True, ship_process: bool | None = None, retention: float | None = None,
+                 verify_interval: float = 5.0, recover: bool = True) -> None:
         """``ship_process``: ship from a separate process (None: yes when the sink can be rebuilt
-        there, i.e. the audit topic with JSON-able settings)."""
+        there, i.e. the audit topic with JSON-able settings). ``retention``: seconds shipped segments
+        are kept (None: ``MSGTRACE_SPOOL_RETENTION`` or 24 h; 0: none, and no recovery).
+        ``verify_interval``: how often the shipper compares the audit topic with what it acknowledged
+        (seconds; 0: only at each ship). ``recover=False``: never ship again what the audit topic lost
+        on its own (the retained segments then serve ``msgtrace ship --repair`` only)."""
         if fsync not in FSYNC_POLICIES:
             raise ConfigError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, got {fsync!r}")
+        self.retention_s = float(default_retention() if retention is None else retention)
+        if self.retention_s < 0:
+            raise ConfigError(f"retention must be >= 0 seconds, got {retention!r}")
+        self.verify_interval = float(verify_interval)
+        self.recover = bool(recover)
         self.service, self.mq = service, mq
         self.sink: Sink = sink or NullSink()
         self.spool_dir = spool_dir or default_spool_dir()
@@ -97,7 +118,7 @@ class Emitter:
         self._spec = spec if (ship_process is None or ship_process) else None
         self._adopt = adopt
         self._adopt_interval_s = adopt_interval
-        self.counters = {"dropped": 0, "errors": 0, "invalid": 0}
+        self.counters = {"dropped": 0, "errors": 0, "invalid": 0, "evicted_segments": 0, "evicted_events": 0}
         self.last_error: str | None = None
         self._last_drop_log = 0.0
         self._wake = threading.Event()
@@ -130,13 +151,26 @@ class Emitter:
         self._recorded = 0
         self._written = 0   # spool bytes appended by this emitter
         self._shipped = 0   # spool bytes known shipped (refreshed from the shipper's counters)
+        #: the hot path's one comparison: ``_written + n > _limit`` means the cap may be reached
+        #: (_limit = cap + shipped - retained shipped segments; recomputed in :meth:`_make_room`)
+        self._limit = self.max_spool_bytes
+        #: finished segments still on disk: [segno, bytes, first seq, last seq, _written at their end]
+        self._segs: collections.deque[list[int]] = collections.deque()
+        self._seg_first_seq = 1
+        self._next_disk_check = 0.0
+        self._full_until = 0.0  # a full disk: no new segment is tried before this (or before shipping moves)
+        self._full_mark = -1
         self._process_mode = self._spec is not None and not isinstance(self.sink, NullSink)
-        self._ship_counters: Any = FileCounters(self._writer.path) if self._process_mode else DictCounters()
+        # the counters live in the spool (progress): the shipper's, and the owner's drops, for audit-health
+        self._ship_counters: Any = FileCounters(self._writer.path)
         self._loop: ShipLoop | None = None
         if not self._process_mode:
-            self._loop = ShipLoop(self.spool_dir, self.sink, self._ship_counters, own_path=self._writer.path,
-                                  own_expander=Expander(self.meta), adopt=self._adopt,
-                                  adopt_interval=self._adopt_interval_s)
+            self._loop = self._new_loop(self._ship_counters)
+
+    def _new_loop(self, counters: Any) -> ShipLoop:
+        return ShipLoop(self.spool_dir, self.sink, counters, own_path=self._writer.path,
+                        own_expander=Expander(self.meta), adopt=self._adopt, adopt_interval=self._adopt_interval_s,
+                        retention_s=self.retention_s, verify_interval=self.verify_interval, recover=self.recover)
 
     @property
     def _adopt_interval(self) -> float:
@@ -202,15 +236,16 @@ class Emitter:
             n = HEADER_SIZE + len(payload)
             with self._lock:  # the spool append, inlined (SpoolWriter.append): this runs per message
                 seq = self._seq = self._seq + 1
-                if self._written - self._shipped + n > self.max_spool_bytes or self._closed:
-                    self._shipped = self._ship_counters.get("shipped_bytes")
-                    if self._written - self._shipped + n > self.max_spool_bytes or self._closed:
+                if self._written + n > self._limit or self._closed:
+                    if not self._make_room(n):
                         self._dropped(1)
                         return
                 w = self._writer
                 pos = w.seg_size
                 if pos + n + HEADER_SIZE > w.seg_cap:
-                    w._rotate(n)
+                    if not self._next_segment(n, seq):
+                        self._dropped(1)
+                        return
                     pos = 0
                 mm: Any = w._mm
                 mm[pos + HEADER_SIZE:pos + n] = payload
@@ -263,15 +298,16 @@ class Emitter:
             with self._lock:
                 seq = self._seq + 1
                 self._seq += events
-                if self._written - self._shipped + n > self.max_spool_bytes or self._closed:
-                    self._shipped = self._ship_counters.get("shipped_bytes")
-                    if self._written - self._shipped + n > self.max_spool_bytes or self._closed:
+                if self._written + n > self._limit or self._closed:
+                    if not self._make_room(n):
                         self._dropped(events)
                         return
                 w = self._writer  # the spool append, inlined (SpoolWriter.append): this runs per message
                 pos = w.seg_size
                 if pos + n + HEADER_SIZE > w.seg_cap:
-                    w._rotate(n)
+                    if not self._next_segment(n, seq):
+                        self._dropped(events)
+                        return
                     pos = 0
                 mm: Any = w._mm
                 mm[pos + HEADER_SIZE:pos + n] = payload
@@ -294,6 +330,84 @@ class Emitter:
             self.emit(ev[0], ev[1], topic=ev[2], partition=ev[3], offset=ev[4], consumer_group=ev[5], key=ev[6],
                       error=ev[7], trace_id=ev[8], span_id=ev[9], attrs=ev[10] if len(ev) > 10 else None)
 
+    # --- room in the spool (slow paths, under the lock) ---------------------------------------------
+    def _make_room(self, n: int) -> bool:
+        """The cap is (nearly) reached: refresh what was shipped, evict retained segments (oldest
+        first) if that makes room; False when ``n`` more bytes do not fit (the event is dropped)."""
+        if self._closed:
+            return False
+        shipped = self._shipped = self._ship_counters.get("shipped_bytes")
+        retained = self._retained(shipped)
+        over = self._written - shipped + retained + n - self.max_spool_bytes
+        while over > 0:
+            freed = self._evict_one(shipped)
+            if not freed:
+                break
+            retained -= freed
+            over -= freed
+        self._limit = self.max_spool_bytes + shipped - retained
+        return self._written + n <= self._limit
+
+    def _retained(self, shipped: int) -> int:
+        """Bytes of finished segments shipped to their end and still on disk (the shipper deletes
+        expired ones, oldest first: a few existence checks at most every half second)."""
+        segs = self._segs
+        now = time.monotonic()
+        if now >= self._next_disk_check:
+            self._next_disk_check = now + 0.5
+            path = self._writer.path
+            while segs and not os.path.exists(os.path.join(path, seg_name(segs[0][0]))):
+                segs.popleft()
+        return sum(e[1] for e in segs if e[4] <= shipped)
+
+    def _evict_one(self, shipped: int) -> int:
+        """Delete the oldest finished segment if it is shipped to its end; the bytes freed (0: none)."""
+        segs = self._segs
+        if not segs or segs[0][4] > shipped:
+            return 0
+        segno, size, first, last, _ = segs.popleft()
+        try:
+            os.unlink(os.path.join(self._writer.path, seg_name(segno)))
+        except FileNotFoundError:
+            return size  # the shipper's retention got there first: nothing evicted, but free
+        except OSError:
+            return 0
+        self.counters["evicted_segments"] += 1
+        self.counters["evicted_events"] += max(0, last - first + 1)
+        self._ship_counters.add("evicted_segments")
+        self._ship_counters.add("evicted_events", max(0, last - first + 1))
+        return size
+
+    def _next_segment(self, n: int, seq: int) -> bool:
+        """The segment is full: start the next one. On a full disk, evict shipped segments and try
+        again; if nothing can be evicted, False (the event is dropped), and no new segment is tried
+        for a second or until shipping moves on (not once per event)."""
+        w = self._writer
+        if self._full_until:
+            if time.monotonic() < self._full_until and self._ship_counters.get("shipped_bytes") == self._full_mark:
+                return False
+            self._full_until = 0.0
+        shipped = self._ship_counters.get("shipped_bytes")
+        while True:
+            try:
+                segno, size = w._rotate(n)
+                break
+            except OSError as e:
+                if e.errno not in DISK_FULL:
+                    raise
+                if self._evict_one(shipped):
+                    continue
+                self._full_until = time.monotonic() + 1.0
+                self._full_mark = shipped
+                self.last_error = f"the spool's disk is full ({self.spool_dir}): {e.strerror or e}"
+                return False
+        self._segs.append([segno, size, self._seg_first_seq, seq - 1, self._written])
+        self._seg_first_seq = seq
+        if self._full_mark >= 0:  # the disk had been full: it is not any more
+            self._full_mark = -1
+            self.last_error = None
+        return True
+
     def _invalid(self, why: str) -> None:
         self.counters["invalid"] += 1
         self.last_error = why
@@ -301,6 +415,11 @@ class Emitter:
 
     def _dropped(self, events: int = 1) -> None:
         self.counters["dropped"] += events
+        try:
+            self._ship_counters.add("dropped", events)
+            self._ship_counters.set("seq_high", self._seq)  # what was handed out, dropped ones included
+        except (ValueError, OSError):  # closed meanwhile
+            pass
         self._log_rate_limited("msgtrace: audit spool full (%d bytes unshipped, limit %d): %d events dropped "
                                "so far; sink %s: %s", self._written - self._shipped,
                                self.max_spool_bytes, self.counters["dropped"], self.sink.name,
@@ -348,7 +467,8 @@ class Emitter:
         env = dict(os.environ)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         cfg = {"spool_dir": self.spool_dir, "own": self._writer.path, "sink": self._spec, "adopt": self._adopt,
-               "adopt_interval": self._adopt_interval_s, "fsync": self.fsync,
+               "adopt_interval": self._adopt_interval_s, "fsync": self.fsync, "retention_s": self.retention_s,
+               "verify_interval": self.verify_interval, "recover": self.recover,
                "log_level": logging.getLogger("msgtrace").getEffectiveLevel()}
         proc = subprocess.Popen([sys.executable, "-m", "tracer.sdk.shipper"], stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, close_fds=True, start_new_session=True, env=env)
@@ -381,21 +501,17 @@ class Emitter:
                 return
 
     def _fall_back_to_thread(self) -> None:
-        shipped = self._ship_counters.get("shipped_bytes")
-        counters = DictCounters()
-        for name in ("shipped_bytes", "shipped", "ship_failures", "adopted_spools", "adopted_events", "bad_frames"):
-            counters.set(name, self._ship_counters.get(name))
-        self._loop = ShipLoop(self.spool_dir, self.sink, counters, own_path=self._writer.path,
-                              own_expander=Expander(self.meta), adopt=self._adopt,
-                              adopt_interval=self._adopt_interval_s)
-        with self._lock:
-            self._ship_counters = counters
-            self._shipped = shipped
-            self._process_mode = False
-        self._proc = None
+        # the shipper process is gone: its counters file goes on, written by a thread from now on
+        counters = self._ship_counters
+        self._loop = self._new_loop(counters)
+        # the thread first: a flush() that sees the thread mode must find its thread alive
         self._thread = threading.Thread(target=self._run, name=f"msgtrace-shipper-{self.emitter_id[:8]}",
                                         daemon=True)
         self._thread.start()
+        with self._lock:
+            self._shipped = counters.get("shipped_bytes")
+            self._process_mode = False
+        self._proc = None
 
     def _run(self) -> None:
         backoff = 0.0
@@ -444,7 +560,7 @@ class Emitter:
         return int(self._written - self._ship_counters.get("shipped_bytes"))
 
     def _adopted_pending(self) -> bool:
-        return bool(self._loop.adopted) if (self._loop is not None and not self._process_mode) else False
+        return self._loop.adopted_pending if (self._loop is not None and not self._process_mode) else False
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything emitted so far (and adopted, for a shipper thread) is shipped;
@@ -507,11 +623,12 @@ class Emitter:
                 log.warning("msgtrace: the shipper process is still shipping at close; it finishes on its own")
             self._proc = None
         done = done and self.pending_bytes() == 0
-        self._writer.close(remove=done)
         if self._loop is not None:
             self._loop.close()
         if isinstance(self._ship_counters, FileCounters):
             self._ship_counters.close()
+        # shipped with nothing to retain: removed; else kept (retained, or left for adoption)
+        self._writer.close(remove=done and self.retention_s <= 0)
         try:
             self.sink.close()
         except Exception:
@@ -524,7 +641,12 @@ class Emitter:
         s: dict[str, Any] = {"recorded": self._recorded, "shipped": c.get("shipped"), "dropped": self.counters["dropped"],
                              "errors": self.counters["errors"], "ship_failures": c.get("ship_failures"),
                              "adopted_spools": c.get("adopted_spools"), "adopted_events": c.get("adopted_events"),
-                             "invalid": self.counters["invalid"], "bad_frames": c.get("bad_frames")}
+                             "invalid": self.counters["invalid"], "bad_frames": c.get("bad_frames"),
+                             "torn": c.get("torn"), "evicted_segments": self.counters["evicted_segments"],
+                             "evicted_events": self.counters["evicted_events"],
+                             "expired_segments": c.get("expired_segments"), "audit_losses": c.get("audit_losses"),
+                             "reshipped": c.get("reshipped"), "reship_lost": c.get("reship_lost"),
+                             "retention_s": self.retention_s}
         s["spooled_bytes"] = self.pending_bytes()
         s["emitter_id"] = self.emitter_id
         s["sink"] = self.sink.name

@@ -32,8 +32,9 @@ from typing import Any, Sequence
 
 import orjson
 
-from tracer.identity import (MAX_MSG_ID_CHARS, MSG_ID_HEADER, TRACEPARENT, cap_msg_id, format_traceparent,
-                             get_header, incoming_ids, key_text, parse_traceparent, position_id, text)
+from tracer.identity import (MAX_MSG_ID_CHARS, MSG_ID_HEADER, REPLAY_HEADER, TRACEPARENT, cap_msg_id,
+                             format_traceparent, get_header, incoming_ids, key_text, parse_traceparent, position_id,
+                             text)
 
 EVENT, BATCH, ROWS = 1, 2, 3
 HEADER = struct.Struct("<IQ")  # payload length, first seq
@@ -45,6 +46,10 @@ _unpack = HEADER.unpack_from
 _NO_ATTRS: dict[str, str] = {}
 _OFFSET_COMMITTED = "offset_committed"
 _MAX_HEADS = 4096
+#: the attribute a consumed record of a ``msgtrace replay`` run gets (its ``msgtrace-replay`` header's
+#: value; tracer.replay.plan.REPLAY_ATTR, tracer.analysis.rules.REPLAY_ATTR)
+REPLAY_ATTR = "replay_run"
+_REPLAY_HEADER_B = REPLAY_HEADER.encode()
 
 
 def encode(record: tuple[Any, ...]) -> bytes:
@@ -81,6 +86,7 @@ class Expanded:
     events: int
     bad_frames: int = 0  # frames that did not decode (skipped)
     last_error: str | None = None
+    last_seq: int = 0    # seq of the last event expanded (0: none)
 
 
 def split_frames(data: bytes | memoryview, start: int = 0) -> tuple[list[tuple[int, int, int]], int]:
@@ -135,23 +141,27 @@ class Expander:
         bad = 0
         err = None
         events = 0
+        last = 0
         for seq, start, end in frames:
             try:
                 rec = _loads(data[start:end])
                 kind = rec[0]
                 if kind == EVENT:
                     out.append(self._event(seq, rec))
-                    events += 1
+                    n = 1
                 elif kind == BATCH:
-                    events += self._batch(seq, rec, out)
+                    n = self._batch(seq, rec, out)
                 elif kind == ROWS:
-                    events += self._rows(seq, rec, out)
+                    n = self._rows(seq, rec, out)
                 else:
                     raise ValueError(f"unknown frame kind {kind!r}")
+                events += n
+                if n:
+                    last = seq + n - 1
             except Exception as e:  # a frame this version cannot read: skipped, counted, its seqs a gap
                 bad += 1
                 err = f"spool frame at seq {seq} skipped: {type(e).__name__}: {e}"
-        return Expanded(b"".join(out), events, bad, err)
+        return Expanded(b"".join(out), events, bad, err, last)
 
     def _event(self, seq: int, rec: tuple[Any, ...]) -> bytes:
         (_, ts_us, stage, msg_id, topic, partition, offset, group, key, error, trace_id, span_id, attrs, mq) = rec
@@ -170,7 +180,7 @@ class Expander:
         dumps = _dumps
         append = out.append
         for i, (pos, key, headers, msg_id, attrs) in enumerate(entries):
-            h_id = tp = None
+            h_id = tp = rp = None
             if headers:
                 if headers.__class__ is list:  # the Kafka clients' pairs: one pass, no per-header call
                     for hk, hv in headers:
@@ -178,11 +188,18 @@ class Expander:
                             h_id = hv
                         elif hk == TRACEPARENT:
                             tp = hv
+                        elif hk == REPLAY_HEADER or hk == _REPLAY_HEADER_B:
+                            rp = hv
                     if h_id is not None:
                         h_id = h_id.decode("utf-8", "replace") if h_id.__class__ is bytes else text(h_id)
                 else:
                     h_id, trace_id, span_id = incoming_ids(headers)
                     tp = format_traceparent(trace_id, span_id) if trace_id and span_id else None
+                    rp = get_header(headers, REPLAY_HEADER)
+                if rp is not None:  # a record re-published by msgtrace replay: its events name the run
+                    run = text(rp)
+                    if run:
+                        attrs = {**attrs, REPLAY_ATTR: run[:256]} if attrs else {REPLAY_ATTR: run[:256]}
             mid = msg_id or h_id or position_id(topic, partition, pos if offsets else None)
             if len(mid) > MAX_MSG_ID_CHARS:
                 mid = cap_msg_id(mid)

@@ -4,14 +4,19 @@
 A sink has one job, ``ship(data, lines)``: take complete wire lines (NDJSON) or raise, in which case
 the same lines are shipped again later. ``spec()`` describes a sink so that a shipper process can
 build the same one (None: the sink lives only in this process, and ships from a thread).
+
+The audit topic can lose what it acknowledged; :class:`KafkaSink` therefore tells the shipper where
+each record went (``last_acks``) and how the topic looks now (``topic_state``), and checks the topic
+before shipping whenever its connection to the broker was re-established (a restarted broker):
+:mod:`tracer.sdk.recovery` decides from both what must be shipped again.
 """
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Protocol
 
 from tracer.events import decode_batch, record_headers
+from tracer.sdk.recovery import TopicState
 
 log = logging.getLogger("msgtrace.emitter")
 
@@ -63,8 +68,11 @@ def _split_records(data: bytes, max_bytes: int) -> list[bytes]:
 class KafkaSink:
     """Ships to the audit topic with kafka-python: acks=all, one record = a batch of events.
 
-    Creates the topic if it is missing (a restarted memory broker loses it) and
-    rebuilds the producer after a failure, so a broker that comes back is used.
+    Creates the topic if it is missing (a restarted memory broker loses it) and rebuilds the
+    producer after a failure, so a broker that comes back is used. Before shipping on a connection
+    that was re-established (the broker restarted, say), it checks that the topic still exists and
+    creates it first: a memory broker (Tansu) restarted under a producer with cached metadata
+    acknowledges writes to the vanished topic that nobody can ever read.
     """
 
     name = "kafka"
@@ -76,8 +84,14 @@ class KafkaSink:
         self.bootstrap, self.topic, self.partitions = bootstrap, topic, partitions
         self.record_bytes, self.timeout = record_bytes, timeout
         self.producer_config = producer_config
-        self._producer = None
+        self._producer: Any = None
+        self._admin: Any = None
         self._headers = record_headers()
+        self._conns: frozenset[int] | None = None
+        #: (partition, offset) of each record of the last successful ship, in order
+        self.last_acks: list[tuple[int, int]] = []
+        #: why the topic was (re)created before the last ship ("" if it was not)
+        self.recreated = ""
 
     def spec(self) -> dict[str, Any] | None:
         """JSON-able settings (None when the producer config holds objects: SSL contexts, callables)."""
@@ -102,59 +116,118 @@ class KafkaSink:
                                    reconnect_backoff_max_ms=1000, client_id="msgtrace-emitter")
         cfg.update(self.producer_config)
         self._producer = KafkaProducer(**cfg)
+        self._conns = self._connections()
         return self._producer
 
-    def ensure_topic(self) -> None:
-        """Create the audit topic unless it exists (best effort: auto-creation may do it)."""
-        from kafka.admin import KafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+    def _admin_client(self) -> Any:
+        if self._admin is None:
+            from kafka.admin import KafkaAdminClient  # type: ignore[import-untyped]
+
+            admin_cfg = {k: v for k, v in self.producer_config.items()
+                         if k.startswith(("security_", "ssl_", "sasl_")) or k in ("api_version",)}
+            self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000,
+                                           client_id="msgtrace-emitter-admin", **admin_cfg)
+        return self._admin
+
+    def _drop_admin(self) -> None:
+        a, self._admin = self._admin, None
+        if a is not None:
+            try:
+                a.close()
+            except Exception:
+                pass
+
+    def ensure_topic(self) -> bool:
+        """Create the audit topic unless it exists (best effort: auto-creation may do it); True if
+        it was created here."""
+        from kafka.admin import NewTopic
         from kafka.errors import TopicAlreadyExistsError  # type: ignore[import-untyped]
 
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000,
-                                 client_id="msgtrace-emitter-admin")
         try:
-            if self.topic not in set(admin.list_topics()):
-                try:
-                    admin.create_topics([NewTopic(self.topic, self.partitions, 1)])
-                except TopicAlreadyExistsError:
-                    pass
-        finally:
-            admin.close()
+            admin = self._admin_client()
+            if self.topic in set(admin.list_topics()):
+                return False
+            try:
+                admin.create_topics([NewTopic(self.topic, self.partitions, 1)])
+            except TopicAlreadyExistsError:
+                return False
+            return True
+        except Exception:
+            self._drop_admin()
+            raise
+
+    def topic_state(self, partitions: list[int]) -> TopicState:
+        """The audit topic now: exists, its topic id, the log end offsets of ``partitions``."""
+        from kafka import TopicPartition
+
+        try:
+            admin = self._admin_client()
+            [desc] = admin.describe_topics([self.topic]) or [{"error_code": 3}]
+            if desc.get("error_code") or not desc.get("partitions"):
+                return TopicState(False)
+            topic_id = desc.get("topic_id")
+            known = {int(p["partition_index"]) for p in desc["partitions"] if "partition_index" in p}
+            ends: dict[int, int] = {}
+            ask = [p for p in partitions if not known or p in known]
+            if ask:
+                from kafka.admin import OffsetSpec
+
+                got = admin.list_partition_offsets({TopicPartition(self.topic, p): OffsetSpec.LATEST for p in ask})
+                ends = {tp.partition: int(v.offset) for tp, v in got.items()}
+            return TopicState(True, str(topic_id) if topic_id else None, ends)
+        except Exception:
+            self._drop_admin()
+            raise
+
+    def _connections(self) -> frozenset[int] | None:
+        """Identities of the producer's broker connections (kafka-python internals; None if unknown):
+        a new one means the connection was re-established."""
+        try:
+            conns = self._producer._sender._client._manager._conns
+            return frozenset(id(c) for c in list(conns.values()))
+        except Exception:
+            return None
+
+    def reconnected(self) -> bool:
+        """True when the producer re-established a broker connection since the last ship."""
+        if self._producer is None:
+            return False
+        now = self._connections()
+        return now is not None and self._conns is not None and now != self._conns
 
     def ship(self, data: bytes, lines: int) -> None:
+        self.recreated = ""
+        if self._producer is not None and self.reconnected():
+            # the broker may have restarted: never write into a topic it no longer has
+            if self.ensure_topic():
+                self.recreated = "the audit topic was missing after a reconnect and was created again"
+                self._drop_producer()  # fresh metadata for the new topic
         producer = self._producer or self._connect()
-        t0 = time.monotonic()
+        before = self._connections()
         try:
             futures = [producer.send(self.topic, value=v, headers=self._headers)
                        for v in _split_records(data, self.record_bytes)]
             producer.flush(self.timeout)
+            acks = []
             for f in futures:
-                f.get(0)
-            if time.monotonic() - t0 > 0.5:
-                self._verify_topic()
+                md = f.get(0)
+                acks.append((int(md.partition), int(md.offset)))
+            after = self._connections()
+            if before is not None and after is not None and after != before and self.ensure_topic():
+                # reconnected while shipping and the topic was gone: those acks came from a topic
+                # the broker does not have (nobody can read them); ship the same lines again
+                raise RuntimeError(f"audit topic {self.topic} vanished while shipping (broker restarted?); "
+                                   "created it again, shipping again")
+            self.last_acks = acks
+            self._conns = after
         except Exception:
+            self.last_acks = []
             self._drop_producer()
             raise
 
-    def _verify_topic(self) -> None:
-        """After a slow ship (the broker may have restarted meanwhile), make sure the topic still exists.
-
-        A memory broker (Tansu) restarted under a producer with cached metadata acknowledges
-        writes to the vanished topic and keeps nothing; shipping again is then the only remedy.
-        """
-        from kafka.admin import KafkaAdminClient
-
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000,
-                                 client_id="msgtrace-emitter-admin")
-        try:
-            exists = self.topic in set(admin.list_topics())
-        finally:
-            admin.close()
-        if not exists:
-            raise RuntimeError(f"audit topic {self.topic} vanished while shipping (broker restarted?); "
-                               "shipping again")
-
     def _drop_producer(self) -> None:
         p, self._producer = self._producer, None
+        self._conns = None
         if p is not None:
             try:
                 p.close(timeout=0)
@@ -163,6 +236,7 @@ class KafkaSink:
 
     def close(self) -> None:
         self._drop_producer()
+        self._drop_admin()
 
 
 class StoreSink:

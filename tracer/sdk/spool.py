@@ -5,8 +5,16 @@ Layout, one directory per emitter (= per process and Tracer) under the spool dir
     <spool>/<emitter_id>/lock          flock'd by the live owner for its whole life
     <spool>/<emitter_id>/owner.json    pid, host, service, emitter_id, event id prefix, mq
     <spool>/<emitter_id>/seg-00000001.spool   frames (tracer.sdk.frames), one per event or batch
-    <spool>/<emitter_id>/shipped       "<segment> <offset>": what has been shipped
-    <spool>/<emitter_id>/progress      the shipper's counters (a shipper process reports here)
+    <spool>/<emitter_id>/shipped       "<segment> <offset> [<last seq>]": what has been shipped
+    <spool>/<emitter_id>/progress      counters: the shipper's, and the owner's drops and evictions
+
+Shipped segments are **retained** for a while (``retention_s``, default 24 h) instead of being
+deleted at once: when the audit Kafka loses what it had acknowledged (a broker that lost its log, a
+recreated topic), the shipper re-ships them from here (:mod:`tracer.sdk.recovery`) and
+``msgtrace ship --repair`` re-sends the seq ranges the store misses (:mod:`tracer.sdk.repair`). A
+segment's modification time is set when it was shipped to its end; :func:`sweep` deletes the ones
+older than the retention. The owner's spool cap counts retained segments (the oldest is evicted
+first, and counted, when room is needed: :class:`tracer.sdk.emitter.Emitter`).
 
 Writes are copies into preallocated, shared mmap segments (the kernel's page cache): a SIGKILL
 cannot lose a returned write, and each frame's length is written last, so a frame cut by the kill
@@ -17,6 +25,7 @@ format) are still read, as lines.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import mmap
@@ -24,6 +33,7 @@ import os
 import re
 import shutil
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -31,9 +41,38 @@ from tracer.sdk.frames import HEADER, HEADER_SIZE, Expander, SpoolMeta, split_fr
 
 SEG_PREFIX, SEG_SUFFIX = "seg-", ".spool"
 LEGACY_SUFFIX = ".ndjson"
+#: how long shipped segments are kept by default (seconds): long enough for a nightly reconcile to
+#: find an audit gap and for ``msgtrace ship --repair`` to close it
+DEFAULT_RETENTION_S = 86400.0
+#: errors of a full disk (or quota): events that do not fit are dropped and counted, never an error
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: free space a new segment must leave on the spool's filesystem: the shipper's small files (its
+#: position, counters) must still be writable, or a full disk could never drain
+RESERVE_BYTES = 256 << 10
 #: emitter directories are named by the emitter's UUID
 _EMITTER_DIR = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _pack_header = HEADER.pack_into
+
+
+def default_retention() -> float:
+    """``MSGTRACE_SPOOL_RETENTION`` (seconds, or e.g. ``24h``, ``30m``, ``0``), else 24 h."""
+    raw = os.environ.get("MSGTRACE_SPOOL_RETENTION", "").strip()
+    return parse_seconds(raw, "MSGTRACE_SPOOL_RETENTION") if raw else DEFAULT_RETENTION_S
+
+
+def parse_seconds(raw: str, what: str) -> float:
+    """Seconds from ``3600``, ``30s``, ``30m``, ``24h``, ``1d``; a ConfigError naming ``what`` otherwise."""
+    from tracer.errors import ConfigError
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = raw.strip().lower()
+    try:
+        value = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
+    except (ValueError, KeyError):
+        raise ConfigError(f"{what}={raw!r}: give seconds or a duration such as 30m, 24h, 0") from None
+    if value < 0 or value != value:
+        raise ConfigError(f"{what}={raw!r}: must be 0 or more")
+    return value
 
 
 def seg_name(n: int, suffix: str = SEG_SUFFIX) -> str:
@@ -111,19 +150,44 @@ class SpoolWriter:
         self._mm: mmap.mmap | None = None
         self._rotate(0)
 
-    def _rotate(self, need: int) -> None:
+    def _rotate(self, need: int) -> tuple[int, int]:
+        """Start the next segment; returns (finished segment, its bytes). Raises OSError (ENOSPC on a
+        full disk) with nothing left behind: a half-made segment file would make a reader believe the
+        current one finished while small frames may still go into it."""
         n = self.segno + 1
         cap = max(self.segment_bytes, need + HEADER_SIZE)  # room for a zero length after the last frame
-        fd = os.open(os.path.join(self.path, seg_name(n)), os.O_RDWR | os.O_CREAT, 0o644)
+        if self._mm is not None:
+            st = os.statvfs(self.path)
+            if st.f_bavail * st.f_frsize < cap + RESERVE_BYTES:
+                raise OSError(errno.ENOSPC, "No space left on device (a segment would leave less than "
+                                            f"{RESERVE_BYTES >> 10} KiB free)")
+        path = os.path.join(self.path, seg_name(n))
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             os.posix_fallocate(fd, 0, cap)
             mm = mmap.mmap(fd, cap, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            raise
         finally:
             os.close(fd)
         old, self._mm = self._mm, mm
+        finished = (self.segno, self.seg_size)
         self.segno, self.seg_size, self.seg_cap = n, 0, cap
         if old is not None:
             old.close()
+            self._trim(*finished)
+        return finished
+
+    def _trim(self, segno: int, size: int) -> None:
+        """Give back the preallocated tail of a finished segment (it is retained after shipping)."""
+        try:
+            os.truncate(os.path.join(self.path, seg_name(segno)), size)
+        except OSError:
+            pass
 
     def append(self, seq: int, payload: bytes) -> int:
         """Append one frame (payload first, its length last); the bytes it took."""
@@ -152,13 +216,16 @@ class SpoolWriter:
             pass
 
     def close(self, remove: bool) -> None:
-        """Unmap; ``remove`` deletes the directory (everything shipped)."""
+        """Unmap; ``remove`` deletes the directory (everything shipped, nothing to retain); else the
+        current segment is trimmed to its data and the directory stays (retained, or for adoption)."""
         mm, self._mm = self._mm, None
         if mm is not None:
             try:
                 mm.close()
             except (OSError, ValueError):
                 pass
+            if not remove:
+                self._trim(self.segno, self.seg_size)
         if remove:
             shutil.rmtree(self.path, ignore_errors=True)
         try:
@@ -183,10 +250,16 @@ class Chunk:
 
 
 class SpoolReader:
-    """The shipper's side: read complete frames from a position, remember what was shipped."""
+    """The shipper's side: read complete frames from a position, remember what was shipped.
 
-    def __init__(self, path: str) -> None:
+    ``retention_s`` > 0: a segment shipped to its end is kept (its mtime set to now, for
+    :func:`sweep`); 0: deleted at once.
+    """
+
+    def __init__(self, path: str, retention_s: float = 0.0) -> None:
         self.path = path
+        self.retention_s = retention_s
+        self.last_seq = 0  # the last seq shipped (0: unknown)
         self.pos = self._load_pos()
         self._fd: int | None = None
         self._fd_seg = 0
@@ -196,9 +269,11 @@ class SpoolReader:
     def _load_pos(self) -> tuple[int, int]:
         try:
             with open(os.path.join(self.path, "shipped"), encoding="ascii") as f:
-                seg, off = f.read().split()
-                return int(seg), int(off)
-        except (OSError, ValueError):
+                parts = f.read().split()
+                if len(parts) > 2:
+                    self.last_seq = int(parts[2])
+                return int(parts[0]), int(parts[1])
+        except (OSError, ValueError, IndexError):
             segs = list_segments(self.path)
             return (segs[0] if segs else 1), 0
 
@@ -221,15 +296,22 @@ class SpoolReader:
             self._fd = None
 
     def _finish_segment(self, seg: int) -> bool:
-        """Delete a finished segment and move to the next one; False if there is none yet."""
+        """A segment shipped to its end: retain it (mtime = now) or delete it, and move to the next
+        one; False if there is none yet."""
         later = [s for s in list_segments(self.path) if s > seg]
         if not later:
             return False
         self._close_fd()
         for suffix in (SEG_SUFFIX, LEGACY_SUFFIX):
+            p = os.path.join(self.path, seg_name(seg, suffix))
             try:
-                os.unlink(os.path.join(self.path, seg_name(seg, suffix)))
+                if self.retention_s > 0:
+                    os.utime(p)  # shipped now: the retention counts from here
+                else:
+                    os.unlink(p)
             except FileNotFoundError:
+                pass
+            except OSError:
                 pass
         self.pos = (later[0], 0)
         self.save()
@@ -315,15 +397,17 @@ class SpoolReader:
         self._finish_segment(seg)
         return None
 
-    def advance(self, chunk: Chunk) -> None:
+    def advance(self, chunk: Chunk, last_seq: int = 0) -> None:
         """Mark a chunk shipped and persist the position (write + rename: atomic)."""
         self.pos = chunk.end
+        if last_seq:
+            self.last_seq = last_seq
         self.save()
 
     def save(self) -> None:
         tmp = os.path.join(self.path, "shipped.tmp")
         with open(tmp, "w", encoding="ascii") as f:
-            f.write(f"{self.pos[0]} {self.pos[1]}\n")
+            f.write(f"{self.pos[0]} {self.pos[1]} {self.last_seq}\n")
         os.replace(tmp, os.path.join(self.path, "shipped"))
 
     def close(self) -> None:
@@ -372,6 +456,106 @@ def spooled_wire_lines(path: str) -> bytes:
     return b"".join(out)
 
 
+def read_at(path: str, seg: int, off: int, max_bytes: int, stop: int | None = None) -> Chunk | None:
+    """Complete frames (or lines) of segment ``seg`` from ``off``, at most ``max_bytes`` and not past
+    offset ``stop``; None when the segment is gone or holds nothing there (re-shipping, repair)."""
+    for suffix, legacy in ((SEG_SUFFIX, False), (LEGACY_SUFFIX, True)):
+        try:
+            fd = os.open(os.path.join(path, seg_name(seg, suffix)), os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            want = max_bytes if stop is None else min(max_bytes, stop - off)
+            if want <= 0:
+                return None
+            data = os.pread(fd, want, off)
+            if legacy:
+                cut = data.rfind(b"\n") + 1
+                return Chunk(data[:cut], [], (seg, off + cut), legacy=True) if cut else None
+            frames, cut = split_frames(data)
+            if not frames and len(data) >= HEADER_SIZE:  # one frame longer than max_bytes
+                length = HEADER.unpack_from(data)[0]
+                if length and (stop is None or off + HEADER_SIZE + length <= stop):
+                    data = os.pread(fd, HEADER_SIZE + length, off)
+                    frames, cut = split_frames(data)
+            return Chunk(data[:cut], frames, (seg, off + cut)) if frames else None
+        finally:
+            os.close(fd)
+    return None
+
+
+@dataclass(slots=True, frozen=True)
+class Segment:
+    """One segment file of an emitter directory, as inspection and retention see it."""
+
+    segno: int
+    path: str
+    size: int          # bytes on disk (a finished segment is trimmed to its frames)
+    mtime: float       # for a shipped segment: when it was shipped to its end
+    first_seq: int     # seq of its first frame (0: empty or unreadable)
+    legacy: bool = False
+
+
+def _first_seq(path: str, legacy: bool) -> int:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEADER_SIZE if not legacy else 65536)
+    except OSError:
+        return 0
+    if legacy:
+        line = head.split(b"\n", 1)[0]
+        m = re.search(rb'"seq":(\d+)', line)
+        return int(m.group(1)) if m else 0
+    if len(head) < HEADER_SIZE:
+        return 0
+    length, seq = HEADER.unpack_from(head)
+    return int(seq) if length else 0
+
+
+def segments(path: str) -> list[Segment]:
+    """The segments of one emitter directory, ascending, with their first seq."""
+    out = []
+    for n in list_segments(path):
+        for suffix, legacy in ((SEG_SUFFIX, False), (LEGACY_SUFFIX, True)):
+            p = os.path.join(path, seg_name(n, suffix))
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            out.append(Segment(n, p, st.st_size, st.st_mtime, _first_seq(p, legacy), legacy))
+    return out
+
+
+def shipped_position(path: str) -> tuple[int, int, int]:
+    """(segment, offset, last seq) of what has been shipped from an emitter directory ((first
+    segment, 0, 0) when nothing was)."""
+    r = SpoolReader.__new__(SpoolReader)
+    r.path, r.last_seq = path, 0
+    seg, off = r._load_pos()
+    return seg, off, r.last_seq
+
+
+def sweep(path: str, retention_s: float, keep_from: int | None = None, now: float | None = None) -> tuple[int, int]:
+    """Delete the retained segments of ``path`` that were shipped to their end (number below
+    ``keep_from``, default: the shipped position's segment) more than ``retention_s`` ago;
+    returns (segments, bytes) deleted. Never touches a segment that is not wholly shipped."""
+    if keep_from is None:
+        keep_from = shipped_position(path)[0]
+    now = time.time() if now is None else now
+    n = freed = 0
+    for s in segments(path):
+        if s.segno >= keep_from:
+            break
+        if s.mtime + retention_s <= now:
+            try:
+                os.unlink(s.path)
+            except OSError:
+                continue
+            n += 1
+            freed += s.size
+    return n, freed
+
+
 def ship_chunk_data(expander: Expander | None, chunk: Chunk) -> tuple[bytes, int, int, str | None]:
     """(wire lines, events, bad frames, error) of a chunk, whichever format it is in."""
     if chunk.legacy:
@@ -382,5 +566,7 @@ def ship_chunk_data(expander: Expander | None, chunk: Chunk) -> tuple[bytes, int
     return ex.data, ex.events, ex.bad_frames, ex.last_error
 
 
-__all__ = ["SpoolWriter", "SpoolReader", "Chunk", "dead_spools", "list_segments", "seg_name", "try_lock",
-           "read_meta", "expander_for", "spooled_wire_lines", "ship_chunk_data", "SEG_SUFFIX", "LEGACY_SUFFIX"]
+__all__ = ["SpoolWriter", "SpoolReader", "Chunk", "Segment", "dead_spools", "list_segments", "seg_name", "try_lock",
+           "read_meta", "expander_for", "spooled_wire_lines", "ship_chunk_data", "segments", "shipped_position",
+           "read_at", "sweep", "SEG_SUFFIX", "LEGACY_SUFFIX", "DEFAULT_RETENTION_S", "DISK_FULL", "default_retention",
+           "parse_seconds"]

@@ -146,9 +146,11 @@ class Tracer:
     def record(self, stage: str, msg_id: Any, **fields: Any) -> None:
         """Record any stage by hand (other MQs, dead_lettered, ...). Never raises.
 
-        ``msg_id``: the id, or a received record (its identity is looked up). Fields: topic,
-        partition, offset, consumer_group (or group), key, error, trace_id, span_id, mq, ts_us,
-        attrs (dict); any other keyword goes into attrs as text.
+        ``msg_id``: the id, or a received record (its identity is looked up; a record re-published by
+        ``msgtrace replay`` adds ``replay_run`` to attrs). Fields: topic, partition, offset,
+        consumer_group (or group), key, error, trace_id, span_id, mq, ts_us, attrs (dict); any other
+        keyword goes into attrs as text, e.g. ``record("dead_lettered", record, dlq_topic="orders.dlq",
+        dlq_partition=0, dlq_offset=42)``: where the DLQ copy went (``msgtrace replay`` reads it there).
         """
         try:
             if stage not in STAGES:
@@ -162,6 +164,8 @@ class Tracer:
                     msg_id = ident.msg_id
                     for name in ("topic", "partition", "offset", "consumer_group", "trace_id", "span_id"):
                         fields.setdefault(name, getattr(ident, name))
+                    if ident.replay_run:  # a record re-published by msgtrace replay: its events name the run
+                        fields.setdefault("replay_run", ident.replay_run[:256])
             pop = fields.pop
             topic = pop("topic", None) or ""
             partition = pop("partition", None)
