@@ -46,7 +46,7 @@ class Verdict:
         """Another verdict, decided by outside evidence (rules.REFINEMENTS)."""
         self.verdict = verdict
         self.remedy = V.REMEDY[verdict]
-        self.stopped_at = V.STOPPED_AT[verdict]
+        self.stopped_at = V.STOPPED_AT.get(verdict, self.stopped_at)  # audit_gap: where the events stop
         self.decided_by = by
         self.evidence = evidence
 
@@ -126,6 +126,25 @@ class ReconcileResult:
     def loss_rate(self) -> float:
         return self.lost / self.total if self.total else 0.0
 
+    @property
+    def audit_gaps(self) -> int:
+        """Pairs judged ``audit_gap``: the audit lost their events (never counted as lost)."""
+        return sum(n for (v, _, _), n in self.counts.items() if v == V.AUDIT_GAP)
+
+    @property
+    def audit_complete(self) -> bool:
+        """No audit_gap verdict and no emitter with seq gaps: every verdict rests on a whole audit."""
+        return not self.audit_gaps and not self.seq_gaps
+
+    def audit_json(self) -> dict[str, Any]:
+        return {"complete": self.audit_complete, "audit_gap_pairs": self.audit_gaps,
+                "emitters_with_seq_gaps": len(self.seq_gaps),
+                "events_missing": sum(g.missing for g in self.seq_gaps),
+                "seq_gaps": [{"emitter_id": g.emitter_id, "lo": g.lo, "hi": g.hi, "missing": g.missing}
+                             for g in self.seq_gaps],
+                "repair": "msgtrace audit-health; msgtrace ship --repair (on each emitter's host)"
+                          if not self.audit_complete else None}
+
     def window_json(self) -> dict[str, Any]:
         w = self.window
         return {"from": fmt_us(w.from_us), "to": fmt_us(w.to_us), "grace_s": w.grace_s,
@@ -139,6 +158,8 @@ class ReconcileResult:
             "total": self.total,
             "lost": self.lost,
             "loss_rate": round(self.loss_rate, 6),
+            "audit_gaps": self.audit_gaps,
+            "audit": self.audit_json(),
             "by_topic_group": [{"verdict": v, "topic": t, "consumer_group": g, "count": n}
                                for (v, t, g), n in sorted(self.counts.items(), key=_count_key)],
             "messages": [r.to_json() for r in self.rows],

@@ -12,6 +12,8 @@ A verdict is decided in two steps, and both are tables here:
    row names the evidence (:class:`Evidence`); the code that looks for it is in
    :mod:`tracer.analysis.broker` and :mod:`tracer.analysis.consumer`, registered by evidence name.
    New evidence (RabbitMQ queues, audit gaps of an emitter) is a new row and a new checker.
+3. :data:`AUDIT_GAP_REFINEMENTS`: a loss verdict that rests on events the audit itself may have lost
+   (an emitter's unrepaired seq gap) becomes ``audit_gap``; checked by :mod:`tracer.analysis.gaps`.
 
 Stages and their bits come from :data:`tracer.events.STAGE_BITS`; verdict names from
 :mod:`tracer.verdicts`. Verdicts cross the SQL boundary by name (checked against the contract on
@@ -320,6 +322,10 @@ class Evidence(StrEnum):
     LIVE_COMMITTED_OFFSET = "live_committed_offset"
     COMMITTED_OFFSET_PASSED = "committed_offset_passed"
     QUEUE_DELIVERED_LATER = "queue_delivered_later"
+    #: the audit's own gaps (tracer.analysis.gaps): not evidence of a loss, evidence that the audit
+    #: cannot tell (AUDIT_GAP_REFINEMENTS)
+    PRODUCER_SEQ_GAP = "producer_seq_gap"
+    CONSUMER_SEQ_GAP = "consumer_seq_gap"
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,6 +355,28 @@ REFINEMENTS: tuple[Refinement, ...] = (
                "the group committed past it after receiving it, in the same log epoch"),
     Refinement(V.IN_FLIGHT, V.LOST_IN_CONSUMER, Evidence.LIVE_COMMITTED_OFFSET,
                "Kafka reports the group's committed offset past it (live; no log reset since)"),
+)
+
+
+#: msgtrace never turns its own missing evidence into a loss (DESIGN.md, audit_gap): a loss verdict
+#: that rests on the absence of events an emitter may have lost (an unrepaired seq gap, found and
+#: checked by tracer.analysis.gaps after the refinements above) is ``audit_gap`` instead. Rows of
+#: one ``before`` are tried in order.
+AUDIT_GAP_REFINEMENTS: tuple[Refinement, ...] = (
+    Refinement(V.NEVER_SENT, V.AUDIT_GAP, Evidence.PRODUCER_SEQ_GAP,
+               "a producer emitter lost events while the id could have been sent (its expected time, when the "
+               "source gives one, lies in the gap's time range)"),
+    Refinement(V.SEND_FAILED, V.AUDIT_GAP, Evidence.PRODUCER_SEQ_GAP,
+               "an emitter producing to the topic lost events after the failure: a retry's broker_acked may be "
+               "among them"),
+    Refinement(V.LOST_IN_BROKER, V.AUDIT_GAP, Evidence.CONSUMER_SEQ_GAP,
+               "an emitter of the group lost events after the message was acked: its received may be among them"),
+    Refinement(V.EXPIRED_IN_BROKER, V.AUDIT_GAP, Evidence.CONSUMER_SEQ_GAP,
+               "an emitter of the group lost events after the message was acked: its received may be among them"),
+    Refinement(V.LOST_IN_CONSUMER, V.AUDIT_GAP, Evidence.CONSUMER_SEQ_GAP,
+               "an emitter of the group lost events after the message was received: its outcome may be among them"),
+    Refinement(V.FAILED_AND_COMMITTED, V.AUDIT_GAP, Evidence.CONSUMER_SEQ_GAP,
+               "an emitter of the group lost events after the failure: a retry's business_done may be among them"),
 )
 
 
