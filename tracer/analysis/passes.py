@@ -321,8 +321,9 @@ def one_message(store: Store, msg_id: str, groups: Sequence[str], cut: int) -> l
     return _with_replay_runs(store, [Decided.from_row(r, cut) for r in rows], {"scan_from": 0, "cut": FAR_FUTURE_US})
 
 
-def never_sent(store: Store, window: Window, expected: Ident) -> list[str]:
-    """Expected ids with no event in the scanned range."""
-    return [r["msg_id"] for r in store.query(render("reconcile_never_sent", expected=expected), window.scan())]
+def never_sent(store: Store, window: Window, expected: Ident) -> list[tuple[str, int]]:
+    """Expected ids with no event in the scanned range, each with its expected time (µs; 0: none given)."""
+    return [(r["msg_id"], int(r["ts_us"])) for r in
+            store.query(render("reconcile_never_sent", expected=expected), window.scan())]
 
 
