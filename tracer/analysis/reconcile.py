@@ -89,12 +89,16 @@ def reconcile(store: Store, window_from_us: int, window_to_us: int, grace_s: int
             never = passes.never_sent(store, window, table) if table else []
         res.rows = _judge(first, facts, never, groups, window)
         _count_plain(res)
+        gaps = None
         if res.rows:
             ctx = EvidenceContext(store, window, broker, skip=frozenset(
                 v.msg_id for v in res.rows if v.verdict == V.PENDING_IN_BROKER) if first.by_message else None)
             refine(ctx, res.rows, progress)
-            _say(progress, "checking emitter seq gaps")
-            res.seq_gaps = flag_seq_gaps(store, res.rows, window, ctx.gaps())
+            gaps = ctx.gaps()
+        # always: a window whose messages all look delivered can still miss whole messages whose
+        # events the audit lost, and the run must not then say "nothing lost" as if it knew
+        _say(progress, "checking emitter seq gaps")
+        res.seq_gaps = flag_seq_gaps(store, res.rows, window, gaps)
         for v in res.rows:
             res.count(v.verdict, v.topic, v.consumer_group)
         res.rows.sort(key=verdict_order)
@@ -105,7 +109,7 @@ def reconcile(store: Store, window_from_us: int, window_to_us: int, grace_s: int
     return res
 
 
-def _judge(first: Pass1, facts: list[Decided], never: list[str], groups: Sequence[str] | None,
+def _judge(first: Pass1, facts: list[Decided], never: list[tuple[str, int]], groups: Sequence[str] | None,
            window: Window) -> list[Verdict]:
     """The verdict of every pair pass 2 returned (named by the SQL generated from the rules), and of
     the expected ids never sent."""
@@ -116,9 +120,9 @@ def _judge(first: Pass1, facts: list[Decided], never: list[str], groups: Sequenc
         judged = {d.facts.msg_id for d in facts}
         for m in sorted(first.messages - judged):  # cannot happen unless events changed between the passes
             rows.append(Verdict(m, "", "", V.AUDIT_GAP, "none", [], evidence="events changed during the run"))
-    for m in never:
+    for m, ts in never:  # ts: the expected time, when the source gives one (audit gaps use it)
         for g in (groups or [""]):
-            f = PairFacts(m, g, cut=window.cut_us)
+            f = PairFacts(m, g, msg_time=ts, cut=window.cut_us)
             rows.append(Verdict(m, g, "", V.NEVER_SENT, "none", [], evidence=TEXT[V.NEVER_SENT](f),
                                 remedy=V.REMEDY[V.NEVER_SENT], facts=f))
     return rows
