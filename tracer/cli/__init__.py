@@ -19,6 +19,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "incident": "tracer.cli.incident:incident",
     "collect": "collectors.cli:collect",
     "ship": "tracer.cli.ship:ship",
+    "audit-health": "tracer.cli.audit:audit_health_cmd",
     "demo": "tracer.demo:demo",
     "db": "tracer.cli.db:db",
     "retention": "tracer.cli.retention:retention",
