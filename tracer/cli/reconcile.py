@@ -14,7 +14,7 @@ from typing import Any, Callable, TypeVar
 import click
 
 from tracer import verdicts as V
-from tracer.cli.util import EXIT_LOST, EXIT_OK, err, handle_errors, json_option, out, store_option
+from tracer.cli.util import EXIT_ERROR, EXIT_LOST, EXIT_OK, err, handle_errors, json_option, out, store_option
 from tracer.errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -128,14 +128,17 @@ def _progress_ctx(enabled: bool):
     return ctx()
 
 
-def _expected_source(expected: str | None, column: str | None, sql: str | None, dsn: str | None):
+def _expected_source(expected: str | None, column: str | None, sql: str | None, dsn: str | None,
+                     time_column: str | None = None, tz_name: str | None = None):
     if expected is None and sql is None:
-        if column or dsn:
-            raise ConfigError("--expected-column/--expected-dsn need --expected or --expected-sql")
+        if column or dsn or time_column:
+            raise ConfigError("--expected-column/--expected-time-column/--expected-dsn need --expected or "
+                              "--expected-sql")
         return None
     from tracer.analysis.expected import ExpectedSource
 
-    return ExpectedSource(path=expected, column=column, sql=sql, dsn=dsn)
+    return ExpectedSource(path=expected, column=column, sql=sql, dsn=dsn, time_column=time_column,
+                          tz=parse_tz(tz_name))
 
 
 # --- rendering ---------------------------------------------------------------------------
@@ -191,6 +194,9 @@ def print_result(res: Any, limit: int | None) -> None:
     if res.seq_gaps:
         out.print(f"[yellow]emitters with seq gaps: {len(res.seq_gaps)} "
                   f"({sum(g.missing for g in res.seq_gaps)} audit events missing)[/]")
+    if res.audit_gaps:
+        out.print(f"[yellow]audit gaps: {res.audit_gaps} pairs (audit_gap: the audit lost their events; not counted "
+                  "as lost)[/]")
     listed = [r for r in res.rows if r.verdict != V.DELIVERED or r.flags]
     if listed:
         shown = listed if limit is None else listed[:limit]
@@ -283,7 +289,12 @@ def write_out(path: str, res: Any, html_report: str | None = None) -> None:
               help="Ids that should have been sent (never_sent): one per line, or a CSV (see "
                    "--expected-column); '-' reads stdin.")
 @click.option("--expected-column", metavar="NAME", help="CSV column holding the ids (default msg_id, else the first).")
-@click.option("--expected-sql", metavar="QUERY", help="Query on the business database whose first column is the ids.")
+@click.option("--expected-time-column", metavar="NAME",
+              help="CSV column holding the time each id should have been sent (ISO 8601 or epoch; naive times in "
+                   "--tz): only ids whose time lies in an audit gap become audit_gap, the rest stay never_sent.")
+@click.option("--expected-sql", metavar="QUERY",
+              help="Query on the business database whose first column is the ids; a second column, if any, is the "
+                   "time each should have been sent (as --expected-time-column).")
 @click.option("--expected-dsn", metavar="URL", envvar="MSGTRACE_EXPECTED_DSN",
               help="SQLAlchemy URL of the business database (sqlite:///f.db, postgresql://..., mysql+pymysql://...).")
 @click.option("--bootstrap", envvar="MSGTRACE_BUSINESS_KAFKA_BOOTSTRAP", metavar="HOST:PORT",
@@ -302,13 +313,17 @@ def write_out(path: str, res: Any, html_report: str | None = None) -> None:
 @handle_errors
 def reconcile(t_from: str | None, t_to: str | None, yesterday: bool, tz_name: str | None, grace: str,
               lookback: str, groups: tuple[str, ...], expected: str | None, expected_column: str | None,
-              expected_sql: str | None, expected_dsn: str | None, bootstrap: str | None,
-              broker_snapshot: str | None, limit: int,
+              expected_time_column: str | None, expected_sql: str | None, expected_dsn: str | None,
+              bootstrap: str | None, broker_snapshot: str | None, limit: int,
               show_all: bool, out_path: str | None, no_write: bool, store_url: str | None, as_json: bool) -> None:
     """Judge every message of a window per consumer group; store and print the verdicts.
 
     The nightly job (cron, systemd timer, Kubernetes CronJob): `msgtrace reconcile --yesterday`.
-    Exit status: 0 nothing lost, 1 messages lost, 2 usage or infrastructure error.
+    Exit status: 0 nothing lost and the audit complete; 1 messages lost (real losses, whatever else);
+    2 usage or infrastructure error, or the audit incomplete with no real loss (audit_gap verdicts or
+    emitters with seq gaps: the audit lost events; a line on stderr says so; run `msgtrace
+    audit-health` and `msgtrace ship --repair`, then reconcile again). A run whose only
+    non-delivered verdicts are audit gaps never exits 1.
     """
     from tracer.analysis.reconcile import reconcile as run_reconcile
     from tracer.store import Store
@@ -316,7 +331,7 @@ def reconcile(t_from: str | None, t_to: str | None, yesterday: bool, tz_name: st
     w = resolve_window(t_from, t_to, yesterday, tz_name)
     grace_s = parse_duration(grace, "--grace")
     lookback_s = parse_duration(lookback, "--lookback")
-    source = _expected_source(expected, expected_column, expected_sql, expected_dsn)
+    source = _expected_source(expected, expected_column, expected_sql, expected_dsn, expected_time_column, tz_name)
     broker = None
     if broker_snapshot:
         if bootstrap:
@@ -343,4 +358,12 @@ def reconcile(t_from: str | None, t_to: str | None, yesterday: bool, tz_name: st
         print_result(res, None if show_all else limit)
         if out_path:
             out.print(f"report written to {out_path}")
-    sys.exit(EXIT_LOST if res.lost else EXIT_OK)
+    if res.lost:
+        sys.exit(EXIT_LOST)
+    if not res.audit_complete:
+        missing = sum(g.missing for g in res.seq_gaps)
+        err.print(f"audit incomplete: {res.audit_gaps} audit_gap pairs, {len(res.seq_gaps)} emitters with seq gaps "
+                  f"({missing} audit events missing); no real loss found. Repair: msgtrace audit-health, then "
+                  "msgtrace ship --repair on the emitters' hosts, and reconcile again (exit 2)", markup=False)
+        sys.exit(EXIT_ERROR)
+    sys.exit(EXIT_OK)
