@@ -19,6 +19,8 @@ from tracer.events import decode_batch, record_headers
 from tracer.sdk.recovery import TopicState
 
 log = logging.getLogger("msgtrace.emitter")
+#: how long the audit sink's Kafka clients wait for a first broker (kafka-python's default is 30 s)
+BOOTSTRAP_TIMEOUT_MS = 5000
 
 
 class Sink(Protocol):
@@ -113,7 +115,10 @@ class KafkaSink:
                                    enable_idempotence=False, retries=2, request_timeout_ms=5000,
                                    delivery_timeout_ms=int(self.timeout * 1000), max_block_ms=5000,
                                    max_request_size=max(1 << 20, 2 * self.record_bytes),
-                                   reconnect_backoff_max_ms=1000, client_id="msgtrace-emitter")
+                                   reconnect_backoff_max_ms=1000, client_id="msgtrace-emitter",
+                                   # kafka-python waits 30 s for a first broker by default: a shipper
+                                   # must stay responsive (close, adoption) while the audit Kafka is away
+                                   bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS)
         cfg.update(self.producer_config)
         self._producer = KafkaProducer(**cfg)
         self._conns = self._connections()
@@ -125,6 +130,8 @@ class KafkaSink:
 
             admin_cfg = {k: v for k, v in self.producer_config.items()
                          if k.startswith(("security_", "ssl_", "sasl_")) or k in ("api_version",)}
+            admin_cfg.setdefault("bootstrap_timeout_ms", self.producer_config.get("bootstrap_timeout_ms",
+                                                                                 BOOTSTRAP_TIMEOUT_MS))
             self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000,
                                            client_id="msgtrace-emitter-admin", **admin_cfg)
         return self._admin
