@@ -184,7 +184,8 @@ def worker_consumer(variant: str, bootstrap: str, topic: str, n: int) -> dict[st
     spool = tempfile.mkdtemp(prefix="msgtrace-bench-")
     group = f"bench-{uuid.uuid4().hex[:8]}"
     if variant == "c_confluent":
-        from confluent_kafka import Consumer, TopicPartition as CTP
+        from confluent_kafka import Consumer
+        from confluent_kafka import TopicPartition as CTP
 
         c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
                       "auto.offset.reset": "earliest"})

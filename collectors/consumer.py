@@ -29,8 +29,9 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from tracer.errors import MsgtraceError, describe
 from tracer.events import MAX_RECORD_BYTES

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import operator
 import re
+from collections.abc import Sequence
 from itertools import accumulate, chain
-from typing import Any, Sequence
+from typing import Any
 
 import orjson
 

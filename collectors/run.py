@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from tracer.errors import ConfigError, describe
 
@@ -18,7 +19,9 @@ from .types import AuditSourceUnavailable, CollectorStats, FlushTimeout
 
 
 def _make_consumer(bootstrap: str, topic: str, group_id: str, cfg: CollectorConfig, listener: Any,
-                   security: dict[str, Any]) -> Any:
+                   security: dict[str, Any], security_text: str = "PLAINTEXT") -> Any:
+    """The collector's consumer; a broker that cannot be reached (or refuses the login: kafka-python
+    reports a failed SASL handshake as a bootstrap timeout) is named with the security in use."""
     from kafka import KafkaConsumer
     from kafka.errors import KafkaError
 
@@ -33,7 +36,8 @@ def _make_consumer(bootstrap: str, topic: str, group_id: str, cfg: CollectorConf
         consumer = KafkaConsumer(**opts)
         consumer.subscribe([topic], listener=listener)
     except KafkaError as e:
-        raise AuditSourceUnavailable(f"cannot reach the audit Kafka at {bootstrap}: {describe(e)}") from None
+        raise AuditSourceUnavailable(f"cannot reach the audit Kafka at {bootstrap} ({security_text}): "
+                                     f"{describe(e)}") from None
     return consumer
 
 
@@ -85,7 +89,8 @@ def run_collector(bootstrap: str, topic: str, store_url: str | None, group_id: s
     consumer = None
     while consumer is None:
         try:
-            consumer = _make_consumer(bootstrap, topic, group_id, cfg, listener, security.kafka_python())
+            consumer = _make_consumer(bootstrap, topic, group_id, cfg, listener, security.kafka_python(),
+                                      security.describe())
         except AuditSourceUnavailable as e:
             stats.kafka_failures += 1
             backoff.failed()

@@ -6,7 +6,8 @@ with a plain KafkaProducer, as the emitter does.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from tracer.events import Event, Stage, encode_batch, record_headers
 

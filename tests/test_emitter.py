@@ -11,14 +11,13 @@ import threading
 
 import pytest
 from kafka import KafkaProducer
+from test_hooks import assert_gap_free, by_msg, new_topic, read_audit
 
 from tracer import Tracer
-from tracer.sdk.emitter import Emitter, NullSink, drain_spools
 from tracer.errors import ConfigError
 from tracer.events import MSG_ID_HEADER, decode_batch
 from tracer.localsvc import wait_until
-
-from test_hooks import assert_gap_free, by_msg, new_topic, read_audit
+from tracer.sdk.emitter import Emitter, NullSink, drain_spools
 
 
 class ListSink:
@@ -436,8 +435,8 @@ def test_deliveries_with_odd_ids_and_no_id_at_all(tmp_path):
 
 def test_record_caps_huge_fields_so_every_audit_line_stays_shippable(tmp_path):
     from tracer.sdk.emitter import NullSink
-    from tracer.sdk.tracer import MAX_ATTR_CHARS, Tracer
     from tracer.sdk.kafka_python import MAX_ERROR_CHARS
+    from tracer.sdk.tracer import MAX_ATTR_CHARS, Tracer
 
     t = Tracer(service="svc", sink=NullSink(), spool_dir=str(tmp_path / "spool"))
     try:

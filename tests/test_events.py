@@ -5,8 +5,19 @@ import orjson
 import pytest
 
 from tracer.errors import DecodeError
-from tracer.events import (COLUMNS, FORMAT_HEADER, MAX_RECORD_BYTES, STAGES, Event, Stage, decode_batch,
-                           decode_event_line, encode_batch, record_headers, validate_event)
+from tracer.events import (
+    COLUMNS,
+    FORMAT_HEADER,
+    MAX_RECORD_BYTES,
+    STAGES,
+    Event,
+    Stage,
+    decode_batch,
+    decode_event_line,
+    encode_batch,
+    record_headers,
+    validate_event,
+)
 
 
 def make(i: int = 0, **kw) -> Event:

@@ -18,9 +18,9 @@ from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
 
 from tracer import Tracer
-from tracer.sdk.emitter import NullSink
 from tracer.events import MSG_ID_HEADER, Event, decode_batch
 from tracer.localsvc import free_port, wait_until
+from tracer.sdk.emitter import NullSink
 
 GROUP_CFG = dict(session_timeout_ms=6000, heartbeat_interval_ms=1000, auto_offset_reset="earliest")
 

@@ -19,11 +19,11 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from tracer import verdicts as V
+from tracer.analysis.reconcile import reconcile
 from tracer.demo.proxy import FaultProxy
 from tracer.localsvc import TansuBroker, free_port, wait_until
-from tracer.analysis.reconcile import reconcile
-from tracer.store import Store
 from tracer.sdk.tracer import Tracer
+from tracer.store import Store
 
 TOPIC = "orders.paid"
 GROUP = "red-packet"

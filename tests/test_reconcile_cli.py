@@ -1,7 +1,7 @@
 """msgtrace reconcile / incident through click's CliRunner, on both engines; window and option parsing."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -118,7 +118,7 @@ def test_reconcile_usage_errors_exit_2(store):
 
 
 def test_window_parsing():
-    now = datetime(2026, 11, 21, 3, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 21, 3, 0, tzinfo=UTC)
     w = resolve_window(None, None, True, "UTC", now=now)
     assert (w.from_us, w.to_us) == (T0 - 24 * HOUR, T0)
     w = resolve_window(None, None, True, "Asia/Shanghai", now=now)  # 11:00 on the 21st in Shanghai

@@ -15,12 +15,12 @@ from kafka.admin import KafkaAdminClient, NewTopic  # noqa: E402
 from kafka.errors import KafkaTimeoutError  # noqa: E402
 from kafka.structs import OffsetAndMetadata, TopicPartition  # noqa: E402
 
-from tracer.analysis.expected import ExpectedSource  # noqa: E402
-from tracer.localsvc import free_port, wait_until  # noqa: E402
-from tracer.analysis.reconcile import judge_message, reconcile  # noqa: E402
-from tracer.store import Store  # noqa: E402
-from tracer.sdk.tracer import Tracer  # noqa: E402
 from tracer import verdicts as V  # noqa: E402
+from tracer.analysis.expected import ExpectedSource  # noqa: E402
+from tracer.analysis.reconcile import judge_message, reconcile  # noqa: E402
+from tracer.localsvc import free_port, wait_until  # noqa: E402
+from tracer.sdk.tracer import Tracer  # noqa: E402
+from tracer.store import Store  # noqa: E402
 
 TOPIC = "orders.paid"
 GROUP = "red-packet"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 
-import pytest
 from click.testing import CliRunner
 
 from tracer import verdicts as V
@@ -134,6 +133,12 @@ def test_import_split_over_runs_finds_partners_in_the_store(store):
     assert rows[1]["ts_us"] == (T + 100 + 5) * 1000  # its SubBefore's time + its cost
 
 
+def _remedy(store, msg_id: str, now_ms: int = T + 2 * 3600_000) -> str:
+    res = reconcile(store, T * 1000, T * 1000 + HOUR_US, 600, write=False, now_us=now_ms * 1000)
+    [r] = [r for r in res.rows if r.msg_id == msg_id]
+    return r.remedy
+
+
 def _judge(store, now_ms: int = T + 2 * 3600_000) -> dict[str, tuple[str, str]]:
     res = reconcile(store, T * 1000, T * 1000 + HOUR_US, 600, write=False, now_us=now_ms * 1000)
     return {(r.msg_id, r.consumer_group): (r.verdict, r.evidence) for r in res.rows}
@@ -176,6 +181,11 @@ def test_verdicts_on_imported_traces(store):
     assert ("order-23:paid", g) not in v  # a later ack outranks the failed first send
     assert v[("order-25:paid", g)][0] == V.UNACKED
     assert v[("order-26:paid", g)][0] == V.UNACKED  # UNKNOW: still in doubt
+    # the evidence names the transaction in doubt, and the remedy the producer's transaction checker
+    ev = v[("order-25:paid", g)][1]
+    assert ev.startswith("half message of transaction M25 sent at ") and "no commit or rollback (EndTransaction)" \
+        in ev and "check-back answered UNKNOW" in ev, ev
+    assert "transaction checker" in _remedy(store, "order-26:paid")
     assert ("order-27:paid", g) not in v
     assert v[("order-28:paid", g)][0] == V.DEAD_LETTERED
     assert v[("order-29:paid", g)][0] == V.LOST_IN_CONSUMER
@@ -185,15 +195,11 @@ def test_verdicts_on_imported_traces(store):
                        "WHERE msg_id = 'order-25:paid' AND stage = 'sent'")[0]
     attrs = dict(zip(half["attr_keys"], half["attr_values"]))
     assert attrs["rocketmq.half"] == "true" and attrs["rocketmq.transaction_id"] == "M25"
-    # the rolled-back half message: our part is the stage; the verdict is the reconciler's rule
+    # the rolled-back half message: never visible to consumers, a producer-side stage (no group of its own)
     rb = store.query("SELECT attr_keys, attr_values FROM {db:Identifier}.trace_events "
                      "WHERE msg_id = 'order-24:paid' AND stage = 'rolled_back'")
     assert len(rb) == 1 and dict(zip(rb[0]["attr_keys"], rb[0]["attr_values"]))["rocketmq.transaction_id"] == "M24"
-    verdicts = sorted({v[k][0] for k in v if k[0] == "order-24:paid"})
-    if verdicts != [V.ROLLED_BACK]:
-        pytest.xfail("PENDING the reconciler's rolled_back verdict rule (analysis engineer, not landed in "
-                     f"tracer/analysis/reconcile.py): order-24 (EndTransaction ROLLBACK_MESSAGE) is judged {verdicts}")
-    assert verdicts == [V.ROLLED_BACK]
+    assert {k[1]: v[k][0] for k in v if k[0] == "order-24:paid"} == {g: V.ROLLED_BACK}
 
 
 def test_traces_alone_call_a_returned_success_delivered(store):

@@ -72,13 +72,9 @@ def test_story_reconciles_as_documented(store_url, mode):
         code, out = run(["import", "events", str(EXAMPLE / "red-packet-hooks.ndjson"), "--store", store_url, "--json"])
         assert code == 0 and json.loads(out)["stored"] == len(story.hook_events())
     got = verdicts(reconcile_json(store_url))
-    pending = []
     for case in story.CASES:
         want = getattr(case, mode)
         verdict = got.get(case.order, ("delivered", []))[0]
-        if want == "rolled_back" and verdict != want:
-            pending.append(f"{case.order}: {verdict}")
-            continue
         assert verdict == want, f"{case.order} ({case.story}): {verdict}, documented {want}"
         if mode == "with_hooks" and case.order in story.FLAGS:
             assert got[case.order][1] == story.FLAGS[case.order]
@@ -88,5 +84,3 @@ def test_story_reconciles_as_documented(store_url, mode):
     again = json.loads(out)
     assert again["stored"] == 0 and again["quarantined"] == 0 and again["duplicates"] == stats["stored"]
     assert verdicts(reconcile_json(store_url)) == got
-    if pending:
-        pytest.xfail(f"PENDING the reconciler's rolled_back verdict rule (analysis engineer): {pending}")

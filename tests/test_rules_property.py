@@ -42,8 +42,10 @@ def history(draw: st.DrawFn, msg_id: str, topic: str, t0: int) -> list[Event]:
     story: list[tuple[str, dict]] = []
     part = draw(st.integers(0, 1))
     off = draw(st.integers(0, 6))
+    half = {"attrs": {"rocketmq.half": "true", "rocketmq.transaction_id": f"tx-{msg_id}"}} \
+        if draw(st.integers(0, 3)) == 0 else {}  # a RocketMQ half message: unacked names its transaction
     for attempt in range(draw(st.integers(0, 2))):
-        story.append(("sent", {}))
+        story.append(("sent", half))
         outcome = draw(st.sampled_from(["acked", "failed", "both", "none", "rolled_back"]))
         if outcome in ("failed", "both"):
             story.append(("send_failed", {"error": draw(st.sampled_from(["Timeout", "it's \\down"]))}))

@@ -15,12 +15,11 @@ import sys
 import textwrap
 
 from kafka import KafkaProducer
+from test_hooks import new_topic
 
 from tracer import Tracer
 from tracer.sdk.emitter import NullSink
 from tracer.store import Store
-
-from test_hooks import new_topic
 
 CONSUMER = textwrap.dedent("""
     import queue, sys, threading

@@ -12,11 +12,10 @@ import collections
 from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from kafka.producer.future import FutureProduceResult, FutureRecordMetadata
 from kafka.structs import TopicPartition
+from test_hooks import spool_events
 
 from tracer import Tracer
 from tracer.sdk.emitter import NullSink
-
-from test_hooks import spool_events
 
 TP = TopicPartition("orders", 2)
 

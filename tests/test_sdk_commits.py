@@ -27,12 +27,11 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
+from test_hooks import GROUP_CFG, new_topic, spool_events
 
 from tracer import Tracer
 from tracer.localsvc import wait_until
 from tracer.sdk.emitter import NullSink
-
-from test_hooks import GROUP_CFG, new_topic, spool_events
 
 
 def produce(t: Tracer, bootstrap: str, topic: str, n: int, prefix: str, partitions: int = 1) -> None:

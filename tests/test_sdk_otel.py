@@ -8,12 +8,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from test_hooks import GROUP_CFG, new_topic, spool_events
 
 from tracer import Tracer
-from tracer.sdk.emitter import NullSink
 from tracer.localsvc import wait_until
-
-from test_hooks import GROUP_CFG, new_topic, spool_events
+from tracer.sdk.emitter import NullSink
 
 
 def test_send_and_process_spans(kafka_bootstrap, tmp_path):

@@ -14,10 +14,10 @@ import subprocess
 import sys
 import textwrap
 
+from test_hooks import assert_gap_free, new_topic, read_audit
+
 from tracer import Tracer
 from tracer.localsvc import wait_until
-
-from test_hooks import assert_gap_free, new_topic, read_audit
 
 OWNER = textwrap.dedent("""
     import os, signal, sys

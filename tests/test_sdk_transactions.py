@@ -15,6 +15,7 @@ import uuid
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
+from test_hooks import GROUP_CFG, new_topic, spool_events
 
 from tracer import Tracer
 from tracer import verdicts as V
@@ -22,8 +23,6 @@ from tracer.analysis.reconcile import reconcile
 from tracer.localsvc import wait_until
 from tracer.sdk.emitter import NullSink
 from tracer.store import Store
-
-from test_hooks import GROUP_CFG, new_topic, spool_events
 
 
 def txn_producer(t: Tracer, bootstrap: str, tid: str):

@@ -12,13 +12,15 @@ import re
 import socket
 import time
 import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import orjson
 
 from tracer.errors import DecodeError
+
 # msg_id rules (header name, cap) live in tracer.identity; re-exported here for older imports
 from tracer.identity import MAX_MSG_ID_CHARS as MAX_MSG_ID_CHARS
 from tracer.identity import MSG_ID_HEADER as MSG_ID_HEADER
@@ -88,7 +90,7 @@ class Event:
         return {name: getattr(self, name) for name in COLUMNS}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Event":
+    def from_dict(cls, d: Mapping[str, Any]) -> Event:
         """Build from an already validated mapping (see :func:`validate_event`)."""
         return cls(**{name: d[name] for name in COLUMNS})
 

@@ -18,7 +18,8 @@ import itertools
 import random
 import re
 import uuid
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 #: Header carrying the business identity of a message from producer to consumer (DESIGN.md, Headers).
 MSG_ID_HEADER = "msgtrace-id"

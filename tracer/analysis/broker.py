@@ -19,8 +19,9 @@ Kafka view (each offset read once) and the per-partition history (resets, progre
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol
+from typing import Any, Protocol
 
 from tracer import verdicts as V
 from tracer.analysis.evidence import fmt_us
@@ -121,7 +122,7 @@ class StaticBroker:
         return self.log_starts.get((topic, part))
 
     @classmethod
-    def from_json(cls, path: str) -> "StaticBroker":
+    def from_json(cls, path: str) -> StaticBroker:
         """A snapshot file: ``{"log_start": [{"topic", "partition", "offset"}, ...], "committed":
         [{"group", "topic", "partition", "offset"}, ...]}`` (both lists optional)."""
         import orjson

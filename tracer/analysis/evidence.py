@@ -5,8 +5,8 @@ that did not deliver keeps the original verdict, with the attempt here).
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 from tracer import verdicts as V
 from tracer.analysis import rules as R
@@ -17,7 +17,7 @@ def fmt_us(ts_us: int) -> str:
     """ISO 8601 UTC with milliseconds ("-" for no time)."""
     if not ts_us:
         return "-"
-    return datetime.fromtimestamp(ts_us / 1e6, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return datetime.fromtimestamp(ts_us / 1e6, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def location(f: PairFacts) -> str:

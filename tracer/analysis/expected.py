@@ -15,9 +15,10 @@ import csv
 import io
 import sys
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timezone, tzinfo
-from typing import Any, Iterator, Protocol, Sequence
+from datetime import UTC, date, datetime, tzinfo
+from typing import Any, Protocol
 
 from tracer.analysis.sql import Ident, render
 from tracer.errors import ConfigError
@@ -43,7 +44,7 @@ class ExpectedSource:
     sql: str | None = None
     dsn: str | None = None
     time_column: str | None = None
-    tz: tzinfo = timezone.utc
+    tz: tzinfo = UTC
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.sql is None):
@@ -103,7 +104,7 @@ class ExpectedSource:
 _MIN_EPOCH_S = 946_684_800
 
 
-def parse_time_us(value: Any, tz: tzinfo = timezone.utc, msg_id: str = "") -> int:
+def parse_time_us(value: Any, tz: tzinfo = UTC, msg_id: str = "") -> int:
     """An expected id's time in µs since the epoch (0 for none); a ConfigError naming the value
     and the id when it is not a time."""
     if value is None or value == "":
@@ -137,7 +138,7 @@ def parse_time_us(value: Any, tz: tzinfo = timezone.utc, msg_id: str = "") -> in
 
 
 def _csv_batches(text: str, column: str | None, time_column: str | None = None,
-                 tz: tzinfo = timezone.utc) -> Iterator[tuple[list[str], list[int] | None]]:
+                 tz: tzinfo = UTC) -> Iterator[tuple[list[str], list[int] | None]]:
     times: list[Any] | None = None
     try:
         import pyarrow as pa
@@ -183,7 +184,7 @@ def _csv_batches(text: str, column: str | None, time_column: str | None = None,
                       [parse_time_us(v, tz, m) for v, m in zip(times[i:i + BATCH], chunk)])
 
 
-def _sql_batches(query: str, dsn: str, tz: tzinfo = timezone.utc) -> Iterator[tuple[list[str], list[int] | None]]:
+def _sql_batches(query: str, dsn: str, tz: tzinfo = UTC) -> Iterator[tuple[list[str], list[int] | None]]:
     try:
         from sqlalchemy import create_engine
     except ImportError:  # pragma: no cover - sqlalchemy is an optional extra
@@ -216,7 +217,7 @@ def _sql_batches(query: str, dsn: str, tz: tzinfo = timezone.utc) -> Iterator[tu
         engine.dispose()
 
 
-def load_expected(store: Store, source: "IdSource", run_id: str | None = None) -> tuple[str, int]:
+def load_expected(store: Store, source: IdSource, run_id: str | None = None) -> tuple[str, int]:
     """Create the run's staging table and fill it; return (table name, number of ids loaded)."""
     table = Ident(f"expected_{(run_id or uuid.uuid4().hex)[:32]}")
     store.command(render("expected_table", table=table))
@@ -283,7 +284,7 @@ class Staging:
         self.tables.append(table)
         return Ident(table), n
 
-    def __enter__(self) -> "Staging":
+    def __enter__(self) -> Staging:
         return self
 
     def __exit__(self, *exc: object) -> None:

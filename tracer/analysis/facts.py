@@ -7,8 +7,9 @@ messages; :func:`pairs_from_events` computes the same from one message's few eve
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from tracer import verdicts as V
 from tracer.analysis import rules as R
@@ -66,7 +67,7 @@ class PairFacts:
     cut: int = 0  # events after this were not considered
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any], cut: int) -> "PairFacts":
+    def from_row(cls, row: Mapping[str, Any], cut: int) -> PairFacts:
         """From a reconcile_pairs.sql row (its columns are named as these fields)."""
         kw = {f: row[f] for f in _ROW_FIELDS if f in row}
         kw["rb_open"] = bool(kw.get("rb_open"))
@@ -156,7 +157,7 @@ class _Side:
     replay_error: str
 
     @classmethod
-    def of(cls, events: Sequence[Event], producer: bool = False) -> "_Side":
+    def of(cls, events: Sequence[Event], producer: bool = False) -> _Side:
         orig = [e for e in events if not _is_replay(e)]
         rep = [e for e in events if _is_replay(e)]
         if producer and not any(e.stage in _OWN_SEND for e in orig) and any(e.stage == "sent" for e in rep):

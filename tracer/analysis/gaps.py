@@ -30,8 +30,9 @@ is seen from the events after it. A hole at an emitter's very end, with nothing 
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from tracer import verdicts as V
 from tracer.analysis import rules as R

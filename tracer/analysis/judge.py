@@ -7,7 +7,7 @@ consumer, emitter gaps) from the same checks, over a range ``lookback_s`` before
 from __future__ import annotations
 
 import time
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from tracer import verdicts as V
 from tracer.analysis.broker import EvidenceContext, LiveKafka

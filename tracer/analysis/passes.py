@@ -16,13 +16,15 @@ Every decision expression in these queries is generated from :mod:`tracer.analys
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from functools import lru_cache
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
+from tracer import verdicts as V
 from tracer.analysis import rules as R
-from tracer.analysis.facts import PairFacts
+from tracer.analysis.facts import NO_TXN_ID, PairFacts
 from tracer.analysis.sql import Ident, in_table, render
 from tracer.analysis.window import FAR_FUTURE_US, Window
 from tracer.store import Store
@@ -35,9 +37,11 @@ PAIR_NAMES: dict[str, str] = {"pmask": "pmask", "cmask": "cm", "any_cmask": "any
                               "n_done": "n_done", "rb_open": "rb_open", "replay_mask": "replay_mask"}
 #: pass 1 per pair: rollbacks and replays are left to pass 2 (never plain: see reconcile_scan.sql)
 _SCAN_NAMES: dict[str, str] = {**PAIR_NAMES, "rb_open": "0", "replay_mask": "0"}
-#: pass 1 by message, where each stage occurs once (n = its bit) and the group is the message's only one
+#: pass 1 by message, where each stage occurs once (n = its bit) and the group is the message's only one; a
+#: replay event (its bit in masks) counts as every stage of the message replayed: never plain
 _MSG_NAMES: dict[str, str] = {
-    "pmask": "pm", "cmask": "cm", "any_cmask": "cm", "rb_open": "0", "replay_mask": "0",
+    "pmask": "pm", "cmask": "cm", "any_cmask": "cm", "rb_open": "0",
+    "replay_mask": f"if(bitAnd(masks, {R.REPLAY_BIT}) != 0, bitAnd(masks, {R.ALL_STAGES_MASK}), 0)",
     "n_recv": f"toUInt8(bitAnd(cm, {R.RECEIVED}) != 0)", "n_done": f"toUInt8(bitAnd(cm, {R.BUSINESS_DONE}) != 0)"}
 
 _EXACT_COUNTS = ("uniqExactIf(event_id, st = 'received') AS nrecv1, "
@@ -271,7 +275,7 @@ class Decided:
     flags: list[str]
 
     @classmethod
-    def from_row(cls, row: dict[str, Any], cut: int) -> "Decided":
+    def from_row(cls, row: dict[str, Any], cut: int) -> Decided:
         return cls(PairFacts.from_row(row, cut), row["verdict"], list(row["flags"]))
 
 
@@ -299,7 +303,21 @@ def pass2(store: Store, scope: Scope, first: Pass1, stage: Stager) -> list[Decid
         again = set(unsure)
         rows = [r for r in rows if r["msg_id"] not in again] + \
             store.query(pairs_sql(in_table("msg_id", stage.ids(unsure, "u")), exact=True), params)
-    return _with_replay_runs(store, [Decided.from_row(r, cut) for r in rows], scope.window.scan())
+    return _with_half_messages(store, _with_replay_runs(store, [Decided.from_row(r, cut) for r in rows],
+                                                        scope.window.scan()), scope.window.scan())
+
+
+def _with_half_messages(store: Store, decided: list[Decided], scan: dict[str, Any]) -> list[Decided]:
+    """Fill in the transaction of the unacked pairs' half messages (RocketMQ; few; read by key,
+    reconcile_half_sends.sql): their evidence names the transaction in doubt."""
+    ids = sorted({d.facts.msg_id for d in decided if d.verdict == V.UNACKED})
+    if ids:
+        txn = {r["msg_id"]: r["txn_id"] or NO_TXN_ID for r in store.query(render("reconcile_half_sends"),
+                                                                         {**scan, "ids": ids}, small=True)}
+        for d in decided:
+            if d.verdict == V.UNACKED:
+                d.facts.txn_id = txn.get(d.facts.msg_id, "")
+    return decided
 
 
 def _with_replay_runs(store: Store, decided: list[Decided], scan: dict[str, Any]) -> list[Decided]:
@@ -318,7 +336,8 @@ def one_message(store: Store, msg_id: str, groups: Sequence[str], cut: int) -> l
     params = {"scan_from": 0, "cut": FAR_FUTURE_US, "restrict_groups": 0, "groups": sorted(set(groups)),
               "topics": [""], "topic_groups": [[]], "msg_id": msg_id}
     rows = store.query(pairs_sql("msg_id = {msg_id:String}"), params)
-    return _with_replay_runs(store, [Decided.from_row(r, cut) for r in rows], {"scan_from": 0, "cut": FAR_FUTURE_US})
+    scan = {"scan_from": 0, "cut": FAR_FUTURE_US}
+    return _with_half_messages(store, _with_replay_runs(store, [Decided.from_row(r, cut) for r in rows], scan), scan)
 
 
 def never_sent(store: Store, window: Window, expected: Ident) -> list[tuple[str, int]]:

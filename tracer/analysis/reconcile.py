@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from tracer import verdicts as V
-from tracer.analysis import passes
+from tracer.analysis import passes, rabbitmq
 from tracer.analysis.broker import (
     BrokerView,
     EvidenceContext,
@@ -88,6 +89,8 @@ def reconcile(store: Store, window_from_us: int, window_to_us: int, grace_s: int
             facts = passes.pass2(store, scope, first, staging)
             never = passes.never_sent(store, window, table) if table else []
         res.rows = _judge(first, facts, never, groups, window)
+        if not groups:  # groups found per topic; a RabbitMQ message's are those of its routing key
+            res.rows = rabbitmq.drop_unrouted(store, window, res.rows)
         _count_plain(res)
         gaps = None
         if res.rows:

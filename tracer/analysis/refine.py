@@ -6,7 +6,7 @@ checker registered in :data:`CHECKERS`; nothing else changes shape.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from tracer import verdicts as V
 from tracer.analysis import broker, consumer, rabbitmq

@@ -8,7 +8,7 @@ from typing import Any
 
 from tracer import verdicts as V
 from tracer.analysis import rules as R
-from tracer.analysis.evidence import evidence_text, fmt_us
+from tracer.analysis.evidence import evidence_text, fmt_us, remedy
 from tracer.analysis.facts import PairFacts
 from tracer.analysis.sql import render
 from tracer.analysis.window import Window
@@ -31,12 +31,12 @@ class Verdict:
     facts: PairFacts | None = field(default=None, repr=False)
 
     @classmethod
-    def judge(cls, f: PairFacts, decided: tuple[str, list[str]] | None = None) -> "Verdict":
+    def judge(cls, f: PairFacts, decided: tuple[str, list[str]] | None = None) -> Verdict:
         """The verdict of one pair with its evidence in words: as the SQL decided it (``decided``,
         generated from the rules), else by the rules in Python."""
         verdict, flags = R.checked(*decided) if decided is not None else R.decide(f)
         return cls(f.msg_id, f.consumer_group, f.topic, verdict, R.stopped_at(verdict, f), flags,
-                   evidence=evidence_text(f, verdict), remedy=V.REMEDY.get(verdict, ""), facts=f)
+                   evidence=evidence_text(f, verdict), remedy=remedy(f, verdict), facts=f)
 
     @property
     def lost(self) -> bool:

@@ -21,9 +21,10 @@ the way back: :func:`checked`), never by a position in a tuple.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Mapping, Protocol
+from typing import Protocol
 
 from tracer import verdicts as V
 from tracer.events import STAGE_BITS, Stage

@@ -36,7 +36,7 @@ class Window:
 
     @classmethod
     def build(cls, from_us: int, to_us: int, grace_s: int = GRACE_S, lookback_s: int = LOOKBACK_S,
-              now: int | None = None) -> "Window":
+              now: int | None = None) -> Window:
         from tracer.analysis.evidence import fmt_us
 
         if to_us <= from_us:
@@ -46,7 +46,7 @@ class Window:
                    max(0, from_us - lookback_s * _US))
 
     @classmethod
-    def around(cls, ts_us: int, now: int, lookback_s: int = LOOKBACK_S) -> "Window":
+    def around(cls, ts_us: int, now: int, lookback_s: int = LOOKBACK_S) -> Window:
         """Evidence range of the one-message judge: ``lookback_s`` before ``ts_us`` until now."""
         return cls(0, FAR_FUTURE_US, 0, lookback_s, now, now + 1, max(0, ts_us - lookback_s * _US))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any
 
 import click
@@ -195,14 +196,13 @@ def audit_health_cmd(store_url: str | None, spool_dir: str | None, since: str, t
     Exit status: 0 the audit is complete in the range; 2 emitters have seq gaps (repair them with
     `msgtrace ship --repair` on their hosts) or an error.
     """
-    from datetime import timezone
 
     from tracer.cli.reconcile import parse_duration, parse_time, to_us
     from tracer.errors import ConfigError
 
     if no_store and not spool_dir:
         raise ConfigError("--no-store needs --spool DIR")
-    end = to_us(parse_time(t_to, timezone.utc, "--to")[0]) if t_to else time.time_ns() // 1000
+    end = to_us(parse_time(t_to, UTC, "--to")[0]) if t_to else time.time_ns() // 1000
     start = max(0, end - parse_duration(since, "--since") * 1_000_000)
     # without --to, events stamped a little ahead of this host's clock count too
     h = audit_health(store_url, spool_dir, start, end + (0 if t_to else 60_000_000),

@@ -7,9 +7,10 @@ from __future__ import annotations
 import html
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone, tzinfo
-from typing import Any, Callable, TypeVar
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from typing import Any, TypeVar
 
 import click
 
@@ -34,9 +35,9 @@ def parse_duration(text: str, what: str) -> int:
 
 def parse_tz(name: str | None) -> tzinfo:
     if not name or name.upper() in ("UTC", "Z"):
-        return timezone.utc
+        return UTC
     if name.lower() == "local":
-        return datetime.now().astimezone().tzinfo or timezone.utc
+        return datetime.now().astimezone().tzinfo or UTC
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     try:
@@ -72,7 +73,7 @@ def resolve_window(t_from: str | None, t_to: str | None, yesterday: bool, tz_nam
                    now: datetime | None = None) -> Window:
     """--from/--to (ISO 8601 times or dates) or --yesterday, in --tz (default UTC)."""
     tz = parse_tz(tz_name)
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if yesterday:
         if t_from or t_to:
             raise ConfigError("--yesterday cannot be combined with --from/--to")

@@ -14,8 +14,15 @@ import time
 
 import click
 
-from tracer.cli.util import (EXIT_ERROR, audit_topic_option, bootstrap_option, handle_errors, json_option, out,
-                             store_option)
+from tracer.cli.util import (
+    EXIT_ERROR,
+    audit_topic_option,
+    bootstrap_option,
+    handle_errors,
+    json_option,
+    out,
+    store_option,
+)
 from tracer.errors import ConfigError, MsgtraceError, describe
 
 

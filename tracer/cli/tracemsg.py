@@ -6,7 +6,7 @@ the judging; this module only prints.
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -18,7 +18,7 @@ _SEPARATORS = ":-_./#|@ "
 
 
 def fmt_ts(ts_us: int) -> str:
-    return datetime.fromtimestamp(ts_us / 1e6, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+    return datetime.fromtimestamp(ts_us / 1e6, tz=UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
 
 
 def fmt_delta(us: int) -> str:
@@ -120,14 +120,14 @@ def _lookup(store: Any, key: str | None, at: str | None, topic: str | None, t_fr
     if key is not None:
         where = f" on {topic}" if topic else ""
         return f"with key {key!r}{where}", L.describe(store, L.by_key(store, key, topic, limit))
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from tracer.cli.reconcile import parse_time, parse_tz, to_us
 
     tz = parse_tz(tz_name)
     start, was_date = parse_time(t_from or "", tz, "--from")
     end = parse_time(t_to, tz, "--to")[0] if t_to else (start + timedelta(days=1) if was_date else
-                                                       datetime.now(timezone.utc))
+                                                       datetime.now(UTC))
     if end <= start:
         raise click.UsageError("--to must be after --from")
     return (f"sent to {topic} in [{start.isoformat()}, {end.isoformat()})",

@@ -243,7 +243,7 @@ class StoryBase:
 
     def start_audit(self) -> None:
         """The audit Kafka (a broker of its own: losing the business broker cannot wipe the audit)."""
-        from kafka.admin import KafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+        from kafka.admin import KafkaAdminClient, NewTopic
 
         self.audit = TansuBroker(workdir=str(self.workdir / "logs"))
         self.brokers.append(self.audit.start())  # tracked at once: cleanup() stops what started

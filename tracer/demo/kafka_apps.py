@@ -37,7 +37,7 @@ from tracer.demo.apps import (
 
 
 def order_service(args: argparse.Namespace) -> None:
-    from kafka import KafkaProducer  # type: ignore[import-untyped]
+    from kafka import KafkaProducer
 
     db = open_db(args.db, ORDERS_DDL)
     tracer = make_tracer(args, "order-service")
@@ -91,7 +91,7 @@ def _consumer(args: argparse.Namespace, group: str, **overrides: Any) -> Any:
 
 def _poll(consumer: Any) -> dict[Any, Any]:
     """poll() that survives a network blip (kafka-python raises on a reset connection)."""
-    from kafka.errors import KafkaError  # type: ignore[import-untyped]
+    from kafka.errors import KafkaError
 
     try:
         batch: dict[Any, Any] = consumer.poll(timeout_ms=200)

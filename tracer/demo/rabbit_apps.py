@@ -63,7 +63,7 @@ def declare(ch: Any) -> None:
 
 
 def connect(url: str) -> Any:
-    import pika  # type: ignore[import-untyped]
+    import pika
 
     params = pika.URLParameters(url)
     params.heartbeat = 0  # the order service idles between orders without doing I/O

@@ -61,7 +61,7 @@ class Story(StoryBase):
         return f"Kafka ({self.client})"
 
     def create_topics(self) -> None:
-        from kafka.admin import KafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+        from kafka.admin import KafkaAdminClient, NewTopic
 
         admin = KafkaAdminClient(bootstrap_servers=self.business_bootstrap, request_timeout_ms=10000)
         try:
@@ -71,7 +71,7 @@ class Story(StoryBase):
 
     def caught_up(self, group: str, topics: tuple[str, ...] = (TOPIC, RETRY_TOPIC)) -> bool:
         """Has ``group`` committed everything that is in ``topics``?"""
-        from kafka import KafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+        from kafka import KafkaConsumer, TopicPartition
 
         probe = KafkaConsumer(bootstrap_servers=self.business_bootstrap, group_id=group, enable_auto_commit=False)
         try:

@@ -11,12 +11,11 @@ vhost, or a node of our own (``find_rabbitmq``, ``RabbitMQServer``).
 from __future__ import annotations
 
 from tracer.localsvc.base import ServiceError, free_port, port_open, wait_until
-from tracer.localsvc.clickhouse import ClickHouseServer, clickhouse_server_binary
-from tracer.localsvc.tansu import TansuBroker, tansu_binary
-from tracer.localsvc.rabbitmq import AmqpEndpoint, RabbitMQ, RabbitMQServer, find_rabbitmq
-from tracer.localsvc.clickhouse import ClickHouseCluster
-from tracer.localsvc.zookeeper import ZooKeeperServer, zookeeper_jar
 from tracer.localsvc.chromium import Chromium, chromium_binary
+from tracer.localsvc.clickhouse import ClickHouseCluster, ClickHouseServer, clickhouse_server_binary
+from tracer.localsvc.rabbitmq import AmqpEndpoint, RabbitMQ, RabbitMQServer, find_rabbitmq
+from tracer.localsvc.tansu import TansuBroker, tansu_binary
+from tracer.localsvc.zookeeper import ZooKeeperServer, zookeeper_jar
 
 __all__ = ["AmqpEndpoint", "RabbitMQ", "RabbitMQServer", "find_rabbitmq", "ServiceError", "free_port", "port_open", "wait_until", "ClickHouseServer", "clickhouse_server_binary",
            "TansuBroker", "tansu_binary", "ClickHouseCluster", "ZooKeeperServer", "zookeeper_jar",

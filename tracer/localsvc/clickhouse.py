@@ -103,7 +103,7 @@ class ClickHouseServer(_Process):
                 raise ServiceError(f"clickhouse-server exited at start: {self.log_tail()}")
             import logging
 
-            from clickhouse_driver import Client  # type: ignore[import-untyped]
+            from clickhouse_driver import Client
 
             # the driver logs a traceback per refused connect while the server starts
             logging.getLogger("clickhouse_driver.connection").setLevel(logging.CRITICAL)

@@ -92,7 +92,7 @@ def _redact(url: str) -> str:
 
 def amqp_answers(ep: AmqpEndpoint, timeout: float = 3.0) -> bool:
     """True when an AMQP server accepts ``ep``'s credentials on ``ep``'s vhost (a real handshake)."""
-    import pika  # type: ignore[import-untyped]
+    import pika
 
     if not port_open(ep.port, ep.host):
         return False

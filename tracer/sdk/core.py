@@ -35,13 +35,29 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, Callable, Hashable, Iterable, Sequence
+from typing import Any
 
-from tracer.identity import (MAX_MSG_ID_CHARS, MSG_ID_HEADER, REPLAY_HEADER, TRACEPARENT, MsgIds, cap_msg_id,
-                             error_text, format_traceparent, get_header, incoming_ids, key_text, new_span_id,
-                             new_trace_ids, parse_traceparent, position_id, text)
+from tracer.identity import (
+    MAX_MSG_ID_CHARS,
+    MSG_ID_HEADER,
+    REPLAY_HEADER,
+    TRACEPARENT,
+    MsgIds,
+    cap_msg_id,
+    error_text,
+    format_traceparent,
+    get_header,
+    incoming_ids,
+    key_text,
+    new_span_id,
+    new_trace_ids,
+    parse_traceparent,
+    position_id,
+    text,
+)
 from tracer.sdk.inflight import Delivery, InFlight
 from tracer.sdk.otel import Context, Spans
 

@@ -37,7 +37,8 @@ import threading
 import time
 import uuid
 import weakref
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from tracer.errors import ConfigError, describe
 from tracer.events import local_identity
@@ -53,7 +54,7 @@ from tracer.sdk.spool import DISK_FULL, SpoolWriter, seg_name
 from tracer.sdk.spool import default_retention as default_retention
 
 log = logging.getLogger("msgtrace.emitter")
-_EMITTERS: "weakref.WeakSet[Emitter]" = weakref.WeakSet()
+_EMITTERS: weakref.WeakSet[Emitter] = weakref.WeakSet()
 _Adopted = Adopted  # the name before tracer.sdk.shipper
 
 

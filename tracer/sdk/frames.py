@@ -27,14 +27,26 @@ from __future__ import annotations
 
 import marshal
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import orjson
 
-from tracer.identity import (MAX_MSG_ID_CHARS, MSG_ID_HEADER, REPLAY_HEADER, TRACEPARENT, cap_msg_id,
-                             format_traceparent, get_header, incoming_ids, key_text, parse_traceparent, position_id,
-                             text)
+from tracer.identity import (
+    MAX_MSG_ID_CHARS,
+    MSG_ID_HEADER,
+    REPLAY_HEADER,
+    TRACEPARENT,
+    cap_msg_id,
+    format_traceparent,
+    get_header,
+    incoming_ids,
+    key_text,
+    parse_traceparent,
+    position_id,
+    text,
+)
 
 EVENT, BATCH, ROWS = 1, 2, 3
 HEADER = struct.Struct("<IQ")  # payload length, first seq
@@ -73,7 +85,7 @@ class SpoolMeta:
                 "host": self.host, "pid": self.pid, "mq": self.mq}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "SpoolMeta":
+    def from_json(cls, d: dict[str, Any]) -> SpoolMeta:
         return cls(str(d["emitter_id"]), str(d["eid_prefix"]), str(d.get("service", "")), str(d.get("host", "")),
                    int(d.get("pid", 0)), str(d.get("mq") or "kafka"))
 

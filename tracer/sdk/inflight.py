@@ -25,7 +25,8 @@ from __future__ import annotations
 import bisect
 import collections
 import threading
-from typing import Any, Hashable, Sequence
+from collections.abc import Hashable, Sequence
+from typing import Any
 
 #: ``(position, key, headers, msg_id, attrs)``: position int or None; key as the client gave it
 #: (bytes, str or None); headers the client's carrier (list of pairs, mapping or None); msg_id str

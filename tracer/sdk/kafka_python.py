@@ -31,7 +31,7 @@ from tracer.identity import TRACEPARENT as TRACEPARENT  # noqa: F401
 from tracer.identity import error_text as error_text
 from tracer.identity import key_text
 from tracer.identity import parse_traceparent as parse_traceparent  # noqa: F401
-from tracer.sdk.core import RecordRef, Recorder
+from tracer.sdk.core import Recorder, RecordRef
 
 NAME = "kafka-python"
 MQ = "kafka"
@@ -39,11 +39,11 @@ log = logging.getLogger("msgtrace.hooks")
 key_str = key_text  # the name before tracer.identity
 
 
-def wrap_producer(producer: Any, recorder: Recorder) -> "TracedProducer":
+def wrap_producer(producer: Any, recorder: Recorder) -> TracedProducer:
     return TracedProducer(producer, recorder)
 
 
-def wrap_consumer(consumer: Any, recorder: Recorder) -> "TracedConsumer":
+def wrap_consumer(consumer: Any, recorder: Recorder) -> TracedConsumer:
     return TracedConsumer(consumer, recorder)
 
 
@@ -87,7 +87,7 @@ class TracedProducer:
     def __repr__(self) -> str:
         return f"<TracedProducer {self._producer!r}>"
 
-    def __enter__(self) -> "TracedProducer":
+    def __enter__(self) -> TracedProducer:
         self._producer.__enter__()
         return self
 
@@ -259,7 +259,7 @@ class _BatchAcks:
 
     __slots__ = ("owner", "pf", "sends", "futures", "lock", "closed")
 
-    def __init__(self, owner: "TracedProducer", pf: Any, s: Any, future: Any) -> None:
+    def __init__(self, owner: TracedProducer, pf: Any, s: Any, future: Any) -> None:
         self.owner, self.pf = owner, pf
         self.sends: list[Any] = [s]
         self.futures: list[Any] = [future]
@@ -351,7 +351,7 @@ class TracedConsumer:
     def __repr__(self) -> str:
         return f"<TracedConsumer {self._consumer!r}>"
 
-    def __enter__(self) -> "TracedConsumer":
+    def __enter__(self) -> TracedConsumer:
         self._consumer.__enter__()
         return self
 
@@ -380,7 +380,7 @@ class TracedConsumer:
                 self._rec.hook_error(e)
         return records
 
-    def __iter__(self) -> "TracedConsumer":
+    def __iter__(self) -> TracedConsumer:
         return self
 
     def __next__(self) -> Any:

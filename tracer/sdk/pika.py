@@ -48,9 +48,9 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
-import pika  # type: ignore[import-untyped]
-from pika.adapters.blocking_connection import BlockingChannel  # type: ignore[import-untyped]
-from pika.exceptions import NackError, UnroutableError  # type: ignore[import-untyped]
+import pika
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.exceptions import NackError, UnroutableError
 
 from tracer.identity import MSG_ID_HEADER, incoming_ids, text
 from tracer.sdk.core import Recorder, RecordRef, Send

@@ -33,8 +33,20 @@ from tracer.errors import describe
 from tracer.sdk.frames import Expander
 from tracer.sdk.recovery import AckJournal, Range, merge, pack, unpack
 from tracer.sdk.sinks import Sink, sink_from_spec
-from tracer.sdk.spool import (SEG_SUFFIX, Chunk, SpoolReader, dead_spools, default_retention, expander_for,
-                              list_segments, read_at, seg_name, ship_chunk_data, sweep, try_lock)
+from tracer.sdk.spool import (
+    SEG_SUFFIX,
+    Chunk,
+    SpoolReader,
+    dead_spools,
+    default_retention,
+    expander_for,
+    list_segments,
+    read_at,
+    seg_name,
+    ship_chunk_data,
+    sweep,
+    try_lock,
+)
 
 log = logging.getLogger("msgtrace.emitter")
 

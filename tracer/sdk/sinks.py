@@ -108,7 +108,7 @@ class KafkaSink:
         return d
 
     def _connect(self) -> Any:
-        from kafka import KafkaProducer  # type: ignore[import-untyped]
+        from kafka import KafkaProducer
 
         self.ensure_topic()
         cfg: dict[str, Any] = dict(bootstrap_servers=self.bootstrap, acks="all", linger_ms=0,
@@ -119,16 +119,26 @@ class KafkaSink:
                                    # kafka-python waits 30 s for a first broker by default: a shipper
                                    # must stay responsive (close, adoption) while the audit Kafka is away
                                    bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS)
+        cfg.update(self._security())
         cfg.update(self.producer_config)
         self._producer = KafkaProducer(**cfg)
         self._conns = self._connections()
         return self._producer
 
+    @staticmethod
+    def _security() -> dict[str, Any]:
+        """The audit Kafka's TLS / SASL settings from MSGTRACE_KAFKA_* (tracer.kafka_config), read
+        where the client is made (the shipper process inherits the variables: no secret travels in
+        the sink's spec or on a command line); explicit producer_config keys win over them."""
+        from tracer.kafka_config import audit_settings
+
+        return audit_settings().kafka_python()
+
     def _admin_client(self) -> Any:
         if self._admin is None:
-            from kafka.admin import KafkaAdminClient  # type: ignore[import-untyped]
+            from kafka.admin import KafkaAdminClient
 
-            admin_cfg = {k: v for k, v in self.producer_config.items()
+            admin_cfg = {k: v for k, v in {**self._security(), **self.producer_config}.items()
                          if k.startswith(("security_", "ssl_", "sasl_")) or k in ("api_version",)}
             admin_cfg.setdefault("bootstrap_timeout_ms", self.producer_config.get("bootstrap_timeout_ms",
                                                                                  BOOTSTRAP_TIMEOUT_MS))
@@ -148,7 +158,7 @@ class KafkaSink:
         """Create the audit topic unless it exists (best effort: auto-creation may do it); True if
         it was created here."""
         from kafka.admin import NewTopic
-        from kafka.errors import TopicAlreadyExistsError  # type: ignore[import-untyped]
+        from kafka.errors import TopicAlreadyExistsError
 
         try:
             admin = self._admin_client()

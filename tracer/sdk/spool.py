@@ -34,8 +34,8 @@ import re
 import shutil
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from tracer.sdk.frames import HEADER, HEADER_SIZE, Expander, SpoolMeta, split_frames
 

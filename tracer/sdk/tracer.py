@@ -22,7 +22,8 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from tracer.errors import ConfigError
 from tracer.events import STAGES
@@ -36,7 +37,7 @@ from tracer.sdk.otel import Spans
 MAX_ATTR_CHARS = 4096
 
 log = logging.getLogger("msgtrace")
-_LIVE: "weakref.WeakSet[Tracer]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[Tracer] = weakref.WeakSet()
 
 
 class Tracer:
@@ -80,7 +81,7 @@ class Tracer:
         _LIVE.add(self)
 
     @classmethod
-    def from_env(cls, **overrides: Any) -> "Tracer":
+    def from_env(cls, **overrides: Any) -> Tracer:
         """Configure from MSGTRACE_* variables (DESIGN.md, Configuration); keyword arguments win."""
         env = os.environ.get
         kw: dict[str, Any] = {"service": env("MSGTRACE_SERVICE"), "bootstrap": env("MSGTRACE_KAFKA_BOOTSTRAP") or None,
@@ -139,7 +140,7 @@ class Tracer:
         adapter = registry.adapter_for(obj, kind, client)
         return getattr(adapter, f"wrap_{kind}")(obj, self.recorder(getattr(adapter, "MQ", None)))
 
-    def processing(self, record_or_msg_id: Any, consumer_group: str | None = None) -> "_Processing":
+    def processing(self, record_or_msg_id: Any, consumer_group: str | None = None) -> _Processing:
         """Context manager: business_done on success, business_failed (re-raised) on an exception."""
         return _Processing(self, record_or_msg_id, consumer_group)
 
@@ -216,7 +217,7 @@ class Tracer:
         _LIVE.discard(self)
         return self._emitter.close(timeout)
 
-    def __enter__(self) -> "Tracer":
+    def __enter__(self) -> Tracer:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -269,7 +270,7 @@ class _Processing:
         self._token: Any = None
         self._ident: Identity | None = None
 
-    def __enter__(self) -> "_Processing":
+    def __enter__(self) -> _Processing:
         t = self._t
         try:
             target = self._target

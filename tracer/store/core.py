@@ -24,9 +24,10 @@ import re
 import threading
 import time
 import weakref
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from tracer.errors import ConfigError, QueryError, StoreError, StoreLocked, StoreUnavailable
@@ -267,7 +268,7 @@ class Backend:
 
 # chDB is one embedded server per process: serialize every use of it.
 _CHDB_PROCESS_LOCK = threading.RLock()
-_CHDB_BACKENDS: "weakref.WeakSet[ChdbBackend]" = weakref.WeakSet()
+_CHDB_BACKENDS: weakref.WeakSet[ChdbBackend] = weakref.WeakSet()
 _FORK_LEFTOVERS: list[Any] = []
 
 
@@ -600,7 +601,7 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({self.url.redacted()})"
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -22,7 +22,8 @@ write, a compressed connection, or a driver without the calls used here makes
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 log = logging.getLogger("msgtrace.store")
 
