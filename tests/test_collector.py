@@ -231,11 +231,13 @@ def test_sigkill_three_times_ends_with_the_same_counts(tansu, store_url, tmp_pat
         proc = subprocess.Popen(cmd + ["--metrics-port", str(port), "--metrics-host", "127.0.0.1"],
                                 stdout=log, stderr=subprocess.STDOUT, env=_env())
         try:
-            wait_until(lambda: scrape(port).get("msgtrace_collector_assigned_partitions") == 2
-                       or proc.poll() is not None, 90, "the collector to own both partitions (the group settled)",
+            wait_until(lambda: scrape(port).get("msgtrace_collector_assigned_partitions") == 2  # noqa: B023 (called now)
+                       or proc.poll() is not None, 90,  # noqa: B023
+                       "the collector to own both partitions (the group settled)",
                        interval=0.1)
             assert proc.poll() is None, log_path.read_text()
-            wait_until(lambda: committed(bootstrap, group, topic, 2) >= fraction * n_records or proc.poll() is not None,
+            wait_until(lambda: committed(bootstrap, group, topic, 2) >= fraction * n_records  # noqa: B023 (called now)
+                       or proc.poll() is not None,  # noqa: B023
                        120, f"the collector to commit {fraction:.0%} of the records", interval=0.1)
             assert proc.poll() is None, log_path.read_text()
             progress.append(committed(bootstrap, group, topic, 2))

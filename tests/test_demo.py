@@ -72,7 +72,7 @@ def check_replay(report: dict) -> None:
     assert rep["execute"]["counts"] == {"planned": 0, "published": 9, "skipped": 0, "failed": 0}, rep
     assert rep["execute"]["still_lost"] == 0
     after = {(r["category"], r["consumer_group"]): r for r in report["after"]["categories"]}
-    for (cat, group), r in after.items():
+    for (cat, _group), r in after.items():
         if r["known_gap"]:  # reported in the table as a known gap: only where the demo declares one
             assert (cat, r["known_gap_verdict"]) == ("never_sent", "audit_gap"), r
             assert r["known_gap"] == r["injected"] and r["detected"] == 0

@@ -189,7 +189,10 @@ def _deploy_users_xml() -> tuple[str, str]:
         text = text.replace(f"__{who}_PASSWORD_SHA256__", hashlib.sha256(pw.encode()).hexdigest())
     assert "__" not in re.sub(r"<!--.*?-->", "", text, flags=re.DOTALL)
     root = ET.fromstring(text)
-    inner = lambda tag: "".join(ET.tostring(child, encoding="unicode") for child in root.find(tag))
+
+    def inner(tag: str) -> str:
+        return "".join(ET.tostring(child, encoding="unicode") for child in root.find(tag))
+
     return inner("profiles"), inner("users")
 
 

@@ -7,16 +7,22 @@ from __future__ import annotations
 import html
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from tracer import verdicts as V
 from tracer.cli.util import EXIT_ERROR, EXIT_LOST, EXIT_OK, err, handle_errors, json_option, out, store_option
 from tracer.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from tracer.analysis.expected import ExpectedSource
 
 F = TypeVar("F", bound=Callable[..., Any])
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|min|h|d)?\s*$")
@@ -114,12 +120,12 @@ def window_options(fn: F) -> F:
     return fn
 
 
-def _progress_ctx(enabled: bool):
+def _progress_ctx(enabled: bool) -> AbstractContextManager[Callable[[str], None]]:
     """A status line on stderr for long runs (only on a terminal); yields an update(text) function."""
     import contextlib
 
     @contextlib.contextmanager
-    def ctx():
+    def ctx() -> Iterator[Callable[[str], None]]:
         if not enabled or not err.is_terminal:
             yield lambda text: None
             return
@@ -130,7 +136,7 @@ def _progress_ctx(enabled: bool):
 
 
 def _expected_source(expected: str | None, column: str | None, sql: str | None, dsn: str | None,
-                     time_column: str | None = None, tz_name: str | None = None):
+                     time_column: str | None = None, tz_name: str | None = None) -> ExpectedSource | None:
     if expected is None and sql is None:
         if column or dsn or time_column:
             raise ConfigError("--expected-column/--expected-time-column/--expected-dsn need --expected or "
@@ -148,7 +154,7 @@ def _pct(x: float) -> str:
     return f"{x * 100:.4f}%" if x and x < 0.0001 else f"{x * 100:.2f}%"
 
 
-def summary_table(res: Any):
+def summary_table(res: Any) -> Table:
     from rich.table import Table
 
     t = Table(title="verdicts by topic and consumer group")
@@ -166,7 +172,7 @@ def _esc(s: str) -> str:
     return escape(s)
 
 
-def messages_table(rows: list[Any], title: str):
+def messages_table(rows: list[Any], title: str) -> Table:
     from rich.table import Table
 
     t = Table(title=title)

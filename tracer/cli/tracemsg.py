@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from tracer.cli.util import EXIT_LOST, EXIT_OK, EXIT_UNKNOWN, err, handle_errors, json_option, out, store_option
 from tracer.events import Event, cap_msg_id
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 _SEPARATORS = ":-_./#|@ "
 
@@ -33,7 +36,7 @@ def fmt_delta(us: int) -> str:
     return f"{sign}{us / 60e6:.1f} min"
 
 
-def timeline_table(events: list[Event]):  # -> rich.table.Table
+def timeline_table(events: list[Event]) -> Table:
     """The events as given (trace-msg passes them in causal order: tracer.analysis.timeline); +Δ is
     each row's stamp minus the previous row's (negative where two clocks disagree)."""
     from rich.table import Table
@@ -265,8 +268,8 @@ def trace_msg(msg_id: str | None, key: str | None, at: str | None, topic: str | 
         head += f", trace id {', '.join(trace_ids)}"
     out.print(head)
     out.print(timeline_table(events))
-    for s in line.skews:
-        out.print(f"[yellow]clock skew[/]: {escape(s.text())}")
+    for skew in line.skews:
+        out.print(f"[yellow]clock skew[/]: {escape(skew.text())}")
     if line.reordered:
         out.print("[dim]ordered by causality (each process's seq, acks before receipts of their offset, receipts "
                   "before the group's later stages); times are as each service stamped them[/]")

@@ -104,7 +104,7 @@ class App:
 
     def find(self, event: str, **match: Any) -> list[dict[str, Any]]:
         with self._cv:
-            return [l for l in self.lines if l["event"] == event and all(l.get(k) == v for k, v in match.items())]
+            return [ln for ln in self.lines if ln["event"] == event and all(ln.get(k) == v for k, v in match.items())]
 
     def wait(self, pred: Callable[[], Any], timeout: float, what: str) -> Any:
         deadline = time.monotonic() + timeout

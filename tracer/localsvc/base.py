@@ -20,7 +20,7 @@ class ServiceError(MsgtraceError):
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def wait_until(cond: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
@@ -51,7 +51,7 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 class _Process:
     """A child process with a log file; stop() is idempotent."""
 
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[bytes] | None = None
     log_path: str = ""
 
     def _spawn(self, argv: list[str], log_path: str) -> None:

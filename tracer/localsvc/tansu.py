@@ -50,13 +50,15 @@ class TansuBroker(_Process):
         advertised = f"tcp://127.0.0.1:{self.advertised_port}"
         self._spawn([self.binary, "broker", "--listener-url", url, "--advertised-listener-url", advertised,
                      "--storage-engine", "memory://tansu/"], os.path.join(self.workdir, "tansu.log"))
+        proc = self.proc
+        assert proc is not None  # _spawn set it
         try:
-            wait_until(lambda: self.proc.poll() is not None or port_open(self.port), timeout,
+            wait_until(lambda: proc.poll() is not None or port_open(self.port), timeout,
                        f"Tansu broker on port {self.port}")
         except TimeoutError:
             self.stop()
             raise
-        if self.proc.poll() is not None:
+        if proc.poll() is not None:
             raise ServiceError(f"Tansu broker exited at start: {self.log_tail()}")
         return self
 

@@ -24,7 +24,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,7 +160,8 @@ def load_sql(name: str) -> str:
     """Text of ``queries/<name>.sql``."""
     path = QUERIES_DIR / f"{name}.sql"
     try:
-        return path.read_text(encoding="utf-8")
+        text: str = path.read_text(encoding="utf-8")
+        return text
     except FileNotFoundError:
         raise StoreError(f"no query file {name}.sql in {QUERIES_DIR}") from None
 
@@ -169,7 +170,7 @@ def split_statements(sql: str) -> list[str]:
     """Split a .sql file on ``;`` at line ends, dropping comment-only chunks."""
     out = []
     for chunk in re.split(r";\s*(?:\n|$)", sql):
-        body = "\n".join(l for l in chunk.splitlines() if not l.strip().startswith("--")).strip()
+        body = "\n".join(ln for ln in chunk.splitlines() if not ln.strip().startswith("--")).strip()
         if body:
             out.append(body)
     return out
@@ -182,7 +183,7 @@ def _first_line(text: str, limit: int = 400) -> str:
 
 # --- ClickHouse type -> arrow type, for chDB's columnar insert -----------------
 
-def _arrow_type(ch_type: str):  # -> pa.DataType
+def _arrow_type(ch_type: str) -> Any:  # pa.DataType
     import pyarrow as pa
 
     t = ch_type.strip()
@@ -227,7 +228,7 @@ def _literal(value: Any) -> str:
         return "(" + ", ".join(_literal(v) for v in value) + ")"
     from clickhouse_driver.util.escape import escape_param
 
-    return escape_param(value, None)
+    return str(escape_param(value, None))
 
 
 def _chdb_param(value: Any) -> str:
@@ -251,7 +252,7 @@ class Backend:
     engine = ""
 
     def execute(self, sql: str, params: Mapping[str, Any] | None, small: bool = False,
-                settings: Mapping[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+                settings: Mapping[str, Any] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run one statement; ``settings``: ClickHouse settings for this query alone."""
         raise NotImplementedError
 
@@ -300,7 +301,7 @@ class ChdbBackend(Backend):
     def __init__(self, url: StoreURL, lock_timeout: float) -> None:
         self.url = url
         self.lock_timeout = lock_timeout
-        self._sess = None
+        self._sess: Any = None
         self._depth = 0
         self._lock_fd: int | None = None
         _CHDB_BACKENDS.add(self)
@@ -376,7 +377,7 @@ class ChdbBackend(Backend):
             self._release_file_lock()
 
     def execute(self, sql: str, params: Mapping[str, Any] | None, small: bool = False,
-                settings: Mapping[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+                settings: Mapping[str, Any] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
         # settings: only cluster settings are passed (tracer.store.cluster), and chDB is never a cluster
         fmt = "JSONCompact" if small else "Arrow"
         with self.session():
@@ -432,11 +433,11 @@ def _chdb_connect(path: str) -> Any:
     try:
         from chdb import _chdb
 
-        connect = _chdb.connect
+        connect: Any = _chdb.connect  # type: ignore[attr-defined]
     except (ImportError, AttributeError):  # another chDB layout: the public API
         from chdb import session as chdb_session
 
-        return chdb_session.Session(path)
+        return chdb_session.Session(path)  # type: ignore[no-untyped-call]
     conn = connect(path)
     # JSON results (small=True): NaN and infinities as strings, so they read back as floats
     conn.query("SET output_format_json_quote_denormals = 1, output_format_json_validate_utf8 = 1")
@@ -460,7 +461,7 @@ def _json_conv(t: str) -> Any:
     return None  # strings, and anything else, as JSON gives it
 
 
-def _json_rows(res: Any) -> tuple[list[str], list[tuple]]:
+def _json_rows(res: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
     data = res.bytes() if res is not None and hasattr(res, "bytes") else b""
     if not data:
         return [], []
@@ -478,7 +479,7 @@ def _json_rows(res: Any) -> tuple[list[str], list[tuple]]:
     return names, [tuple(r) for r in rows]
 
 
-def _arrow_table(res: Any):  # -> pa.Table | None
+def _arrow_table(res: Any) -> Any:  # pa.Table | None
     data = res.bytes() if res is not None and hasattr(res, "bytes") else b""
     if not data:
         return None
@@ -517,7 +518,7 @@ class ClickHouseBackend(Backend):
                               # are committed after the data is stored; no effect on other tables
                               settings={"use_numpy": False, "insert_distributed_sync": 1})
 
-    def _call(self, fn, *args, **kwargs):
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         from clickhouse_driver import errors as ce
 
         with self._lock:
@@ -535,7 +536,7 @@ class ClickHouseBackend(Backend):
                 raise StoreError(f"ClickHouse client error: {_first_line(str(e))}") from None
 
     def execute(self, sql: str, params: Mapping[str, Any] | None, small: bool = False,
-                settings: Mapping[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+                settings: Mapping[str, Any] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
         if params:
             sql = self._render(sql, params)
         if settings:
@@ -549,7 +550,7 @@ class ClickHouseBackend(Backend):
         """Old servers have no query parameters: render them with the driver's escaping."""
         from clickhouse_driver.util.escape import escape_param
 
-        def sub(m: re.Match) -> str:
+        def sub(m: re.Match[str]) -> str:
             name, typ = m.group(1), m.group(2)
             if name not in params:
                 raise QueryError(f"missing query parameter {name!r}")
@@ -630,7 +631,7 @@ class Store:
         return self._cluster
 
     def _cluster_rows(self, info: Any, sql: str, params: Mapping[str, Any] | None, small: bool,
-                      shard_local: Any) -> tuple[list[str], list[tuple]]:
+                      shard_local: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
         from tracer.store.cluster import ShardLocal, ShardRunner, declared, global_in
 
         mode = shard_local or declared(sql)
@@ -648,7 +649,7 @@ class Store:
         return sql.replace("{db:Identifier}", f"`{self.database}`")
 
     def rows(self, sql: str, params: Mapping[str, Any] | None = None, *, small: bool = False,
-             shard_local: Any = None) -> tuple[list[str], list[tuple]]:
+             shard_local: Any = None) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run a statement; return (column names, row tuples). ``small``: a result of a few rows, read
         without pyarrow on chDB (start-up of short commands). ``shard_local``: a
         ``tracer.store.cluster.ShardLocal`` (or the statement's ``-- msgtrace: shard-local ...`` line):

@@ -166,7 +166,7 @@ def _chunks(sql: str) -> list[str]:
 
 
 def _strip_comments(chunk: str) -> str:
-    return "\n".join(l for l in chunk.splitlines() if not l.strip().startswith("--")).strip()
+    return "\n".join(ln for ln in chunk.splitlines() if not ln.strip().startswith("--")).strip()
 
 
 def render_schema(database: str, opts: SchemaOptions, *, sql: str | None = None) -> list[str]:
