@@ -190,6 +190,56 @@ def test_the_journal_finds_what_the_topic_lost():
     assert "gone" in why and lost == [Range(*r2)] and len(j) == 0
 
 
+def _state(j: AckJournal) -> tuple:
+    return j.topic_id, {p: (v.offsets, v.starts, v.ends, v.last_first) for p, v in j.parts.items() if v.offsets}
+
+
+def test_the_journal_outlives_its_process(tmp_path):
+    """A successor adopting a stopped emitter's retained spool reads its journal back from disk (the
+    deploy case: the audit topic lost what the previous instance shipped) and finds the same losses."""
+    path = str(tmp_path / "acks.journal")
+    r1, r2 = (pack(1, 0), pack(1, 100)), (pack(1, 100), pack(1, 200))
+    j = AckJournal(path)
+    j.acked([(0, 10), (0, 11)], *r1)
+    j.acked([(1, 4)], *r2)
+    j.check(TopicState(True, "id-1", {0: 12, 1: 5}))
+    j.acked([(0, 12)], *r2)
+    assert j.acked([(0, 11)], *r2) == [Range(*r1), Range(*r2)]  # offsets 11, 12 reused: lost, 11 added again
+    j.forget_below(pack(1, 50))
+    want = _state(j)
+    j.close()
+    again = AckJournal(path)
+    assert _state(again) == want and want[1]  # replayed from the file, then compacted
+    assert len(open(path).read().splitlines()) == 1 + len(again) + len(again.partitions)
+    # a torn last line (the process killed mid-write) is skipped
+    again.close()
+    with open(path, "a") as f:
+        f.write("a 0 9")
+    third = AckJournal(path)
+    assert _state(third) == want
+    why, lost = third.check(TopicState(True, "id-2", {}))  # recreated after the predecessor stopped
+    everything = [Range(st, e) for _, starts, ends, _ in want[1].values() for st, e in zip(starts, ends)]
+    assert "recreated" in why and merge(lost) == merge(everything) == [Range(r1[0], r2[1])]
+    third.close()
+    assert _state(AckJournal(path)) == ("id-2", {})
+
+
+def test_an_unwritable_journal_stays_in_memory(tmp_path, caplog):
+    d = tmp_path / "ro"
+    d.mkdir()
+    d.chmod(0o500)
+    try:
+        j = AckJournal(str(d / "acks.journal"))
+        if os.access(str(d), os.W_OK):  # root ignores the mode: make the file itself a directory instead
+            d.chmod(0o700)
+            (d / "acks.journal.tmp").mkdir()
+            j = AckJournal(str(d / "acks.journal"))
+        assert j.acked([(0, 1)], pack(1, 0), pack(1, 10)) == [] and len(j) == 1
+        assert "kept in memory only" in caplog.text
+    finally:
+        d.chmod(0o700)
+
+
 def test_retention_settings_are_checked():
     assert parse_seconds("24h", "x") == 86400 and parse_seconds("0", "x") == 0 and parse_seconds("90", "x") == 90
     from tracer.errors import ConfigError

@@ -49,6 +49,16 @@ def check_first_reconcile(report: dict) -> None:
     assert report["summary"]["lost_in_broker"] >= 2  # the reconciler's own summary agrees
 
 
+def check_audit_fault(report: dict) -> None:
+    """The audit broker lost the events of the first delivered batch before collection: the emitters
+    shipped them again on their own, and every one of those orders is judged delivered (DESIGN.md's
+    audit_gap principle: never a false loss; recovered here, so not even audit_gap)."""
+    fault = report["audit_fault"]
+    assert len(fault["orders"]) == 4 and fault["services"] >= 5, fault
+    assert fault["lost"] > 0 and fault["reshipped"] > 0, fault
+    assert fault["false_losses"] == [] and fault["audit_gap"] == 0, fault
+
+
 def check_trace_msg(report: dict, extra: set[str] = frozenset()) -> None:
     """Every trace-msg call of the demo answered as its category expects (its exit code, its JSON)."""
     checks = {c["category"]: c for c in report["trace_msg"]}
@@ -95,6 +105,7 @@ def test_kafka_demo_finds_every_injected_loss_and_replays_what_it_can(tmp_path, 
     report = run_demo(tmp_path)
     assert (report["mq"], report["client"]) == ("kafka", "kafka-python")
     check_first_reconcile(report)
+    check_audit_fault(report)
     check_trace_msg(report, {"lost_in_consumer (after the replay)", "failed_and_committed (after the replay)"})
     check_replay(report)
 
@@ -107,6 +118,7 @@ def test_kafka_demo_with_confluent_kafka(tmp_path, kafka_bootstrap):
     report = run_demo(tmp_path, "--client", "confluent")
     assert (report["mq"], report["client"]) == ("kafka", "confluent")
     check_first_reconcile(report)
+    check_audit_fault(report)
     check_trace_msg(report, {"lost_in_consumer (after the replay)", "failed_and_committed (after the replay)"})
     check_replay(report)
 
@@ -119,6 +131,7 @@ def test_rabbitmq_demo_finds_every_injected_loss(tmp_path, kafka_bootstrap):
     report = run_demo(tmp_path, "--mq", "rabbitmq")
     assert (report["mq"], report["client"]) == ("rabbitmq", "pika")
     check_first_reconcile(report)
+    check_audit_fault(report)
     check_trace_msg(report)
     assert report["replay"] is None and report["after"] is None  # msgtrace replay re-publishes to Kafka only
 

@@ -117,6 +117,32 @@ def _preflight(mq: str, client: str) -> None:
                               "apt-get install rabbitmq-server (scripts/demo.sh installs it)")
 
 
+def _audit_fault_outcome(story: Any, report: dict[str, Any], console: Console) -> bool:
+    """Says what became of the orders whose audit events the audit broker lost: each must be judged
+    delivered in both groups (recovered), else audit_gap (the audit says it is incomplete); any other
+    verdict would be a false loss."""
+    from tracer.verdicts import AUDIT_GAP
+
+    fault = story.audit_fault
+    rows = [m for m in report.get("messages", []) if m["msg_id"].removesuffix(":paid") in set(fault["orders"])]
+    false_losses = [m for m in rows if m["verdict"] != AUDIT_GAP]
+    gaps = len(rows) - len(false_losses)
+    fault.update(audit_gap=gaps, false_losses=[f"{m['msg_id']} {m['consumer_group']}: {m['verdict']}"
+                                               for m in false_losses])
+    n = len(fault["orders"])
+    if false_losses:
+        console.print(f"[red]audit-broker fault: {len(false_losses)} false losses[/] among the {n} orders whose "
+                      f"audit events were lost: {fault['false_losses']}")
+    elif gaps:
+        console.print(f"[yellow]audit-broker fault[/]: {gaps} pairs judged audit_gap (not recovered, but never "
+                      "blamed on the queue)")
+    else:
+        console.print(f"[green]audit-broker fault[/]: the audit broker lost the events of {n} delivered orders; "
+                      f"the emitters shipped {fault['reshipped']} events again and all {n} are judged delivered "
+                      "(no false loss)")
+    return not false_losses
+
+
 def _run(story: Any, console: Console, replay: bool, show: bool = True) -> dict[str, Any]:
     from tracer.demo.report import (
         before_after_table,
@@ -157,6 +183,9 @@ def _run(story: Any, console: Console, replay: bool, show: bool = True) -> dict[
         "mq": story.mq, "client": story.client, "workdir": str(story.workdir), "run_id": report.get("run_id"),
         "summary": report.get("summary"), "categories": [r.as_json() for r in rows], "replay": None, "after": None}
     ok = all(r.ok for r in rows)
+    if story.audit_fault is not None:
+        ok = _audit_fault_outcome(story, report, console) and ok
+        result["audit_fault"] = story.audit_fault
     if replay:
         problems: list[str] = []
         dry = v.replay_dry_run(report["run_id"])

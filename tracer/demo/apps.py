@@ -68,6 +68,14 @@ class Faults:
         return bool(self.directory) and os.path.exists(os.path.join(self.directory, name))
 
 
+def flushed(tracer: Any) -> None:
+    """Ship what was recorded so far and say so, with the emitter's recovery counters: how many events
+    the audit topic lost after acknowledging them, and how many were shipped again from the spool."""
+    ok = bool(tracer.flush(20))
+    s = tracer.stats
+    log("flushed", ok=ok, audit_losses=int(s.get("audit_losses") or 0), reshipped=int(s.get("reshipped") or 0))
+
+
 def control(tracer: Any, stopping: threading.Event) -> None:
     """The consumers' stdin, in a thread: ``flush`` ships the audit events recorded so far, ``stop`` (or
     the orchestrator going away) ends the service cleanly."""
@@ -78,7 +86,7 @@ def control(tracer: Any, stopping: threading.Event) -> None:
             except ValueError:
                 continue
             if op == "flush":
-                log("flushed", ok=bool(tracer.flush(20)))
+                flushed(tracer)
             elif op == "stop":
                 break
         stopping.set()

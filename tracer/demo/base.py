@@ -190,6 +190,8 @@ class StoryBase:
         self.dead_spools: list[Path] = []
         self.brokers: list[TansuBroker] = []
         self.audit: TansuBroker | None = None
+        #: what the audit-broker fault did (audit_broker_fault): orders, lost, reshipped; None if not run
+        self.audit_fault: dict[str, Any] | None = None
         self._n = 0
         self.t0 = time.time()
         for d in ("logs", "spool", "faults"):
@@ -252,6 +254,39 @@ class StoryBase:
             admin.create_topics([NewTopic(AUDIT_TOPIC, 2, 1)])
         finally:
             admin.close()
+
+    def audit_broker_fault(self, orders: list[str]) -> None:
+        """The audit Kafka loses what it had acknowledged (a memory broker restarted: the seeds' page-cache
+        loss, on the audit's own side) while the events of ``orders`` were shipped but not yet collected.
+        Nothing here repairs anything: the emitters notice on their own (the audit topic is gone, then
+        recreated) and ship the lost events again from their retained spool segments. The reconcile
+        must then judge ``orders`` exactly (delivered), never a false loss; without recovery they would
+        be audit_gap (tests/faults/test_audit_broker_lost.py)."""
+        from tracer.localsvc import wait_until
+
+        assert self.audit is not None
+        if self.sink != "collector":
+            return  # the direct sink writes to the store: no audit Kafka to lose
+        self.flush_services()  # every event so far acknowledged by the audit topic, none collected yet
+        self.audit.restart()
+        self.step(f"[yellow]fault[/]: audit broker restarted: it lost every audit event it had acknowledged "
+                  f"(the events of {len(orders)} delivered orders among them), none collected yet")
+        live = [a for a in self.apps.values() if a.alive]
+
+        def healed() -> dict[str, int] | None:
+            for app in live:
+                app.flush()
+            last = [app.find("flushed")[-1] for app in live]
+            if not all(f.get("reshipped", 0) > 0 for f in last):
+                return None
+            return {"lost": sum(int(f.get("audit_losses", 0)) for f in last),
+                    "reshipped": sum(int(f["reshipped"]) for f in last)}
+
+        got: dict[str, int] = wait_until(healed, 90, "every service to ship its lost audit events again",
+                                         interval=0.5)
+        self.audit_fault = {"orders": list(orders), "services": len(live), **got}
+        self.step(f"{len(live)} services noticed on their own and shipped {got['reshipped']} audit events again "
+                  "from their retained spool segments")
 
     def start_app(self, name: str, role: str, db: str, wait: bool = True, **extra: str) -> App:
         spool = self.workdir / "spool" / name

@@ -34,6 +34,7 @@ from tracer.demo.apps import (
     Faults,
     award_points,
     control,
+    flushed,
     log,
     make_tracer,
     mark_paid,
@@ -85,7 +86,7 @@ def order_service(args: argparse.Namespace) -> None:
             left = producer.flush(10)
             if left:
                 log("flush_error", error=f"{left} messages still queued")
-            log("flushed", ok=bool(tracer.flush(20)))
+            flushed(tracer)
         elif op == "stop":
             break
     stopping.set()

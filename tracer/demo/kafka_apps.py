@@ -27,6 +27,7 @@ from tracer.demo.apps import (
     Faults,
     award_points,
     control,
+    flushed,
     log,
     make_tracer,
     mark_paid,
@@ -69,7 +70,7 @@ def order_service(args: argparse.Namespace) -> None:
                 producer.flush(timeout=10)
             except Exception as e:  # noqa: BLE001  reported, then the audit is flushed all the same
                 log("flush_error", error=repr(e))
-            log("flushed", ok=bool(tracer.flush(20)))
+            flushed(tracer)
         elif op == "stop":
             break
     with contextlib.suppress(Exception):  # the broker may be gone at the end of the story

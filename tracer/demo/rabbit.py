@@ -135,6 +135,7 @@ class RabbitStory(StoryBase):
             self.pay(o)
         self.done_everywhere([o["order_id"] for o in batch])
         self.step(f"{len(batch)} orders paid and delivered to both queues")
+        self.audit_broker_fault([o["order_id"] for o in batch])  # the audit's own broker loses their events
 
         # order committed, process killed before the publish
         ns = self.new_order("never_sent")

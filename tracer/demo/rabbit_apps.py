@@ -40,6 +40,7 @@ from tracer.demo.apps import (
     Faults,
     award_points,
     control,
+    flushed,
     log,
     make_tracer,
     mark_paid,
@@ -118,7 +119,7 @@ def order_service(args: argparse.Namespace) -> None:
                     conn = ch = None  # connect again for the next order
             log("published", order_id=oid)
         elif op == "flush":
-            log("flushed", ok=bool(tracer.flush(20)))
+            flushed(tracer)
         elif op == "stop":
             break
     with contextlib.suppress(Exception):  # the connection may be broken already

@@ -159,6 +159,9 @@ class Story(StoryBase):
         self.done_everywhere([o["order_id"] for o in batch])
         self.step(f"{len(batch)} orders paid and delivered to both groups")
 
+        # 8. the audit's own broker loses the events of those orders before the collector read them
+        self.audit_broker_fault([o["order_id"] for o in batch])
+
         # 5. handler raises, error swallowed, offset committed
         frozen = [self.new_order("failed_and_committed", user=f"frozen-{i}") for i in range(2)]
         # 6. poison message to the dead-letter topic

@@ -23,7 +23,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(cond: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+def wait_until(cond: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
     """Poll ``cond`` until it returns a truthy value; raise TimeoutError naming ``what``."""
     deadline = time.monotonic() + timeout
     last_exc: BaseException | None = None

@@ -31,7 +31,7 @@ from typing import Protocol
 
 from tracer.errors import describe
 from tracer.sdk.frames import Expander
-from tracer.sdk.recovery import AckJournal, Range, merge, pack, unpack
+from tracer.sdk.recovery import JOURNAL_FILE, AckJournal, Range, merge, pack, unpack
 from tracer.sdk.sinks import Sink, sink_from_spec
 from tracer.sdk.spool import (
     SEG_SUFFIX,
@@ -185,7 +185,9 @@ class Adopted:
         self.reader = SpoolReader(path, retention_s)
         self.expander = expander_for(path)
         self.shipped = 0
-        self.journal: AckJournal | None = AckJournal() if retention_s > 0 and recover else None
+        # on disk beside the segments: a successor adopting this spool sees what its records became
+        self.journal: AckJournal | None = (AckJournal(os.path.join(path, JOURNAL_FILE))
+                                           if retention_s > 0 and recover else None)
         self.pending: list[Range] = []  # spool ranges to ship again (the audit topic lost them)
         self.drained = False
         self._torn = 0
@@ -197,6 +199,8 @@ class Adopted:
 
     def release(self, remove: bool) -> None:
         self.reader.close()
+        if self.journal is not None:
+            self.journal.close()
         if remove:
             shutil.rmtree(self.path, ignore_errors=True)
         os.close(self.lock_fd)
@@ -214,6 +218,8 @@ class _Own(Adopted):
 
     def release(self, remove: bool) -> None:
         self.reader.close()
+        if self.journal is not None:
+            self.journal.close()
 
 
 class _Limited:
