@@ -323,35 +323,41 @@ def describe(b: Burst, stopped_producers: list[str] | None = None) -> str:
                 f"{_groups(b)}{stop}: the producer committed the business change and stopped or skipped the send")
     if b.cause is Cause.SEND_FAILED_NOT_RETRIED:
         return (f"{_n(n, 'message')} to {b.topic} from {host} failed to send {when}{_error(b)} and "
-                f"{_pl(b, 'was', 'were')} never acked, so {_groups(b)} never got them: the producer could not reach the broker and did not retry")
+                f"{_pl(b, 'was', 'were')} never acked, so {_groups(b)} never got them: the producer could not reach "
+                "the broker and did not retry")
     if b.cause is Cause.NO_BROKER_ANSWER:
         return (f"{_n(n, 'message')} to {b.topic} from {host} sent {when} got neither an ack nor a failure"
                 f"{_stopped(b)}: the producer stopped, or lost its send callbacks, before the broker answered")
     if b.cause is Cause.TRANSACTION_ABORTED:
-        return (f"{_n(n, 'message')} to {b.topic} from {host} rolled back {when}: {_pl(b, 'its', 'their')} transaction was aborted, "
-                "so by design no consumer saw them")
+        return (f"{_n(n, 'message')} to {b.topic} from {host} rolled back {when}: "
+                f"{_pl(b, 'its', 'their')} transaction was aborted, so by design no consumer saw them")
     if b.cause is Cause.BROKER_LOST_ACKED:
         why = [w for k, w in _BROKER_WHY.items() if b.evidence.get(k)]
         return (f"{_n(n, 'message')} acked on {_where(b)} {when} never reached {_groups(b)}"
                 f"{', ' + ' / '.join(why) if why else ''}: the broker lost acknowledged messages")
     if b.cause is Cause.RETENTION_DELETED:
-        return (f"{_n(n, 'message')} acked on {_where(b)} {when} {_pl(b, 'was', 'were')} deleted by retention before {_groups(b)} "
-                "reached them (the partition's log start moved past them): the group lagged longer than retention")
+        return (f"{_n(n, 'message')} acked on {_where(b)} {when} {_pl(b, 'was', 'were')} deleted by retention "
+                f"before {_groups(b)} reached them (the partition's log start moved past them): "
+                "the group lagged longer than retention")
     if b.cause is Cause.GROUP_LAGS:
-        return (f"{_n(n, 'message')} acked on {_where(b)} {when} {_pl(b, 'has', 'have')} not reached {_groups(b)} yet, and nothing "
-                "later on those partitions has either: the group lags or its consumers are down")
+        return (f"{_n(n, 'message')} acked on {_where(b)} {when} {_pl(b, 'has', 'have')} not reached "
+                f"{_groups(b)} yet, and nothing later on those partitions has "
+                "either: the group lags or its consumers are down")
     group, _, chost = b.locus.partition("@")
     if b.cause is Cause.COMMITTED_BEFORE_DONE:
         return (f"{_n(n, 'message')} of {_where(b)} received by {group} on {chost} {when} had "
-                f"{_pl(b, 'its offset', 'their offsets')} committed with no business outcome{_stopped(b)}: the consumer committed before the work was done")
+                f"{_pl(b, 'its offset', 'their offsets')} committed with no business outcome{_stopped(b)}: "
+                "the consumer committed before the work was done")
     if b.cause is Cause.HANDLER_ERROR_COMMITTED:
-        return (f"{_n(n, 'message')} of {_where(b)} failed in {group}'s handler on {chost} {when}{_error(b)} and "
-                f"{_pl(b, 'its offset was', 'their offsets were')} committed anyway: the handler's errors are swallowed")
+        return (f"{_n(n, 'message')} of {_where(b)} failed in {group}'s handler on {chost} {when}"
+                f"{_error(b)} and {_pl(b, 'its offset was', 'their offsets were')} committed anyway: "
+                "the handler's errors are swallowed")
     if b.cause is Cause.AWAITING_REDELIVERY:
-        return (f"{_n(n, 'message')} of {_where(b)} received by {group} on {chost} {when} {_pl(b, 'is', 'are')} neither committed "
-                f"nor done{_stopped(b)}: they should be redelivered; check the consumer")
+        return (f"{_n(n, 'message')} of {_where(b)} received by {group} on {chost} {when} "
+                f"{_pl(b, 'is', 'are')} neither committed nor done{_stopped(b)}: "
+                "they should be redelivered; check the consumer")
     if b.cause is Cause.PARKED_IN_DLQ:
-        return (f"{_n(n, 'message')} of {_where(b)} {_pl(b, 'was', 'were')} dead-lettered by {group} on {chost} {when}{_error(b)}: "
-                "parked in the dead-letter queue, not processed since")
-    return (f"{_n(n, 'message')} of {b.topic or '(no topic)'} {when} {_pl(b, 'has', 'have')} later stages recorded without the "
-            f"earlier ones{' in ' + group if group else ''}: the audit lost events")
+        return (f"{_n(n, 'message')} of {_where(b)} {_pl(b, 'was', 'were')} dead-lettered by {group} on "
+                f"{chost} {when}{_error(b)}: parked in the dead-letter queue, not processed since")
+    return (f"{_n(n, 'message')} of {b.topic or '(no topic)'} {when} {_pl(b, 'has', 'have')} later stages "
+            f"recorded without the earlier ones{' in ' + group if group else ''}: the audit lost events")

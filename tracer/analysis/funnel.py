@@ -2,9 +2,10 @@
 per bucket of their time, where those counts part, and how long each hop took.
 
 One query (``queries/incident_timeline.sql``) reads the window's events once and returns every
-bucket plus the totals (bucket 0), keyed by the hashes of topic and group names (named back here); Python only turns its few aggregated rows (buckets x topics x
-groups) into typed values and finds the partings: the buckets where fewer messages reached a stage
-than the one before it, beyond what is still on its way at the window's end.
+bucket plus the totals (bucket 0), keyed by the hashes of topic and group names (named back here);
+Python only turns its few aggregated rows (buckets x topics x groups) into typed values and finds
+the partings: the buckets where fewer messages reached a stage than the one before it, beyond what
+is still on its way at the window's end.
 """
 from __future__ import annotations
 

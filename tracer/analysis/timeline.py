@@ -74,7 +74,8 @@ class Skew:
 
     def to_json(self) -> dict[str, Any]:
         return {"behind": self.behind, "ahead": self.ahead, "at_least_us": self.at_least_us,
-                "at_least_s": round(self.at_least_us / 1e6, 3), "evidence": f"{self.effect} stamped before {self.cause}",
+                "at_least_s": round(self.at_least_us / 1e6, 3),
+                "evidence": f"{self.effect} stamped before {self.cause}",
                 "text": self.text()}
 
 

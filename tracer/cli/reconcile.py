@@ -226,7 +226,8 @@ def result_markdown(res: Any) -> str:
                      f"{_md(c['consumer_group']) or '-'} | {c['count']} |")
     if res.rows:
         lines += ["", "## Messages not plainly delivered", "",
-                  "| msg_id | group | topic | verdict | stopped at | flags | evidence |", "|---|---|---|---|---|---|---|"]
+                  "| msg_id | group | topic | verdict | stopped at | flags | evidence |",
+                  "|---|---|---|---|---|---|---|"]
         for r in res.rows:
             lines.append(f"| {_md(r.msg_id)} | {_md(r.consumer_group)} | {_md(r.topic)} | {r.verdict} | "
                          f"{r.stopped_at} | {', '.join(r.flags)} | {_md(r.evidence)} |")
@@ -342,7 +343,8 @@ def reconcile(t_from: str | None, t_to: str | None, yesterday: bool, tz_name: st
     broker = None
     if broker_snapshot:
         if bootstrap:
-            raise ConfigError("give --bootstrap (live offsets) or --broker-snapshot (offsets taken elsewhere), not both")
+            raise ConfigError("give --bootstrap (live offsets) or --broker-snapshot (offsets taken elsewhere), "
+                              "not both")
         from tracer.analysis.broker import StaticBroker
 
         broker = StaticBroker.from_json(broker_snapshot)

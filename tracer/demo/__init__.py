@@ -82,7 +82,8 @@ def demo(mq: str, client: str | None, replay: bool, workdir: Path | None, scale:
         verdict = "[green]all injected losses found[/]" if ok else "[red]mismatch between injected and detected[/]"
         if result.get("after") and ok:
             gaps = sum(r["known_gap"] for r in result["after"]["categories"])
-            verdict += " and every recoverable one recovered" + (f" but {gaps} (known gap, in the table)" if gaps else "")
+            verdict += " and every recoverable one recovered" + (
+                f" but {gaps} (known gap, in the table)" if gaps else "")
         timings = ", ".join(f"{k} {v:.0f} s" for k, v in result["timings"].items())
         console.print(f"{verdict} in {time.time() - story.t0:.0f} s ({timings}); workdir {workdir}")
         console.print(f"explore: trace-msg <id> --store {story.store_url}")

@@ -40,8 +40,8 @@ def msgtrace(*args: str, ok: tuple[int, ...] = (0, 1), timeout: float = 300,
              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run a msgtrace command in a fresh process, as a user or a cron job would; an exit code outside
     ``ok`` is an error of the demo (the command's own error line is quoted)."""
-    p = subprocess.run([sys.executable, "-m", "tracer", *args], capture_output=True, text=True, timeout=timeout, check=False,
-                       env=env)
+    p = subprocess.run([sys.executable, "-m", "tracer", *args], capture_output=True, text=True, timeout=timeout,
+                       check=False, env=env)
     if p.returncode not in ok:
         raise click.ClickException(f"msgtrace {args[0]} failed (exit {p.returncode}): "
                                    f"{(p.stderr or p.stdout).strip()[-800:]}")

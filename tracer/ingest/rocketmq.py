@@ -299,7 +299,8 @@ class TraceMapper:
             if not rec.success:
                 where = (f"; the broker {rec.store_host or '?'} stored it (offsetMsgId {offset_id}) but did not flush "
                          "or replicate it in time") if offset_id else ""
-                err = f"send status was not SEND_OK (FLUSH_DISK_TIMEOUT, FLUSH_SLAVE_TIMEOUT or SLAVE_NOT_AVAILABLE){where}"
+                err = ("send status was not SEND_OK (FLUSH_DISK_TIMEOUT, FLUSH_SLAVE_TIMEOUT or SLAVE_NOT_AVAILABLE)"
+                       f"{where}")
                 ev.append(self._base(mid, raw.text, "fail" + suffix, Stage.SEND_FAILED, rec.ts_ms, attrs=attrs,
                                      error=err, extra_us=done_us, **common))
             elif not half:

@@ -17,6 +17,7 @@ from tracer.localsvc.rabbitmq import AmqpEndpoint, RabbitMQ, RabbitMQServer, fin
 from tracer.localsvc.tansu import TansuBroker, tansu_binary
 from tracer.localsvc.zookeeper import ZooKeeperServer, zookeeper_jar
 
-__all__ = ["AmqpEndpoint", "RabbitMQ", "RabbitMQServer", "find_rabbitmq", "ServiceError", "free_port", "port_open", "wait_until", "ClickHouseServer", "clickhouse_server_binary",
+__all__ = ["AmqpEndpoint", "RabbitMQ", "RabbitMQServer", "find_rabbitmq", "ServiceError", "free_port", "port_open",
+           "wait_until", "ClickHouseServer", "clickhouse_server_binary",
            "TansuBroker", "tansu_binary", "ClickHouseCluster", "ZooKeeperServer", "zookeeper_jar",
            "Chromium", "chromium_binary"]

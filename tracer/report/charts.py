@@ -110,7 +110,8 @@ def funnel_chart(s: Series, title: str) -> str:
     return finish(c.render(is_unicode=True))
 
 
-def latency_chart(s: Series, title: str, hops: Iterable[str] = ("sent_acked", "acked_received", "received_done")) -> str:
+def latency_chart(s: Series, title: str,
+                  hops: Iterable[str] = ("sent_acked", "acked_received", "received_done")) -> str:
     """p50 and p99 of each hop in milliseconds (log scale, labelled 1-2-5 per decade), per point of time."""
     worst = " (worst bucket of each point)" if s.merged > 1 else ""
     lines: list[tuple[str, list[float | None]]] = []

@@ -54,7 +54,8 @@ class ShardLocal(enum.Enum):
     PER_SHARD = "per-shard"
 
 
-_DIRECTIVE_RE = re.compile(r"^[ \t]*--[ \t]*msgtrace:[ \t]*shard-local[ \t]+(group-by|per-shard)\b", re.MULTILINE | re.IGNORECASE)
+_DIRECTIVE_RE = re.compile(r"^[ \t]*--[ \t]*msgtrace:[ \t]*shard-local[ \t]+(group-by|per-shard)\b",
+                           re.MULTILINE | re.IGNORECASE)
 #: ``IN (SELECT`` / ``NOT IN (SELECT`` not already GLOBAL
 _IN_SUBQUERY_RE = re.compile(r"(?<!GLOBAL )(?<![\w.`])((?:NOT\s+)?IN\s*\(\s*SELECT\b)", re.IGNORECASE)
 _DIST_RE = re.compile(r"Distributed\(\s*['`\"]?(\w+)['`\"]?\s*,\s*['`\"]?(\w+)['`\"]?\s*,\s*['`\"]?(\w+)['`\"]?")
