@@ -372,12 +372,9 @@ def build_categories(cases: dict[str, str], replay: bool) -> dict[str, Category]
     the reconciler must say per group before and, when the story replays, after the replay."""
     d, rp = "delivered", "red-packet"
     replayed = Expect(d, frozenset({"replayed"}))
-    # A message rebuilt from the orders table has no event of its own before the replay's: until the
-    # consumer hook marks the replay's received/business events with the replay run (or the reconciler
-    # accepts the replay's sent as the message's first), it is judged audit_gap +replayed.
-    rebuilt = Expect(d, frozenset({"replayed"}), interim="audit_gap",
-                     interim_why="a never-sent message rebuilt by the replay: the reconciler does not yet take the "
-                                 "replay's sent as its first (consumer events carry no replay_run yet)")
+    # A message rebuilt from the orders table has no event of its own before the replay's: the
+    # reconciler takes its replay's producer events as its own (delivered +replayed once processed).
+    rebuilt = replayed
     tried = "replayed by run"  # the replay attempt, in the evidence of a verdict it did not change
 
     def both(v: Expect) -> dict[str, Expect]:
