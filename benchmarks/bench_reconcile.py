@@ -10,10 +10,18 @@ messages lose their business outcome (lost_in_consumer) and 0.1 % never reach th
 lost_in_broker from later-acked receipts), so the evidence steps run too.
 
     python benchmarks/bench_reconcile.py [--messages 1000000] [--trace-events 10000000] [--repeats 5]
+    python benchmarks/bench_reconcile.py --skip-trace --compare /tmp/before [--rounds 4]
+
+``--compare DIR``: before/after in one run. DIR is another checkout (e.g. ``git worktree add
+/tmp/before HEAD``); the two stores are generated once, then each round runs, per window, one
+process per tree (this one and DIR, in alternating order), ``--repeats`` repeats each, and checks
+that both trees give the same verdict rows (a digest of id, group, verdict, flags, evidence).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import random
 import shutil
@@ -24,7 +32,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+HERE = Path(__file__).resolve()
+# --tree DIR (a worker of --compare): the code under test comes from DIR
+TREE = Path(sys.argv[sys.argv.index("--tree") + 1]).resolve() if "--tree" in sys.argv[:-1] else HERE.parent.parent
+sys.path.insert(0, str(TREE))
 
 from tracer.analysis.reconcile import judge_message, reconcile  # noqa: E402
 from tracer.store import Store  # noqa: E402
@@ -48,10 +59,12 @@ SELECT
     'kafka' AS mq,
     toUInt32(1000 + n % 4) AS pid,
     'orders.paid' AS topic,
-    if(k = 0 OR (n % 1000 = {broken:UInt64} AND k >= 2), CAST(NULL AS Nullable(Int32)), toNullable(toInt32(n % 12))) AS partition,
+    if(k = 0 OR (n % 1000 = {broken:UInt64} AND k >= 2), CAST(NULL AS Nullable(Int32)),
+       toNullable(toInt32(n % 12))) AS partition,
     if(k = 0 OR (n % 1000 = {broken:UInt64} AND k >= 2), CAST(NULL AS Nullable(Int64)),
        toNullable(toInt64(intDiv(n, 12) + if(k = 3, 1, 0)))) AS offset,
-    if(k < 2 OR (n % 1000 = {broken:UInt64} AND k >= 2), CAST(NULL AS Nullable(String)), toNullable('red-packet')) AS consumer_group,
+    if(k < 2 OR (n % 1000 = {broken:UInt64} AND k >= 2), CAST(NULL AS Nullable(String)),
+       toNullable('red-packet')) AS consumer_group,
     toNullable(toString(n)) AS key,
     CAST(NULL AS Nullable(String)) AS error,
     toNullable(lower(hex(MD5(toString(n))))) AS trace_id,
@@ -115,10 +128,25 @@ def _step(sql: str) -> str:
     return "?"
 
 
-def bench_reconcile(root: str, messages: int, repeats: int, lossy: bool) -> dict:
-    store = Store(f"chdb://{root}/rec-{'lossy' if lossy else 'clean'}")
-    store.init_schema()
-    gen_s = generate(store, messages, lossy=lossy)
+def digest(rows) -> str:
+    """The verdict rows as a hash: both trees of --compare must give the same."""
+    h = hashlib.sha256()
+    for v in sorted(rows, key=lambda v: (v.msg_id, v.consumer_group)):
+        h.update(repr((v.msg_id, v.consumer_group, v.topic, v.verdict, sorted(v.flags), v.evidence,
+                       v.decided_by)).encode())
+    return h.hexdigest()[:16]
+
+
+def store_dir(root: str, lossy: bool) -> str:
+    return f"{root}/rec-{'lossy' if lossy else 'clean'}"
+
+
+def bench_reconcile(root: str, messages: int, repeats: int, lossy: bool, fresh: bool = True) -> dict:
+    store = Store(f"chdb://{store_dir(root, lossy)}")
+    gen_s = 0.0
+    if fresh:
+        store.init_schema()
+        gen_s = generate(store, messages, lossy=lossy)
     steps: dict[str, list[float]] = {}
     orig_query = store.query
 
@@ -154,8 +182,58 @@ def bench_reconcile(root: str, messages: int, repeats: int, lossy: bool) -> dict
     assert res is not None and res.total == messages, res.total
     store.close()
     return {"gen_s": gen_s, "bare": bare, "reconcile": rec, "ratios": ratios, "cpu_ratios": cpu_ratios,
-            "summary": res.summary,
+            "summary": res.summary, "digest": digest(res.rows),
             "rows": len(res.rows), "steps": steps}
+
+
+def compare(root: str, other: Path, messages: int, repeats: int, rounds: int) -> None:
+    """Before (``other``) and after (this tree) in one run: see the module docstring."""
+    trees = {"after": TREE, "before": other.resolve()}
+    for lossy in (False, True):
+        store = Store(f"chdb://{store_dir(root, lossy)}")
+        store.init_schema()
+        generate(store, messages, lossy=lossy)
+        store.close()
+    out: dict[tuple[bool, str], list[dict]] = {}
+    for rnd in range(rounds):
+        for lossy in (False, True):
+            order = ["before", "after"] if rnd % 2 == 0 else ["after", "before"]
+            for name in order:
+                p = subprocess.run([sys.executable, str(HERE), "--worker", "--tree", str(trees[name]), "--keep", root,
+                                    "--messages", str(messages), "--repeats", str(repeats)] +
+                                   (["--lossy"] if lossy else []), capture_output=True, text=True)
+                if p.returncode != 0:
+                    raise SystemExit(f"{name} worker failed:\n{p.stderr}")
+                r = json.loads(p.stdout.strip().splitlines()[-1])
+                out.setdefault((lossy, name), []).append(r)
+                load = os.getloadavg()[0]
+                print(f"round {rnd + 1} {'lossy' if lossy else 'clean'} {name}: cpu ratio "
+                      f"{statistics.median(r['cpu_ratios']):.2f} wall {statistics.median(r['ratios']):.2f} "
+                      f"(load {load:.1f})", flush=True)
+    print("| window | code | bare (median) | reconcile (median) | ratio wall, median (min - max) | "
+          "ratio CPU, median (min - max) |")
+    print("|---|---|---|---|---|---|")
+    for lossy in (False, True):
+        digests = set()
+        for name in ("before", "after"):
+            rs = out[(lossy, name)]
+            digests |= {r["digest"] for r in rs}
+            cat = {k: [x for r in rs for x in r[k]] for k in ("bare", "reconcile", "ratios", "cpu_ratios")}
+            print(f"| {'0.2 % lost' if lossy else 'clean'} | {name} | {statistics.median(cat['bare']):.3f} s | "
+                  f"{statistics.median(cat['reconcile']):.3f} s | {statistics.median(cat['ratios']):.2f}x "
+                  f"({min(cat['ratios']):.2f} - {max(cat['ratios']):.2f}) | "
+                  f"{statistics.median(cat['cpu_ratios']):.2f}x ({min(cat['cpu_ratios']):.2f} - "
+                  f"{max(cat['cpu_ratios']):.2f}) |")
+        assert len(digests) == 1, f"verdicts differ between the trees: {digests}"
+    for lossy in (False, True):
+        for name in ("before", "after"):
+            steps: dict[str, list[float]] = {}
+            for r in out[(lossy, name)]:
+                for k, xs in r["steps"].items():
+                    steps.setdefault(k, []).extend(xs)
+            print(f"steps, {'lossy' if lossy else 'clean'}, {name}:")
+            for k, xs in steps.items():
+                print(f"  {k}: median {statistics.median(xs):.3f} s (n={len(xs)})")
 
 
 def bench_trace(root: str, events: int, repeats: int, lookups: int = 60) -> dict:
@@ -200,13 +278,25 @@ def main() -> None:
     ap.add_argument("--keep", metavar="DIR", help="work in DIR and keep it")
     ap.add_argument("--skip-trace", action="store_true")
     ap.add_argument("--skip-reconcile", action="store_true")
+    ap.add_argument("--compare", metavar="DIR", help="another checkout: before (DIR) vs after (this tree), interleaved")
+    ap.add_argument("--rounds", type=int, default=4, help="with --compare: rounds of before/after per window")
+    ap.add_argument("--tree", metavar="DIR", help=argparse.SUPPRESS)
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--lossy", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.worker:  # one (tree, window) of --compare, on the stores in --keep; one JSON line out
+        print(json.dumps(bench_reconcile(a.keep, a.messages, a.repeats, a.lossy, fresh=False)))
+        return
     root = a.keep or tempfile.mkdtemp(prefix="msgtrace-bench-")
     os.makedirs(root, exist_ok=True)
     try:
+        if a.compare:
+            compare(root, Path(a.compare), a.messages, a.repeats, a.rounds)
+            return
         for lossy in (() if a.skip_reconcile else (False, True)):
             r = bench_reconcile(root, a.messages, a.repeats, lossy)
-            print(f"== {'0.2 % of messages lost (spread over every partition)' if lossy else 'clean window (nothing lost)'}")
+            title = '0.2 % of messages lost (spread over every partition)' if lossy else 'clean window (nothing lost)'
+            print(f"== {title}")
             print(f"generated {a.messages} messages x 5 stages in {r['gen_s']:.1f} s")
             print(f"bare GROUP BY msg_id: {stats(r['bare'])}")
             print(f"reconcile:            {stats(r['reconcile'])}")

@@ -181,6 +181,9 @@ class EvidenceContext:
     #: messages known not to be received by their topic's group (pending after pass 1 by message):
     #: lets the frontier be found from the latest acks (see _frontier); None: the full query
     skip: frozenset[str] | None = None
+    #: the ack times of the ``skip`` messages (their facts' ack_ts): the latest acks are found
+    #: leaving these times out, without reading msg_id (see _latest_acks)
+    skip_ts: frozenset[int] = frozenset()
     max_partitions: int = 500
     _history: dict[tuple[str, int, tuple[str, ...]], History] = field(default_factory=dict, repr=False)
     _asked: set[tuple[str, int]] = field(default_factory=set, repr=False)
@@ -362,8 +365,9 @@ def _frontier(ctx: EvidenceContext, cands: list[Verdict]) -> dict[tuple[str, int
 
 def _frontier_from_latest(ctx: EvidenceContext, cands: list[Verdict], base: dict[str, Any],
                           group_of: dict[str, set[str]]) -> dict[tuple[str, int, str], Frontier] | None:
-    latest = ctx.store.query(render("reconcile_frontier_latest"), {**base, "skip": sorted(ctx.skip or ())},
-                             small=True)
+    latest = _latest_acks(ctx, base)
+    if latest is None:
+        return None
     ids = sorted({x["msg"] for x in latest})
     evs: dict[str, list[dict[str, Any]]] = {}
     if ids:
@@ -380,6 +384,44 @@ def _frontier_from_latest(ctx: EvidenceContext, cands: list[Verdict], base: dict
         if f is None or f[0] != x["topic"] or f[1] != x["part"] or f[2] != x["ack_ts"] or g not in f[4]:
             return None
         out[(x["topic"], x["part"], g)] = Frontier(f[2], x["msg"], f[3])
+    return out
+
+
+def _latest_acks(ctx: EvidenceContext, base: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Per (topic, partition) of ``base``, the latest ack among the messages not in ``ctx.skip``
+    and its message ({topic, part, ack_ts, msg}); None when that cannot be told this way.
+
+    reconcile_frontier_latest.sql leaves out the acks stamped at the skipped messages' ack times
+    (``ctx.skip_ts``) instead of the messages themselves, so that msg_id is read only where
+    reconcile_frontier_acks.sql looks up the acks at the times found. Leaving out by time may hide an
+    ack of another message at one of those times: the acks at every left-out time later than a
+    partition's answer are read as well, and any of them by a message not skipped, or an answer
+    stamped by several messages or by a skipped one (another of its acks), gives None (the caller
+    then runs reconcile_frontier.sql)."""
+    skip = ctx.skip or frozenset()
+    never = ctx.window.cut_us  # outside [scan_from, cut): keeps the array non-empty (ClickHouse 18.16)
+    best = {(x["topic"], int(x["part"])): int(x["ack_ts"]) for x in ctx.store.query(
+        render("reconcile_frontier_latest"), {**base, "skip_ts": sorted(ctx.skip_ts | {never})}, small=True)}
+    floor = min((best.get((t, p), 0) for t in base["topics"] for p in base["parts"]), default=0)
+    times = set(best.values()) | {t for t in ctx.skip_ts if t > floor}
+    if not times:
+        return []
+    acks: dict[tuple[str, int], dict[int, set[str]]] = {}
+    for a in ctx.store.query(render("reconcile_frontier_acks"), {**base, "ts": sorted(times)}, small=True):
+        acks.setdefault((a["topic"], int(a["part"])), {}).setdefault(int(a["ts_us"]), set()).add(a["msg_id"])
+    out = []
+    for key, by_ts in sorted(acks.items()):
+        top = best.get(key, 0)
+        if any(m not in skip for ts, ms in by_ts.items() if ts > top for m in ms):
+            return None  # left out by its time only, acked later than the answer
+        if key not in best:
+            continue
+        at = by_ts.get(top, set())
+        if len(at) != 1 or at & skip:
+            return None
+        out.append({"topic": key[0], "part": key[1], "ack_ts": top, "msg": next(iter(at))})
+    if any(key not in acks for key in best):
+        return None  # an answer whose ack was not found again (events changed during the run)
     return out
 
 

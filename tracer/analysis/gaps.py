@@ -211,14 +211,19 @@ def seq_gaps(store: Store, window: Window) -> SeqGaps:
     that also names the emitters with holes reaching past the cut (``.candidates``)."""
     d = _distinct(store)
     params = {**window.scan(), "scan_to": window.cut_us + MARGIN_S * _US}
-    rows = store.query(render("reconcile_seq_gaps", distinct_seq=d, distinct_seq_window=_distinct_if(store)),
+    rows = store.query(render("reconcile_seq_gaps", distinct_seq=d, distinct_seq_after=_distinct_if(store, ">=")),
                        params, small=True)
+    again = sorted(r["emitter_id"] for r in rows if not r["exact"])
+    if again:  # seq numbers before and after the cut interleave: count those emitters exactly
+        rows = [r for r in rows if r["exact"]] + store.query(
+            render("reconcile_seq_gaps_exact", distinct_seq=d, distinct_seq_window=_distinct_if(store, "<")),
+            {**params, "emitters": again}, small=True)
     gaps = [SeqGap(r["emitter_id"], r["lo"], r["hi"], r["n"], r["missing"]) for r in rows if r["missing"] > 0]
     return SeqGaps(gaps, [r["emitter_id"] for r in rows])
 
 
-def _distinct_if(store: Store) -> str:
-    cond = "ts_us < {cut:UInt64}"
+def _distinct_if(store: Store, op: str) -> str:
+    cond = f"ts_us {op} {{cut:UInt64}}"
     return f"groupBitmapIf(seq, {cond})" if store.engine == "chdb" else f"uniqExactIf(seq, {cond})"
 
 

@@ -94,8 +94,11 @@ def reconcile(store: Store, window_from_us: int, window_to_us: int, grace_s: int
         _count_plain(res)
         gaps = None
         if res.rows:
-            ctx = EvidenceContext(store, window, broker, skip=frozenset(
-                v.msg_id for v in res.rows if v.verdict == V.PENDING_IN_BROKER) if first.by_message else None)
+            pending = [v for v in res.rows if v.verdict == V.PENDING_IN_BROKER]
+            ctx = EvidenceContext(store, window, broker, skip=frozenset(v.msg_id for v in pending)
+                                  if first.by_message else None,
+                                  skip_ts=frozenset(v.facts.ack_ts for v in pending
+                                                    if v.facts is not None and v.facts.ack_ts > 0))
             refine(ctx, res.rows, progress)
             gaps = ctx.gaps()
         # always: a window whose messages all look delivered can still miss whole messages whose
