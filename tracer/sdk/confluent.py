@@ -39,18 +39,21 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import confluent_kafka
 
 from tracer.identity import with_headers
-from tracer.sdk.core import Recorder, RecordRef, Send
+from tracer.sdk.core import ACKS_FLUSH_AT, Recorder, RecordRef, Send
+from tracer.sdk.otel import Spans
 
 NAME = "confluent-kafka"
 MQ = "kafka"
 log = logging.getLogger("msgtrace.hooks")
 _UNSET: Any = object()
+_time_ns = time.time_ns
 _warned: set[str] = set()
 _warn_lock = threading.Lock()
 
@@ -212,26 +215,37 @@ def _kafka_error_text(err: Any) -> str:
         return f"KafkaError: {err}"
 
 
-def _report(s: Send, app: Callable[[Any, Any], Any] | None) -> Callable[[Any, Any], None]:
-    """The per-message delivery callback: record, then the application's callback (if any), once."""
-    if app is None:
-        def dr(err: Any, msg: Any) -> None:
+class _Report(Send):
+    """A send that is its own delivery callback (``callback=send``): no closure per message.
+
+    A success appends one row to the recorder's ``acks`` (spooled by :meth:`Recorder.flush_acks` before
+    the ``poll()`` / ``flush()`` that ran the report returns, or when enough are waiting); a failure
+    records ``send_failed`` at once. Then the application's callback (``app``, the per-message one or
+    the producer's configured ``on_delivery``) is called once with librdkafka's arguments; its
+    exceptions reach ``poll()`` / ``flush()`` as without msgtrace."""
+
+    __slots__ = ()
+
+    def __call__(self, err: Any, msg: Any) -> None:  # type: ignore[override]  # librdkafka's (err, msg)
+        rec, mid, topic, _p, k, tid, sid, span, _h, app = self
+        try:
             if err is None:
-                s.acked(msg.partition(), msg.offset())
+                acks = rec.acks
+                acks.append((mid, topic, msg.partition(), msg.offset(), k, tid, sid, _time_ns()))
+                if span is not None:
+                    Spans.end_send(span, msg.partition(), msg.offset(), None)
+                if len(acks) >= ACKS_FLUSH_AT:
+                    rec.flush_acks()
             else:
-                s.failed(_kafka_error_text(err))
-    else:
-        def dr(err: Any, msg: Any) -> None:
-            if err is None:
-                s.acked(msg.partition(), msg.offset())
-            else:
-                s.failed(_kafka_error_text(err))
-            app(err, msg)  # its exceptions reach poll()/flush() as without msgtrace
-    return dr
+                self.failed(_kafka_error_text(err))
+        except Exception as e:  # runs inside librdkafka's callback path: never raise into it
+            rec.hook_error(e)
+        if app is not None:
+            app(err, msg)
 
 
 def _report_cell(cell: list[Send], app: Callable[[Any, Any], Any] | None) -> Callable[[Any, Any], None]:
-    """Like :func:`_report` for an instrumented send, whose Send is completed after the client call."""
+    """The delivery callback of an instrumented send, whose Send is completed after the client call."""
     def dr(err: Any, msg: Any) -> None:
         s = cell[0]
         if err is None:
@@ -295,27 +309,24 @@ class TracedProducer:
                 msg_id: Any = None) -> Any:
         """Producer.produce, plus the ``msgtrace-id`` header and the send stages (the same positional
         order as confluent-kafka's: topic, value, key, partition, callback, on_delivery, timestamp, headers)."""
-        rec = self._rec
         app = callback if callback is not None else on_delivery
         if partition is not _UNSET or timestamp is not _UNSET or self._instrumented:
             return self._produce_general(topic, value, key, partition, timestamp, app, headers, msg_id)
+        rec = self._rec
         try:  # the common call, kept short: every µs shows on a ~2 µs client
-            s = rec.sent(topic, key, value, msg_id, headers, None)
-            add = s[8]
-            hdrs = headers if not add else (list(add) if headers is None else with_headers(headers, add))
             if app is None:
                 app = self._default_cb
-                cb = _report(s, app) if (app is not None or self._may_add) else None
-            else:
-                cb = _report(s, app)
+            s = rec.sent(topic, key, value, msg_id, headers, None, _Report, app)
+            add = s[8]
+            hdrs = headers if not add else (add if headers is None else with_headers(headers, add))
         except Exception as e:  # a bug in the hook must not cost the business its send
             rec.hook_error(e)
             return self._produce(topic, value, key, headers=headers, callback=app)
         try:
-            if cb is None:
+            if app is None and not self._may_add:
                 result = self._produce(topic, value, key, headers=hdrs)
             else:
-                result = self._produce(topic, value, key, callback=cb, headers=hdrs)
+                result = self._produce(topic, value, key, callback=s, headers=hdrs)
         except BaseException as e:  # BufferError (queue full), KafkaException, ...: re-raised unchanged
             s.failed(e)
             raise
@@ -335,12 +346,12 @@ class TracedProducer:
         if self._instrumented:
             return self._produce_instrumented(topic, value, key, app, headers, msg_id, extra)
         try:
-            s = rec.sent(topic, key, value, msg_id, headers, extra.get("partition"))
-            add = s[8]
-            hdrs = headers if not add else (list(add) if headers is None else with_headers(headers, add))
             if app is None:
                 app = self._default_cb
-            cb = _report(s, app) if (app is not None or self._may_add) else None
+            s = rec.sent(topic, key, value, msg_id, headers, extra.get("partition"), _Report, app)
+            add = s[8]
+            hdrs = headers if not add else (list(add) if headers is None else with_headers(headers, add))
+            cb = s if (app is not None or self._may_add) else None
         except Exception as e:
             rec.hook_error(e)
             return self._produce(topic, value, key, headers=headers, callback=app, **extra)
@@ -387,6 +398,31 @@ class TracedProducer:
             self._txn.append(cell[0])
         return result
 
+    # --- where librdkafka runs delivery reports: the acks they gathered are spooled before returning ---
+    def poll(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._producer.poll(*args, **kwargs)
+        finally:
+            self._rec.flush_acks()
+
+    def flush(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._producer.flush(*args, **kwargs)
+        finally:
+            self._rec.flush_acks()
+
+    def purge(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._producer.purge(*args, **kwargs)
+        finally:
+            self._rec.flush_acks()
+
+    def close(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._producer.close(*args, **kwargs)
+        finally:
+            self._rec.flush_acks()
+
     def produce_batch(self, *args: Any, **kwargs: Any) -> Any:
         _warn_once("produce-batch", "msgtrace: produce_batch() is not traced (confluent-kafka's batch mode "
                    "carries no headers, so msgtrace-id cannot travel); use produce()")
@@ -410,7 +446,10 @@ class TracedProducer:
         return result
 
     def commit_transaction(self, *args: Any, **kwargs: Any) -> Any:
-        result = self._producer.commit_transaction(*args, **kwargs)
+        try:
+            result = self._producer.commit_transaction(*args, **kwargs)  # flushes: delivery reports run
+        finally:
+            self._rec.flush_acks()
         try:  # committed: the transaction's offsets now count as the group's commits
             for group, parts in self._txn_offsets:
                 for topic, partition, offset in parts:
@@ -423,7 +462,10 @@ class TracedProducer:
         return result
 
     def abort_transaction(self, *args: Any, **kwargs: Any) -> Any:
-        result = self._producer.abort_transaction(*args, **kwargs)
+        try:
+            result = self._producer.abort_transaction(*args, **kwargs)
+        finally:
+            self._rec.flush_acks()
         sends = self._txn
         object.__setattr__(self, "_txn", None)
         self._txn_offsets.clear()

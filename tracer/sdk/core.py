@@ -41,6 +41,7 @@ from operator import itemgetter
 from typing import Any
 
 from tracer.identity import (
+    MAX_KEY_CHARS,
     MAX_MSG_ID_CHARS,
     MSG_ID_HEADER,
     REPLAY_HEADER,
@@ -171,6 +172,8 @@ class Core:
 
 
 _get = itemgetter
+#: :meth:`Recorder.flush_acks` is due when this many delivery reports wait (bounds the frame and the memory)
+ACKS_FLUSH_AT = 512
 
 
 def _lane_group(book: InFlight, lane: Hashable) -> str | None:
@@ -184,12 +187,16 @@ def _lane_group(book: InFlight, lane: Hashable) -> str | None:
 
 
 class Send(tuple):  # type: ignore[type-arg]
-    """One outgoing message: ``(recorder, msg_id, topic, partition, key, trace_id, span_id, span, headers)``.
+    """One outgoing message: ``(recorder, msg_id, topic, partition, key, trace_id, span_id, span, headers,
+    app)``.
 
     ``headers`` are the ``(name, bytes)`` pairs the adapter adds to the message (a list, possibly empty;
-    read-only: it may be handed to the client as the message's header list). A tuple, so a send costs
-    one allocation; the send itself, or its bound methods, serve as the client's callbacks. Adapters
-    may subclass it (``__slots__ = ()``) for client-specific callback shapes.
+    read-only: it may be handed to the client as the message's header list). ``key``: the key as the
+    frames carry it (bytes up to 1 KiB as given, text otherwise: the shipper decodes, off the business
+    thread). ``app``: whatever the adapter passed to :meth:`Recorder.sent` (the application's own
+    delivery callback, say). A tuple, so a send costs one allocation; the send itself, or its bound
+    methods, serve as the client's callbacks. Adapters may subclass it (``__slots__ = ()``) for
+    client-specific callback shapes (``Recorder.sent(..., cls=...)``).
     """
 
     __slots__ = ()
@@ -203,10 +210,11 @@ class Send(tuple):  # type: ignore[type-arg]
     span_id = property(_get(6))
     span = property(_get(7))
     headers = property(_get(8))
+    app = property(_get(9))
 
     def acked(self, partition: int | None, offset: int | None) -> None:
         """The broker acknowledged it: ``broker_acked`` (never raises)."""
-        rec, msg_id, topic, _, k, trace_id, span_id, span, _h = self
+        rec, msg_id, topic, _, k, trace_id, span_id, span, _h, _a = self
         try:
             rec._emit(BROKER_ACKED, msg_id, topic, partition, offset, None, k, None, trace_id, span_id)
             if span is not None:
@@ -216,7 +224,7 @@ class Send(tuple):  # type: ignore[type-arg]
 
     def acked_metadata(self, md: Any) -> None:
         """``acked(md.partition, md.offset)``: the form of a kafka-python future's callback."""
-        rec, msg_id, topic, _, k, trace_id, span_id, span, _h = self
+        rec, msg_id, topic, _, k, trace_id, span_id, span, _h, _a = self
         try:
             rec._em(BROKER_ACKED, msg_id, topic, md.partition, md.offset, None, k, None, trace_id, span_id, None,
                     rec.mq)
@@ -236,7 +244,7 @@ class Send(tuple):  # type: ignore[type-arg]
 
     def failed(self, error: BaseException | str) -> None:
         """The client reported failure: ``send_failed`` with the error's type and text (never raises)."""
-        rec, msg_id, topic, partition, k, trace_id, span_id, span, _h = self
+        rec, msg_id, topic, partition, k, trace_id, span_id, span, _h, _a = self
         try:
             attrs = {"error_type": type(error).__name__} if isinstance(error, BaseException) else None
             rec._emit(SEND_FAILED, msg_id, topic, partition, None, None, k, error_text(error), trace_id, span_id,
@@ -250,8 +258,9 @@ class Send(tuple):  # type: ignore[type-arg]
 class Recorder:
     """The internal API of one client adapter (bound to one MQ). See the module docstring."""
 
-    __slots__ = ("core", "mq", "_em", "_emit", "_emit_many", "_emit_rows", "_policy", "_ids", "_ctx", "_cv", "_spans",
-                 "_plain_send", "_mid_prefix", "_mid_counter", "_headers_on", "incoming_ids_needed")
+    __slots__ = ("core", "mq", "_em", "_em_sent", "_emit", "_emit_many", "_emit_rows", "_emit_acks", "_policy", "_ids",
+                 "_ctx", "_cv", "_spans", "_plain_send", "_mid_prefix", "_mid_counter", "_headers_on",
+                 "incoming_ids_needed", "acks", "_acks_lock")
 
     def __init__(self, core: Core, mq: str) -> None:
         self.core = core
@@ -265,6 +274,12 @@ class Recorder:
             emit(stage, msg_id, topic, partition, offset, group, key, error, trace_id, span_id, attrs, mq, ts_us)
 
         self._emit = _emit
+        self._em_sent = emitter.emit_sent
+        self._emit_acks = emitter.emit_acks
+        #: ``broker_acked`` reports waiting for :meth:`flush_acks`, one row each: ``(msg_id, topic,
+        #: partition, offset, key, trace_id, span_id, time.time_ns())`` (see :meth:`flush_acks`)
+        self.acks: list[tuple[Any, ...]] = []
+        self._acks_lock = threading.Lock()
         self._emit_many = emitter.emit_deliveries
         self._emit_rows = emitter.emit_rows
         self._policy = core.policy
@@ -297,18 +312,18 @@ class Recorder:
 
     # --- producer side -----------------------------------------------------------------------------
     def sent(self, topic: str, key: Any = None, value: Any = None, msg_id: Any = None, headers: Any = None,
-             partition: int | None = None) -> Send:
+             partition: int | None = None, cls: type[Send] = Send, app: Any = None) -> Send:
         """Decide the identity of an outgoing message and spool ``sent``.
 
         ``msg_id``: the caller's; else an existing ``msgtrace-id`` header; else ``id_fn(topic, key,
         value)``; else (header-free mode) the key; else a new id. ``headers``: the caller's carrier,
-        only read (never mutated). Returns the :class:`Send`; its ``headers`` are the pairs to add.
-        Raises only on a bug (adapters catch it, count it with :meth:`hook_error` and send plainly).
+        only read (never mutated). Returns the :class:`Send` (of class ``cls``, carrying ``app``); its
+        ``headers`` are the pairs to add. Raises only on a bug (adapters catch it, count it with
+        :meth:`hook_error` and send plainly).
         """
-        if key is None:
-            k = None
-        elif key.__class__ is bytes and len(key) <= 1024:
-            k = key.decode("utf-8", "replace")
+        k: Any
+        if key is None or (key.__class__ is bytes and len(key) <= MAX_KEY_CHARS):
+            k = key  # decoded where the frame is expanded (key_text), not on the business thread
         else:
             k = key_text(key)
         if headers is None and self._plain_send:  # the common case, kept short (it runs per message)
@@ -316,7 +331,7 @@ class Recorder:
                 if self._policy.id_fn is not None:
                     msg_id = self._call_id_fn(topic, key, value)
                 elif not self._headers_on and k:
-                    msg_id = k
+                    msg_id = key_text(k)
                 else:
                     msg_id = f"{self._mid_prefix}{next(self._mid_counter):012x}"
             elif msg_id.__class__ is not str:
@@ -329,13 +344,13 @@ class Recorder:
             else:
                 ctx = self._ctx.current()
                 trace_id, span_id = ctx if ctx is not None else (None, None)
-            self._em(SENT, msg_id, topic, partition, None, None, k, None, trace_id, span_id, None, self.mq)
-            return Send((self, msg_id, topic, partition, k, trace_id, span_id, None,
-                         [(MSG_ID_HEADER, msg_id.encode())] if self._headers_on else ()))
-        return self._sent_general(topic, key, k, value, msg_id, headers, partition)
+            self._em_sent(msg_id, topic, partition, k, trace_id, span_id, self.mq)
+            return cls((self, msg_id, topic, partition, k, trace_id, span_id, None,
+                        [(MSG_ID_HEADER, msg_id.encode())] if self._headers_on else (), app))
+        return self._sent_general(topic, key, k, value, msg_id, headers, partition, cls, app)
 
-    def _sent_general(self, topic: str, key: Any, k: str | None, value: Any, msg_id: Any, headers: Any,
-                      partition: int | None) -> Send:
+    def _sent_general(self, topic: str, key: Any, k: Any, value: Any, msg_id: Any, headers: Any,
+                      partition: int | None, cls: type[Send] = Send, app: Any = None) -> Send:
         pol = self._policy
         existing_id = text(get_header(headers, MSG_ID_HEADER)) if headers else None
         existing_tp = get_header(headers, TRACEPARENT) if headers else None
@@ -345,7 +360,7 @@ class Recorder:
             if pol.id_fn is not None:
                 msg_id = self._call_id_fn(topic, key, value)
             elif not pol.headers and k:
-                msg_id = k
+                msg_id = key_text(k)
             else:
                 msg_id = self._ids.new()
         msg_id = str(msg_id)
@@ -357,7 +372,7 @@ class Recorder:
         if existing_tp is not None:  # the message already carries a trace context: reused, never duplicated
             trace_id, span_id = parse_traceparent(existing_tp)
         elif self._spans is not None:
-            span, s_trace, s_span = self._spans.start_send(self.mq, topic, msg_id, k)
+            span, s_trace, s_span = self._spans.start_send(self.mq, topic, msg_id, key_text(k))
             # an API without SDK hands out invalid ids: ids of our own, so the trace still links
             trace_id, span_id = (s_trace, s_span) if s_trace and s_span else self._new_ids()
             add.append((TRACEPARENT, format_traceparent(trace_id, span_id)))
@@ -372,11 +387,12 @@ class Recorder:
             add = []  # header-free mode: nothing at all is added
         elif existing_id is None:
             add.append((MSG_ID_HEADER, msg_id.encode()))
-        self._emit(SENT, msg_id, topic, partition, None, None, k, None, trace_id, span_id)
-        return Send((self, msg_id, topic, partition, k, trace_id, span_id, span, add))
+        self._em_sent(msg_id, topic, partition, k, trace_id, span_id, self.mq)
+        return cls((self, msg_id, topic, partition, k, trace_id, span_id, span, add, app))
 
     def sent_instrumented(self, topic: str, key: Any = None, value: Any = None, msg_id: Any = None,
-                          headers: Any = None, partition: int | None = None) -> Send:
+                          headers: Any = None, partition: int | None = None, cls: type[Send] = Send,
+                          app: Any = None) -> Send:
         """:meth:`sent` for a client that carries OpenTelemetry's own instrumentation, which injects the
         trace context inside the client call: the identity is decided (``s.headers`` holds only the
         ``msgtrace-id`` to add: no traceparent, no span of msgtrace's, so nothing is duplicated) but
@@ -398,7 +414,7 @@ class Recorder:
         if len(msg_id) > MAX_MSG_ID_CHARS:
             msg_id = cap_msg_id(msg_id)
         add = ((MSG_ID_HEADER, msg_id.encode()),) if pol.headers and existing_id is None else ()
-        return Send((self, msg_id, topic, partition, k, None, None, None, add))
+        return cls((self, msg_id, topic, partition, k, None, None, None, add, app))
 
     def sent_done(self, send: Send, carrier: Any) -> Send:
         """Spool ``sent`` for a :meth:`sent_instrumented` send, with the trace context found in
@@ -411,8 +427,8 @@ class Recorder:
                 ctx = self._ctx.current()
                 if ctx is not None:
                     trace_id, span_id = ctx
-            rec, msg_id, topic, partition, k, _t, _s, span, add = send
-            out = Send((rec, msg_id, topic, partition, k, trace_id, span_id, span, add))
+            rec, msg_id, topic, partition, k, _t, _s, span, add, app = send
+            out = send.__class__((rec, msg_id, topic, partition, k, trace_id, span_id, span, add, app))
             self._emit(SENT, msg_id, topic, partition, None, None, k, None, trace_id, span_id)
             return out
         except Exception as e:
@@ -449,6 +465,29 @@ class Recorder:
             self._emit_rows(BROKER_ACKED, topic, partition, None, self.mq, rows)
             for span, offset in spans:
                 Spans.end_send(span, partition, offset, None)
+        except Exception as e:
+            self.hook_error(e)
+
+    def flush_acks(self) -> None:
+        """Spool the ``broker_acked`` rows waiting in :attr:`acks`, all in one frame. Never raises.
+
+        For clients whose delivery reports arrive in bursts inside one business call (confluent-kafka
+        runs them inside ``poll()`` / ``flush()``): the report appends its row to ``acks`` (one list
+        append, the time taken there: the event keeps the moment of the report) and the adapter calls
+        this before that business call returns, and whenever ``acks`` reaches
+        :data:`ACKS_FLUSH_AT` rows. So, as for every other event, a report is in the spool when the
+        call that delivered it returns; a process killed inside that call loses the reports of that
+        call only (their ``sent`` frames were spooled at the send).
+        """
+        acks = self.acks
+        if not acks:
+            return
+        try:
+            with self._acks_lock:  # appends need no lock (list.append is atomic); two drains must not overlap
+                n = len(acks)
+                rows = acks[:n]
+                del acks[:n]
+            self._emit_acks(BROKER_ACKED, self.mq, rows)
         except Exception as e:
             self.hook_error(e)
 

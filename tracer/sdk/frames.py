@@ -11,6 +11,9 @@ JSON wire line (DESIGN.md, Wire format). It appends one **frame** to the spool::
                                                    one event per Delivery entry, seq = first seq + i
     ROWS    (3, ts_us, stage, topic, partition, group, mq, rows)    one event per row
              row = (msg_id, offset, key, error, trace_id, span_id, attrs)  (a produce batch's acks)
+    ACKS    (4, stage, mq, rows)                                    one event per row, each its own time
+             row = (msg_id, topic, partition, offset, key, trace_id, span_id, time_ns)
+                                                   (delivery reports gathered during one client call)
 
 ``marshal`` serializes the tuples the hooks already hold (ints, str, bytes keys, the client's
 header pairs) in C, and leaves every per-message decision (msg_id and trace ids from the headers,
@@ -34,6 +37,7 @@ from typing import Any
 import orjson
 
 from tracer.identity import (
+    MAX_KEY_CHARS,
     MAX_MSG_ID_CHARS,
     MSG_ID_HEADER,
     REPLAY_HEADER,
@@ -48,7 +52,7 @@ from tracer.identity import (
     text,
 )
 
-EVENT, BATCH, ROWS = 1, 2, 3
+EVENT, BATCH, ROWS, ACKS = 1, 2, 3, 4
 HEADER = struct.Struct("<IQ")  # payload length, first seq
 HEADER_SIZE = HEADER.size
 MARSHAL_VERSION = 4
@@ -165,6 +169,8 @@ class Expander:
                     n = self._batch(seq, rec, out)
                 elif kind == ROWS:
                     n = self._rows(seq, rec, out)
+                elif kind == ACKS:
+                    n = self._acks(seq, rec, out)
                 else:
                     raise ValueError(f"unknown frame kind {kind!r}")
                 events += n
@@ -179,11 +185,14 @@ class Expander:
         (_, ts_us, stage, msg_id, topic, partition, offset, group, key, error, trace_id, span_id, attrs, mq) = rec
         if len(msg_id) > MAX_MSG_ID_CHARS:
             msg_id = cap_msg_id(msg_id)
-        if key is not None:
-            key = key_text(key)
-        return (self._head(stage, topic or "", group, mq, partition) + b'%012x","seq":%d,' % (seq, seq)
-                + _dumps({"ts_us": ts_us, "msg_id": msg_id, "offset": offset, "key": key, "error": error,
-                          "trace_id": trace_id, "span_id": span_id, "attrs": attrs or _NO_ATTRS})[1:] + b"\n")
+        dumps = _dumps
+        # one %-format over the constant text (what orjson would write for the dict, byte for byte)
+        return self._head(stage, topic or "", group, mq, partition) + _EVENT_LINE % (
+            seq, seq, ts_us if ts_us.__class__ is int else int(ts_us), dumps(msg_id),
+            b"null" if offset is None else (b"%d" % offset if offset.__class__ is int else dumps(offset)),
+            b"null" if key is None else dumps(key_text(key)), b"null" if error is None else dumps(error),
+            b"null" if trace_id is None else dumps(trace_id), b"null" if span_id is None else dumps(span_id),
+            dumps(attrs) if attrs else b"{}")
 
     def _batch(self, seq: int, rec: tuple[Any, ...], out: list[bytes]) -> int:
         (_, ts_us, stage, topic, partition, group, mq, offset, offsets, entries) = rec
@@ -248,10 +257,39 @@ class Expander:
         return len(rows)
 
 
+    def _acks(self, seq: int, rec: tuple[Any, ...], out: list[bytes]) -> int:
+        (_, stage, mq, rows) = rec
+        dumps = _dumps
+        append = out.append
+        line = _LINE
+        null = b"null"
+        last: tuple[Any, Any] | None = None
+        head = b""
+        for i, (msg_id, topic, partition, offset, key, trace_id, span_id, ts_ns) in enumerate(rows):
+            if (topic, partition) != last:  # the rows of a frame mostly share one partition
+                last = (topic, partition)
+                head = self._head(stage, topic, None, mq, partition)
+            if len(msg_id) > MAX_MSG_ID_CHARS:
+                msg_id = cap_msg_id(msg_id)
+            if key is not None:
+                key = dumps(key.decode("utf-8", "replace") if key.__class__ is bytes and len(key) <= MAX_KEY_CHARS
+                            else key_text(key))
+            s = seq + i
+            append(head + line % (
+                s, s, ts_ns // 1000, dumps(msg_id),
+                null if offset is None else (b"%d" % offset if offset.__class__ is int else dumps(offset)),
+                null if key is None else key, null if trace_id is None else dumps(trace_id),
+                null if span_id is None else dumps(span_id), b"{}"))
+        return len(rows)
+
+
 #: the variable part of a delivery's line (after the head): seq hex, seq, ts, msg_id, offset, key, ids, attrs
 _LINE = (b'%012x","seq":%d,"ts_us":%d,"msg_id":%b,"offset":%b,"key":%b,"error":null,"trace_id":%b,'
          b'"span_id":%b,"attrs":%b}\n')
 _NULL_IDS = (b"null", b"null")
+#: the same for one event of any stage (error as given)
+_EVENT_LINE = (b'%012x","seq":%d,"ts_us":%d,"msg_id":%b,"offset":%b,"key":%b,"error":%b,"trace_id":%b,'
+               b'"span_id":%b,"attrs":%b}\n')
 
 
 def _as_bytes(v: Any) -> bytes:
@@ -278,5 +316,5 @@ def sanitize_entries(entries: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]
     return out
 
 
-__all__ = ["EVENT", "BATCH", "ROWS", "HEADER", "HEADER_SIZE", "SpoolMeta", "Expander", "Expanded", "encode",
+__all__ = ["EVENT", "BATCH", "ROWS", "ACKS", "HEADER", "HEADER_SIZE", "SpoolMeta", "Expander", "Expanded", "encode",
            "split_frames", "sanitize_entries"]

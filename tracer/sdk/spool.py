@@ -33,6 +33,8 @@ import os
 import re
 import shutil
 import socket
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -120,6 +122,34 @@ def read_meta(path: str) -> SpoolMeta | None:
         return None
 
 
+#: madvise(MADV_POPULATE_WRITE) (Linux >= 5.14): fault a mapping's pages in, writable, ahead of use
+_MADV_POPULATE_WRITE = 23 if sys.platform.startswith("linux") else None
+_populate_ok = [True]
+
+
+def _populate_later(mm: mmap.mmap) -> None:
+    """Fault a new segment's pages in on a short-lived thread (madvise releases the GIL), so the
+    business thread's appends find them mapped: the first write to each page of a fresh shared file
+    mapping costs a page fault (allocation, zeroing, dirty tracking: ~6 us per 4 KiB page on this
+    kind of VM, ~170 ns per 112-byte frame), which this moves off the business thread. Best effort:
+    a kernel without MADV_POPULATE_WRITE just leaves the faults where they were."""
+    if _MADV_POPULATE_WRITE is None or not _populate_ok[0]:
+        return
+
+    def run() -> None:
+        try:
+            mm.madvise(_MADV_POPULATE_WRITE)
+        except OSError:
+            _populate_ok[0] = False  # not supported here: not tried again
+        except (ValueError, TypeError):
+            pass  # closed meanwhile
+
+    try:
+        threading.Thread(target=run, daemon=True, name="msgtrace-spool-populate").start()
+    except RuntimeError:  # interpreter shutting down
+        pass
+
+
 class SpoolWriter:
     """The owner's side: append frames into memory-mapped segments, hold the liveness lock.
 
@@ -174,6 +204,7 @@ class SpoolWriter:
             raise
         finally:
             os.close(fd)
+        _populate_later(mm)
         old, self._mm = self._mm, mm
         finished = (self.segno, self.seg_size)
         self.segno, self.seg_size, self.seg_cap = n, 0, cap

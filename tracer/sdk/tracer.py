@@ -144,65 +144,72 @@ class Tracer:
         """Context manager: business_done on success, business_failed (re-raised) on an exception."""
         return _Processing(self, record_or_msg_id, consumer_group)
 
-    def record(self, stage: str, msg_id: Any, **fields: Any) -> None:
+    def record(self, stage: str, msg_id: Any, *, topic: Any = None, partition: Any = None, offset: Any = None,
+               consumer_group: Any = None, group: Any = None, key: Any = None, error: Any = None,
+               trace_id: Any = None, span_id: Any = None, mq: Any = None, ts_us: Any = 0, attrs: Any = None,
+               **fields: Any) -> None:
         """Record any stage by hand (other MQs, dead_lettered, ...). Never raises.
 
-        ``msg_id``: the id, or a received record (its identity is looked up; a record re-published by
-        ``msgtrace replay`` adds ``replay_run`` to attrs). Fields: topic, partition, offset,
-        consumer_group (or group), key, error, trace_id, span_id, mq, ts_us, attrs (dict); any other
-        keyword goes into attrs as text, e.g. ``record("dead_lettered", record, dlq_topic="orders.dlq",
-        dlq_partition=0, dlq_offset=42)``: where the DLQ copy went (``msgtrace replay`` reads it there).
+        ``msg_id``: the id, or a received record (its identity is looked up: its topic, partition,
+        offset, group and trace ids fill the fields not given; a record re-published by ``msgtrace
+        replay`` adds ``replay_run`` to attrs). Fields: topic, partition, offset, consumer_group (or
+        group), key, error, trace_id, span_id, mq, ts_us, attrs (dict); any other keyword goes into
+        attrs as text, e.g. ``record("dead_lettered", record, dlq_topic="orders.dlq", dlq_partition=0,
+        dlq_offset=42)``: where the DLQ copy went (``msgtrace replay`` reads it there).
+
+        The named fields are keyword parameters (parsed by the interpreter, not popped from a dict):
+        this runs on the business thread, once per event.
         """
         try:
             if stage not in STAGES:
                 raise ValueError(f"unknown stage {stage!r} (one of {', '.join(sorted(STAGES))})")
-            stage = str(stage)
+            if stage.__class__ is not str:
+                stage = str(stage)
+            if consumer_group is None:
+                consumer_group = group
             if msg_id.__class__ is not str:
                 if isinstance(msg_id, str):
                     msg_id = str(msg_id)
                 else:
                     ident = self._identify(msg_id, None)
                     msg_id = ident.msg_id
-                    for name in ("topic", "partition", "offset", "consumer_group", "trace_id", "span_id"):
-                        fields.setdefault(name, getattr(ident, name))
+                    if topic is None:
+                        topic = ident.topic
+                    if partition is None:
+                        partition = ident.partition
+                    if offset is None:
+                        offset = ident.offset
+                    if consumer_group is None:
+                        consumer_group = ident.consumer_group
+                    if trace_id is None:
+                        trace_id = ident.trace_id
+                    if span_id is None:
+                        span_id = ident.span_id
                     if ident.replay_run:  # a record re-published by msgtrace replay: its events name the run
                         fields.setdefault("replay_run", ident.replay_run[:256])
-            pop = fields.pop
-            topic = pop("topic", None) or ""
-            partition = pop("partition", None)
-            offset = pop("offset", None)
-            group = pop("consumer_group", None)
-            if "group" in fields:
-                g = pop("group")
-                group = g if group is None else group
-            key = pop("key", None)
             if key is not None:
                 key = key_text(key)
-            error = pop("error", None)
             if error is not None:
-                if isinstance(error, BaseException):
-                    error = error_text(error)
-                elif isinstance(error, str):
+                if error.__class__ is str:
                     if len(error) > MAX_ERROR_CHARS:
                         error = error[:MAX_ERROR_CHARS] + "..."
+                elif isinstance(error, BaseException):
+                    error = error_text(error)
                 else:
                     error = error_text(str(error))
-            trace_id = pop("trace_id", None)
-            span_id = pop("span_id", None)
-            mq = pop("mq", None)
-            ts_us = int(pop("ts_us", 0) or 0)
-            given = pop("attrs", None)
-            attrs: dict[str, str] | None = None
-            if given or fields:
-                attrs = {str(k): str(v) for k, v in given.items()} if given else {}
+            out: dict[str, str] | None = None
+            if attrs or fields:
+                out = {str(k): str(v) for k, v in attrs.items()} if attrs else {}
                 for k, v in fields.items():
-                    attrs[k] = str(v)
+                    out[k] = str(v)
                 # one audit line must always fit an audit record: cap what callers hand us
-                if any(len(k) > 256 or len(v) > MAX_ATTR_CHARS for k, v in attrs.items()):
-                    attrs = {k[:256]: v if len(v) <= MAX_ATTR_CHARS else v[:MAX_ATTR_CHARS] + "..."
-                             for k, v in attrs.items()}
-            self._emitter.emit(stage, msg_id, topic, partition, offset, group, key, error, trace_id, span_id,
-                               attrs, mq, ts_us)
+                for k, v in out.items():
+                    if len(k) > 256 or len(v) > MAX_ATTR_CHARS:
+                        out = {k[:256]: v if len(v) <= MAX_ATTR_CHARS else v[:MAX_ATTR_CHARS] + "..."
+                               for k, v in out.items()}
+                        break
+            self._emitter.emit(stage, msg_id, topic or "", partition, offset, consumer_group, key, error, trace_id,
+                               span_id, out, mq, int(ts_us or 0))
         except Exception as e:
             self._emitter.counters["invalid"] += 1
             self._hook_error(e)
@@ -210,12 +217,19 @@ class Tracer:
     # --- control ------------------------------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything recorded so far is shipped; False if not within ``timeout``."""
+        self._flush_acks()
         return self._emitter.flush(timeout)
 
     def close(self, timeout: float | None = 5.0) -> bool:
         """Ship what can be shipped within ``timeout`` and stop; the rest stays in the spool."""
         _LIVE.discard(self)
+        self._flush_acks()
         return self._emitter.close(timeout)
+
+    def _flush_acks(self) -> None:
+        """Delivery reports the adapters gathered and have not spooled yet (``Recorder.flush_acks``)."""
+        for r in list(self._recorders.values()):
+            r.flush_acks()
 
     def __enter__(self) -> Tracer:
         return self
