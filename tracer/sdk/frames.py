@@ -233,13 +233,26 @@ class Expander:
                 k = b"null"
                 off = offset
                 if offsets and offset is not None and pos is not None:
-                    attrs = {**attrs, "record_offset": str(pos)} if attrs else {"record_offset": str(pos)}
+                    if attrs:
+                        a = dumps({**attrs, "record_offset": str(pos)})
+                    elif pos.__class__ is int:  # what orjson writes for {"record_offset": str(pos)}
+                        a = b'{"record_offset":"%d"}' % pos
+                    else:
+                        a = dumps({"record_offset": str(pos)})
+                else:
+                    a = dumps(attrs) if attrs else b"{}"
             else:
-                k = b"null" if key is None else dumps(key_text(key))
+                if key is None:
+                    k = b"null"
+                elif key.__class__ is bytes and len(key) <= MAX_KEY_CHARS:
+                    k = dumps(key.decode("utf-8", "replace"))
+                else:
+                    k = dumps(key_text(key))
                 off = pos if offsets else offset
+                a = dumps(attrs) if attrs else b"{}"
             s = seq + i
             append(head + _LINE % (s, s, ts_us, dumps(mid), b"null" if off is None else b"%d" % off, k, ids[0],
-                                   ids[1], dumps(attrs) if attrs else b"{}"))
+                                   ids[1], a))
         return len(entries)
 
     def _rows(self, seq: int, rec: tuple[Any, ...], out: list[bytes]) -> int:
