@@ -56,3 +56,55 @@ def test_queue_delivered_later_is_lost_in_broker(store_url, tmp_path):
         if store.engine == "clickhouse":
             store.command("DROP DATABASE IF EXISTS {db:Identifier}")
         store.close()
+
+
+def test_a_delivery_its_queue_never_gave_again_is_lost_in_consumer(store_url, tmp_path):
+    """RabbitMQ requeues an unacked delivery when its consumer's channel closes and delivers it again
+    first. A delivery neither acked nor seen again while its queue went on delivering for longer than the
+    grace was settled outside the hooks (or is held by a stuck handler): lost_in_consumer. Within the
+    grace, or when the queue delivered nothing since, it stays in_flight."""
+    t0 = (time.time_ns() // 1000) - 3600 * S
+    grace = 300
+    t = Tracer(service="red-packet", store=store_url, spool_dir=str(tmp_path / "spool"), mq="rabbitmq")
+
+    def publish(mid: str, at: int) -> None:
+        t.record("sent", mid, topic="orders", key="paid", ts_us=t0 + at * S)
+        t.record("broker_acked", mid, topic="orders", key="paid", ts_us=t0 + at * S + 1000)
+
+    def deliver(mid: str, at: int, queue: str, settled: bool = True) -> None:
+        stages = ("received", "business_done", "offset_committed") if settled else ("received",)
+        for i, stage in enumerate(stages):
+            t.record(stage, mid, topic="orders", key="paid", consumer_group=queue, ts_us=t0 + at * S + i * 1000)
+
+    publish("m:dropped", 1)
+    deliver("m:dropped", 2, "red-packet", settled=False)  # taken, never acked, never again
+    publish("m:recent", 10)
+    deliver("m:recent", 2 + grace, "red-packet", settled=False)  # taken just before the queue's last delivery
+    publish("m:later", 20)
+    deliver("m:later", 2 + grace + 60, "red-packet")  # the queue went on, past the grace after m:dropped
+    publish("m:idle", 30)
+    deliver("m:idle", 31, "points", settled=False)  # its queue delivered nothing since: RabbitMQ will
+    publish("m:points-before", 25)
+    deliver("m:points-before", 30, "points")
+    assert t.close(30)
+
+    store = Store(store_url)
+    try:
+        now = t0 + 3000 * S
+        res = reconcile(store, t0 - S, t0 + 1200 * S, grace_s=grace, now_us=now, write=False,
+                        groups=("red-packet", "points"))
+        rows = {(r.msg_id, r.consumer_group): r for r in res.rows}
+        got = {k: r.verdict for k, r in rows.items()}
+        assert got[("m:dropped", "red-packet")] == V.LOST_IN_CONSUMER, rows[("m:dropped", "red-packet")].evidence
+        assert got[("m:recent", "red-packet")] == V.IN_FLIGHT  # only 60 s before the queue's latest delivery
+        assert got[("m:idle", "points")] == V.IN_FLIGHT
+        lost = rows[("m:dropped", "red-packet")]
+        assert lost.decided_by == "queue_never_redelivered"
+        assert "never acked nor received again" in lost.evidence and "'m:later'" in lost.evidence
+        [v] = [v for v in judge_message(store, "m:dropped", groups=("red-packet",), now_us=now)
+               if v.consumer_group == "red-packet"]
+        assert v.verdict == V.LOST_IN_CONSUMER
+    finally:
+        if store.engine == "clickhouse":
+            store.command("DROP DATABASE IF EXISTS {db:Identifier}")
+        store.close()

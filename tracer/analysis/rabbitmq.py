@@ -8,6 +8,15 @@ bindings routed both to that queue), and never delivered this one: it had left t
 -- a non-persistent message across a broker restart, a queue purged or deleted and declared again, a
 message expired (TTL) or dropped by a length limit. The pair becomes ``lost_in_broker``.
 
+A delivery is settled by its consumer (``basic_ack``, ``basic_nack``/``basic_reject``) or, unacked,
+goes back to the queue when the consumer's channel closes, and is delivered again first
+(``queue_never_redelivered``): an ``in_flight`` pair (received, neither acked nor done) whose queue
+delivered other messages more than the grace period after it was taken, and that never came back, was
+settled outside the hooks (an ack on an untraced channel, a reject) or is held unprocessed by a stuck
+handler: either way the business effect did not happen, so the pair becomes ``lost_in_consumer``. A
+queue that delivered nothing since stays ``in_flight`` (RabbitMQ will redeliver it to the next
+consumer). The grace is the margin: it also absorbs the clock skew between consumer hosts.
+
 Pairs with a partition (Kafka) are never looked at here: their evidence is in :mod:`tracer.analysis.broker`.
 
 The same ordering of a queue shapes which queues are *expected* to get a message: an exchange routes
@@ -20,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from tracer import verdicts as V
 from tracer.analysis.broker import EvidenceContext
@@ -75,6 +85,41 @@ def queue_delivered_later(ctx: EvidenceContext, rows: list[Verdict], after: str)
                      f"{q.by_msg!r}, sent at {fmt_us(q.latest_sent)} from the same host ({host}) to the same "
                      f"exchange and routing key ({topic!r}, {key!r}) after this message was acked at "
                      f"{fmt_us(f.ack_ts)}; a queue delivers in order, so this one had left it undelivered")
+
+
+def queue_never_redelivered(ctx: EvidenceContext, rows: list[Verdict], after: str) -> None:
+    cands = [r for r in rows if r.verdict == V.IN_FLIGHT and r.consumer_group and r.facts is not None
+             and not r.facts.located and r.facts.recv_ts > 0 and not r.decided_by]
+    if not cands:
+        return
+    base = ctx.window.scan()
+    grace_us = ctx.window.grace_s * 1_000_000
+    holders: dict[tuple[str, str], dict[str, Any]] = {}
+    ids = sorted({r.msg_id for r in cands})
+    for i in range(0, len(ids), _BATCH):
+        for row in ctx.store.query(render("reconcile_queue_holders"), {**base, "ids": ids[i:i + _BATCH]},
+                                   small=True):
+            holders[(row["msg_id"], row["consumer_group"])] = row
+    if not holders:
+        return
+    latest = {q["consumer_group"]: q for q in ctx.store.query(render("reconcile_queue_activity"), {
+        **base, "groups": sorted({r.consumer_group for r in cands})}, small=True)}
+    for r in cands:
+        h = holders.get((r.msg_id, r.consumer_group))
+        q = latest.get(r.consumer_group)
+        if h is None or q is None:
+            continue
+        taken = int(h["received_ts"])
+        went_on = int(q["latest_received"])
+        if went_on - taken <= grace_us or q["by_msg"] == r.msg_id:
+            continue
+        r.refine(after, Evidence.QUEUE_NEVER_REDELIVERED.value,
+                 f"{r.evidence}; decided by {Evidence.QUEUE_NEVER_REDELIVERED.value}: taken by {h['holder_host']} "
+                 f"(emitter {h['holder']}) at {fmt_us(taken)}, never acked nor received again, while queue "
+                 f"{r.consumer_group!r} went on delivering (latest {q['by_msg']!r} at {fmt_us(went_on)}, "
+                 f"{(went_on - taken) / 1e6:.0f} s later, past the {ctx.window.grace_s} s grace); RabbitMQ "
+                 "requeues an unacked delivery when its channel closes, so the consumer settled it outside "
+                 "the hooks (an untraced ack or reject) or its handler still holds it unprocessed")
 
 
 # --- the queues expected for a message: its (exchange, routing key) ------------------------------------
@@ -167,4 +212,4 @@ def drop_unrouted(store: Store, window: Window, rows: list[Verdict]) -> list[Ver
     return keep
 
 
-__all__ = ["Route", "drop_unrouted", "queue_delivered_later", "route_groups", "routes"]
+__all__ = ["Route", "drop_unrouted", "queue_delivered_later", "queue_never_redelivered", "route_groups", "routes"]

@@ -25,6 +25,7 @@ CHECKERS: dict[tuple[str, Evidence], Checker] = {
     (V.PENDING_IN_BROKER, Evidence.QUEUE_DELIVERED_LATER): rabbitmq.queue_delivered_later,
     (V.IN_FLIGHT, Evidence.COMMITTED_OFFSET_PASSED): consumer.committed_offset_passed,
     (V.IN_FLIGHT, Evidence.LIVE_COMMITTED_OFFSET): consumer.live_committed_offset,
+    (V.IN_FLIGHT, Evidence.QUEUE_NEVER_REDELIVERED): rabbitmq.queue_never_redelivered,
 }
 assert set(CHECKERS) == {(r.before, r.evidence) for r in REFINEMENTS}, "a checker for every refinement"
 

@@ -323,6 +323,7 @@ class Evidence(StrEnum):
     LIVE_COMMITTED_OFFSET = "live_committed_offset"
     COMMITTED_OFFSET_PASSED = "committed_offset_passed"
     QUEUE_DELIVERED_LATER = "queue_delivered_later"
+    QUEUE_NEVER_REDELIVERED = "queue_never_redelivered"
     #: the audit's own gaps (tracer.analysis.gaps): not evidence of a loss, evidence that the audit
     #: cannot tell (AUDIT_GAP_REFINEMENTS)
     PRODUCER_SEQ_GAP = "producer_seq_gap"
@@ -356,6 +357,10 @@ REFINEMENTS: tuple[Refinement, ...] = (
                "the group committed past it after receiving it, in the same log epoch"),
     Refinement(V.IN_FLIGHT, V.LOST_IN_CONSUMER, Evidence.LIVE_COMMITTED_OFFSET,
                "Kafka reports the group's committed offset past it (live; no log reset since)"),
+    Refinement(V.IN_FLIGHT, V.LOST_IN_CONSUMER, Evidence.QUEUE_NEVER_REDELIVERED,
+               "RabbitMQ (no offsets): the delivery was neither acked nor redelivered for longer than the grace "
+               "while its queue went on delivering; RabbitMQ requeues an unacked delivery when its channel "
+               "closes, so its consumer settled it outside the hooks or still holds it unprocessed"),
 )
 
 
