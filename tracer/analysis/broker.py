@@ -53,7 +53,9 @@ def live_committed(bootstrap: str, group: str, topic: str, part: int, timeout_s:
         from kafka import KafkaConsumer, TopicPartition
 
         c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
-                          request_timeout_ms=int(timeout_s * 1000), **security)
+                          request_timeout_ms=int(timeout_s * 1000),
+                          # kafka-python waits 30 s for a first broker by default, whatever the request timeout
+                          bootstrap_timeout_ms=int(timeout_s * 1000), **security)
         try:
             value = c.committed(TopicPartition(topic, part))
             return int(value) if value is not None else None
@@ -74,7 +76,9 @@ def live_log_start(bootstrap: str, topic: str, part: int, timeout_s: float = 10.
         from kafka import KafkaConsumer, TopicPartition
 
         c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                          request_timeout_ms=int(timeout_s * 1000), **security)
+                          request_timeout_ms=int(timeout_s * 1000),
+                          # kafka-python waits 30 s for a first broker by default, whatever the request timeout
+                          bootstrap_timeout_ms=int(timeout_s * 1000), **security)
         try:
             tp = TopicPartition(topic, part)
             value = c.beginning_offsets([tp], timeout_ms=int(timeout_s * 1000)).get(tp)

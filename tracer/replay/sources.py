@@ -74,7 +74,8 @@ class BusinessKafka:
             self._c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                                     allow_auto_create_topics=False, auto_offset_reset="none",
                                     client_id="msgtrace-replay", request_timeout_ms=int(timeout_s * 1000) + 5000,
-                                    max_poll_records=500, **security)
+                                    max_poll_records=500, bootstrap_timeout_ms=int(timeout_s * 1000) + 5000,
+                                    **security)
         except KafkaError as e:
             raise ConfigError(f"cannot reach the business Kafka at {bootstrap}: {describe(e)}") from None
         self._parts: dict[str, set[int]] = {}
