@@ -173,12 +173,13 @@ def test_expected_exit_codes_and_comparison():
     cats["never_sent"].orders.append("o-1")
     cats["lost_in_consumer"].orders.append("o-2")
     report = {"messages": [
-        {"msg_id": "o-1:paid", "consumer_group": "red-packet", "verdict": "audit_gap", "flags": ["replayed"]},
-        {"msg_id": "o-1:paid", "consumer_group": "points", "verdict": "never_sent", "flags": []},
+        {"msg_id": "o-1:paid", "consumer_group": "red-packet", "verdict": "delivered", "flags": ["replayed"]},
+        {"msg_id": "o-1:paid", "consumer_group": "points", "verdict": "audit_gap", "flags": ["replayed"]},
         {"msg_id": "o-2:paid", "consumer_group": "red-packet", "verdict": "delivered", "flags": ["replayed"]}]}
     rows = {(r.category, r.consumer_group): r for r in compare(cats, report, after=True)}
-    assert rows[("never_sent", "red-packet")].known_gap == 1 and rows[("never_sent", "red-packet")].ok
-    assert not rows[("never_sent", "points")].ok  # not recovered at all: a miss, not a known gap
+    assert rows[("never_sent", "red-packet")].ok and rows[("never_sent", "red-packet")].known_gap == 0
+    # a rebuilt message is expected delivered +replayed: audit_gap is a miss (no known gap is declared)
+    assert not rows[("never_sent", "points")].ok and rows[("never_sent", "points")].known_gap == 0
     assert rows[("lost_in_consumer", "red-packet")].ok and rows[("lost_in_consumer", "points")].ok  # unlisted: delivered
     before = {(r.category, r.consumer_group): r for r in compare(cats, report)}
     assert not before[("lost_in_consumer", "red-packet")].ok  # before the replay it had to be lost_in_consumer
