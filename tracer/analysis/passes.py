@@ -67,7 +67,6 @@ def _stage_parts() -> dict[str, str]:
 def pairs_sql(events: str, exact: bool = True) -> str:
     """Pass 2 (``reconcile_pairs.sql``) for the events ``events`` selects (a generated fragment)."""
     return render("reconcile_pairs", events=events, counts=_EXACT_COUNTS if exact else _ROW_COUNTS,
-                  event_cols="event_id," if exact else "",
                   verdict=R.verdict_sql(PAIR_NAMES), flags=R.flags_sql(PAIR_NAMES), stage_bit=R.stage_bit_sql(),
                   producer_stages=R.stage_list_sql(R.PRODUCER_STAGES))
 
@@ -259,12 +258,6 @@ def pass1(store: Store, scope: Scope) -> Pass1:
 #: above this many candidate messages, pass 2 selects their events by hash directly (their events
 #: are then in nearly every granule anyway) instead of resolving the ids first and reading by key
 RESOLVE_MAX = 1000
-#: up to this many candidates (and :data:`INLINE_CHARS` characters of ids) travel as a bound array
-#: parameter instead of a staging table (whose CREATE + insert cost ~40-60 ms on chDB); bounded so
-#: that the query text stays well under ClickHouse 18.16's max_query_size (256 KiB), where the driver
-#: renders parameters into the text
-INLINE_MAX = 5000
-INLINE_CHARS = 100_000
 
 
 class Stager(Protocol):
@@ -292,46 +285,26 @@ def pass2(store: Store, scope: Scope, first: Pass1, stage: Stager) -> list[Decid
         return []
     params = {**scope.params(), **first.topic_groups.params()}
     cut = scope.window.cut_us
-    hashes = sorted(first.hashes)
-    if hashes and len(hashes) > RESOLVE_MAX:
-        events, bound = _hash_filter(stage, hashes)
+    if first.hashes and len(first.hashes) > RESOLVE_MAX:
+        table = stage.hashes(sorted(first.hashes), "k")
+        events = f"cityHash64(msg_id) IN (SELECT h FROM {{db:Identifier}}.`{table.name}`)"
     else:
         ids = set(first.messages)
-        if hashes:
-            if len(hashes) <= INLINE_MAX:
-                resolve = store.query(render("reconcile_resolve_list"), {**scope.window.scan(), "hashes": hashes})
-            else:
-                resolve = store.query(render("reconcile_resolve", hashes=stage.hashes(hashes, "k")),
-                                      scope.window.scan())
-            ids |= {r["msg_id"] for r in resolve}
+        if first.hashes:
+            table = stage.hashes(sorted(first.hashes), "k")
+            ids |= {r["msg_id"] for r in store.query(render("reconcile_resolve", hashes=table), scope.window.scan())}
         if not ids:
             return []
-        events, bound = _id_filter(stage, sorted(ids), "c")
+        events = in_table("msg_id", stage.ids(sorted(ids), "c"))
     # by message: counted by rows first; messages whose counts may include duplicates again exactly
-    rows = store.query(pairs_sql(events, exact=not first.by_message), {**params, **bound})
+    rows = store.query(pairs_sql(events, exact=not first.by_message), params)
     unsure = sorted({r["msg_id"] for r in rows if r["unsure"]})
     if unsure:
         again = set(unsure)
-        events, bound = _id_filter(stage, unsure, "u")
         rows = [r for r in rows if r["msg_id"] not in again] + \
-            store.query(pairs_sql(events, exact=True), {**params, **bound})
+            store.query(pairs_sql(in_table("msg_id", stage.ids(unsure, "u")), exact=True), params)
     return _with_half_messages(store, _with_replay_runs(store, [Decided.from_row(r, cut) for r in rows],
                                                         scope.window.scan()), scope.window.scan())
-
-
-def _hash_filter(stage: Stager, hashes: list[int]) -> tuple[str, dict[str, Any]]:
-    """Pass 2's {events} for messages named by hash, and the parameters it binds."""
-    if len(hashes) <= INLINE_MAX:
-        return "cityHash64(msg_id) IN (SELECT arrayJoin({cand_hashes:Array(UInt64)}))", {"cand_hashes": hashes}
-    table = stage.hashes(hashes, "k")
-    return f"cityHash64(msg_id) IN (SELECT h FROM {{db:Identifier}}.`{table.name}`)", {}
-
-
-def _id_filter(stage: Stager, ids: list[str], tag: str) -> tuple[str, dict[str, Any]]:
-    """Pass 2's {events} for messages named by id (read by primary key), and the parameters it binds."""
-    if len(ids) <= INLINE_MAX and sum(len(m) for m in ids) <= INLINE_CHARS:
-        return "msg_id IN (SELECT arrayJoin({cand_ids:Array(String)}))", {"cand_ids": ids}
-    return in_table("msg_id", stage.ids(ids, tag)), {}
 
 
 def _with_half_messages(store: Store, decided: list[Decided], scan: dict[str, Any]) -> list[Decided]:
