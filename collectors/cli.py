@@ -91,6 +91,28 @@ def _status_text(stats: Any, state: str, rate: float) -> str:
             f"lag {lag} records  quarantined {stats.quarantined:,}  last commit {last}")
 
 
+def _collect_from(path: str, fmt: str, store_url: str | None, batch: int, as_json: bool) -> None:
+    """``collect --from``: the importer's path (tracer.ingest), the file read in batches as it comes."""
+    from tracer.cli.importer import _open, _summary
+    from tracer.ingest import import_events, import_rocketmq_trace
+    from tracer.store import Store
+
+    stream = _open(path)
+    try:
+        with Store(store_url) as store:
+            if fmt == "rocketmq-trace":
+                stats = import_rocketmq_trace(store, stream, batch_records=batch)
+            else:
+                stats = import_events(store, stream, batch_records=batch)
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    if as_json:
+        sys.stdout.write(orjson.dumps(stats.to_dict()).decode() + "\n")
+    else:
+        _summary(stats, "trace records" if fmt == "rocketmq-trace" else "lines")
+
+
 @click.command("collect")
 @bootstrap_option
 @audit_topic_option
@@ -120,12 +142,19 @@ def _status_text(stats: Any, state: str, rate: float) -> str:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="Least severe log level written to stderr.")
 @click.option("--log-json", is_flag=True, help="Log JSON lines instead of logfmt.")
+@click.option("--from", "from_path", metavar="FILE|-",
+              help="Collect from a file, or stdin with -, instead of the audit topic: a dump of the audit topic "
+                   "(msgtrace's NDJSON events) or of RocketMQ's trace topic (--format rocketmq-trace), streamed in "
+                   "batches; the same validation, de-duplication and quarantine ('msgtrace import' does the same, "
+                   "with the RocketMQ mapping's options).")
+@click.option("--format", "from_format", type=click.Choice(["events", "rocketmq-trace"]), default="events",
+              show_default=True, help="With --from: what the records are.")
 @json_option
 @handle_errors
 def collect(bootstrap: str | None, audit_topic: str, store_url: str | None, group_id: str, until_idle: bool,
             batch_events: int, batch_wait: float, session_timeout: float, startup_timeout: float,
             metrics_port: int | None, metrics_host: str, unhealthy_after: float, log_level: str, log_json: bool,
-            as_json: bool) -> None:
+            from_path: str | None, from_format: str, as_json: bool) -> None:
     """Collect audit events from Kafka into ClickHouse (at least once, de-duplicated).
 
     Run several with the same --group to share the audit topic's partitions: a rebalance (one
@@ -135,6 +164,9 @@ def collect(bootstrap: str | None, audit_topic: str, store_url: str | None, grou
     from .run import run_collector
     from .types import CollectorStats
 
+    if from_path is not None:
+        _collect_from(from_path, from_format, store_url, batch_events, as_json)
+        return
     setup_logging(log_level, log_json)
     stats = CollectorStats()
     metrics = None
