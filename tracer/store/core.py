@@ -14,6 +14,12 @@ SQL lives in ``queries/*.sql`` and runs unchanged on both. Values are always
 bound as ``{name:Type}`` parameters: chDB binds them server side; for old
 servers without parameters the driver's own escaping renders them. Identifiers
 (the database name) are validated, never taken raw from input.
+
+Longer than the usual ~500 lines on purpose: it is the one place that knows both engines (URL
+parsing and secrets, chDB's process lock and sessions, the server's driver and its typed errors,
+parameter rendering for old servers, the columnar inserts), so the rest of msgtrace sees one
+``Store`` whatever it runs on; the schema (:mod:`tracer.store.schema`), the Native-format insert
+(:mod:`tracer.store.native`), clusters and retention have modules of their own.
 """
 from __future__ import annotations
 
