@@ -8,6 +8,9 @@ future's success callback, the commit hook), with a ``NullSink`` so no shipping 
 the thread's CPU time (``time.thread_time``), so other processes on a shared machine inflate them
 less than wall time would; each figure is the median of ``--repeats`` interleaved runs, the
 traced figures paired with a plain run of the same repeat. ``--profile X`` prints a cProfile of X.
+confluent-kafka's ``produce()`` is timed into its local queue (no broker, no delivery report:
+``bench_clients.py --breakdown`` has those), against a plain ``produce()`` carrying the one header
+and the per-message callback msgtrace hands it.
 ``bench_hooks.py`` measures the whole thing (kafka-python, broker, shipping) against plain kafka-python.
 """
 from __future__ import annotations
@@ -184,10 +187,37 @@ def run_iterate(tracer: Tracer | None, batches: list[dict[Any, Any]], n: int) ->
     return (_clock() - t0) / n
 
 
+def run_confluent_produce(tracer: Tracer | None, n: int) -> float:
+    """confluent-kafka's ``produce()`` into its local queue (no broker: nothing is sent, no report
+    runs): plain with one 36-byte header and a per-message callback (what msgtrace hands it), or
+    traced. The queue is purged after each run."""
+    from confluent_kafka import Producer
+
+    raw = Producer({"bootstrap.servers": "127.0.0.1:1", "queue.buffering.max.messages": n + 10,
+                    "queue.buffering.max.kbytes": 4 << 20, "message.timeout.ms": 600000, "log_level": 0})
+    p: Any = tracer.wrap_producer(raw) if tracer is not None else raw
+
+    def dr(err: Any, msg: Any) -> None:
+        pass
+
+    t0 = _clock()
+    if tracer is None:
+        for i in range(n):
+            p.produce("bench", VALUE, b"k%d" % (i & 63), callback=dr,
+                      headers=[("msgtrace-id", b"fb0a6cd3-870c-407f-9ef9-%012x" % i)])
+    else:
+        for i in range(n):
+            p.produce("bench", VALUE, b"k%d" % (i & 63))
+    dt = _clock() - t0
+    raw.purge()
+    raw.flush(0)
+    return dt / n
+
+
 def run_record(tracer: Tracer, n: int) -> float:
     rec = tracer.record
     t0 = _clock()
-    for i in range(n):
+    for _ in range(n):
         rec("dead_lettered", "0b5e1f2a-1111-4000-8000-000000000001", topic="bench", consumer_group="g",
             dlq_topic="bench.dlq")
     return (_clock() - t0) / n
@@ -195,7 +225,7 @@ def run_record(tracer: Tracer, n: int) -> float:
 
 def run_processing_id(tracer: Tracer, n: int) -> float:
     t0 = _clock()
-    for i in range(n):
+    for _ in range(n):
         with tracer.processing("0b5e1f2a-1111-4000-8000-000000000001", "g"):
             pass
     return (_clock() - t0) / n
@@ -248,6 +278,12 @@ def main() -> None:
                "iteration/received (added)": t_iter - p_iter,
                "processing(record)": t_proc, "processing(msg_id)": run_processing_id(tracer, n),
                "record()": run_record(tracer, n), "plain stub send": plain_send}
+        try:
+            ck_plain = run_confluent_produce(None, n)
+            row["confluent produce() (added)"] = run_confluent_produce(tracer, n) - ck_plain
+            row["confluent produce(), plain + header + callback"] = ck_plain
+        except ImportError:
+            pass
         for k, v in row.items():
             res.setdefault(k, []).append(v * 1e6)
     print(f"us of thread CPU per message, median (min-max) of {args.repeats} x {n}:")

@@ -10,7 +10,9 @@ the emitter or the spool format. The calls, by stage (DESIGN.md, Stages):
                            (``sent_instrumented`` + ``sent_done``: a client whose own
                            OpenTelemetry instrumentation injects the context in the call)
 ``Send.acked(p, o)``       ``broker_acked``            (``Send.acked_metadata(md)``: md.partition/offset;
-                           ``acked_many(topic, p, [(send, offset)])``: a produce batch at once)
+                           ``acked_many(topic, p, [(send, offset)])``: a produce batch at once;
+                           ``acks.append(row)`` + ``flush_acks()``: reports gathered during one
+                           client call, spooled in one frame before that call returns)
 ``Send.failed(e)``         ``send_failed``
 ``rolled_back(sends)``     ``rolled_back`` (an aborted transaction)
 ``received(book, ...)``    ``received`` for a batch of :data:`~tracer.sdk.inflight.Delivery` tuples

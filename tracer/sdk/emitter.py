@@ -73,9 +73,6 @@ _encode: Any = marshal.dumps  # the version passed at each call:
 #: one event: marshal version 2 (no reference table to set up: ~30 % faster for a small tuple, ~20 % more
 #: bytes); batches: version 4 (frames.MARSHAL_VERSION: repeated strings written once, faster for them)
 _V_SMALL = 2
-#: spooled bytes between two wakes of the shipper process (~9,000 events; one pipe write each)
-WAKE_BYTES = 1 << 20
-_NEVER = 1 << 62  # an int: the hot path compares ints
 
 
 def default_spool_dir() -> str:
@@ -168,9 +165,6 @@ class Emitter:
         self._full_until = 0.0  # a full disk: no new segment is tried before this (or before shipping moves)
         self._full_mark = -1
         self._process_mode = self._spec is not None and not isinstance(self.sink, NullSink)
-        #: a shipper process is woken when this much more was spooled (not only every sink.interval),
-        #: so a burst is shipped while it is being recorded, on the other core, not after it
-        self._wake_at = WAKE_BYTES if self._process_mode else _NEVER
         # the counters live in the spool (progress): the shipper's, and the owner's drops, for audit-health
         self._ship_counters: Any = FileCounters(self._writer.path)
         self._loop: ShipLoop | None = None
@@ -282,8 +276,6 @@ class Emitter:
                     mm.flush(start, pos + n - start)
                 self._written += n
                 self._recorded += 1
-                if self._written > self._wake_at:
-                    self._backlog_wake()
         except Exception as e:  # the audit must never break the business path
             self._error(e)
 
@@ -365,17 +357,8 @@ class Emitter:
                     mm.flush(start, pos + n - start)
                 self._written += n
                 self._recorded += events
-                if self._written > self._wake_at:
-                    self._backlog_wake()
         except Exception as e:  # the audit must never break the business path
             self._error(e)
-
-    def _backlog_wake(self) -> None:
-        """(Under the lock.) Another :data:`WAKE_BYTES` spooled: wake the shipper process (one byte
-        into its pipe; never blocks for long: it reads them at every round)."""
-        self._wake_at = self._written + WAKE_BYTES
-        if self._process_mode:
-            self._wake_process()
 
     def emit_many(self, events: Sequence[tuple[Any, ...]]) -> None:
         """Spool several events; each tuple is ``(stage, msg_id, topic, partition, offset,
@@ -565,7 +548,6 @@ class Emitter:
         with self._lock:
             self._shipped = counters.get("shipped_bytes")
             self._process_mode = False
-            self._wake_at = _NEVER
         self._proc = None
 
     def _run(self) -> None:
