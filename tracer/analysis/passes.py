@@ -13,6 +13,9 @@ pair of the candidate messages, staged in a table, counting receipts and outcome
 duplicated audit event could inflate a count.
 
 Every decision expression in these queries is generated from :mod:`tracer.analysis.rules`.
+Their results come back as JSONCompact (``small=True``), not Arrow: a few thousand rows of 36
+columns cost ~0.1-0.2 s less CPU that way on chDB (benchmarks/results/reconcile.md), and the
+typed JSON path gives the same values (the store's tests compare both).
 """
 from __future__ import annotations
 
@@ -187,13 +190,13 @@ def fan_out_hint(store: Store, window: Window) -> bool:
 
 
 def topic_groups(store: Store, window: Window) -> TopicGroups:
-    rows = store.query(render("reconcile_topic_groups"), {"from_us": window.from_us, "cut": window.cut_us})
+    rows = store.query(render("reconcile_topic_groups"), {"from_us": window.from_us, "cut": window.cut_us}, small=True)
     return TopicGroups([r["t"] for r in rows], [sorted(r["gs"]) for r in rows])
 
 
 def _by_message(store: Store, scope: Scope, names: Hint) -> Pass1 | None:
     """reconcile_scan_msg.sql; None when the window has a shape it cannot judge (Kind.SHAPE)."""
-    rows = store.query(scan_msg_sql(scope.expected, scope.groups is not None), scope.params())
+    rows = store.query(scan_msg_sql(scope.expected, scope.groups is not None), scope.params(), small=True)
     if any(r["kind"] == Kind.SHAPE for r in rows):
         return None
     need = {(r["th"], r["gh"]) for r in rows if r["kind"] == Kind.PLAIN or r["recvwin"]}
@@ -222,7 +225,7 @@ def _by_message(store: Store, scope: Scope, names: Hint) -> Pass1 | None:
 
 
 def _by_pair(store: Store, scope: Scope, tg: TopicGroups) -> Pass1:
-    rows = store.query(scan_pairs_sql(scope.expected), {**scope.params(), **tg.params()})
+    rows = store.query(scan_pairs_sql(scope.expected), {**scope.params(), **tg.params()}, small=True)
     out = Pass1(False, tg)
     for r in rows:
         if r["mid"]:
@@ -292,17 +295,18 @@ def pass2(store: Store, scope: Scope, first: Pass1, stage: Stager) -> list[Decid
         ids = set(first.messages)
         if first.hashes:
             table = stage.hashes(sorted(first.hashes), "k")
-            ids |= {r["msg_id"] for r in store.query(render("reconcile_resolve", hashes=table), scope.window.scan())}
+            ids |= {r["msg_id"] for r in store.query(render("reconcile_resolve", hashes=table), scope.window.scan(),
+                                                       small=True)}
         if not ids:
             return []
         events = in_table("msg_id", stage.ids(sorted(ids), "c"))
     # by message: counted by rows first; messages whose counts may include duplicates again exactly
-    rows = store.query(pairs_sql(events, exact=not first.by_message), params)
+    rows = store.query(pairs_sql(events, exact=not first.by_message), params, small=True)
     unsure = sorted({r["msg_id"] for r in rows if r["unsure"]})
     if unsure:
         again = set(unsure)
         rows = [r for r in rows if r["msg_id"] not in again] + \
-            store.query(pairs_sql(in_table("msg_id", stage.ids(unsure, "u")), exact=True), params)
+            store.query(pairs_sql(in_table("msg_id", stage.ids(unsure, "u")), exact=True), params, small=True)
     return _with_half_messages(store, _with_replay_runs(store, [Decided.from_row(r, cut) for r in rows],
                                                         scope.window.scan()), scope.window.scan())
 
@@ -335,7 +339,7 @@ def one_message(store: Store, msg_id: str, groups: Sequence[str], cut: int) -> l
     """Pass 2 for one message and no window: the reference of the Python judge (slower to plan)."""
     params = {"scan_from": 0, "cut": FAR_FUTURE_US, "restrict_groups": 0, "groups": sorted(set(groups)),
               "topics": [""], "topic_groups": [[]], "msg_id": msg_id}
-    rows = store.query(pairs_sql("msg_id = {msg_id:String}"), params)
+    rows = store.query(pairs_sql("msg_id = {msg_id:String}"), params, small=True)
     scan = {"scan_from": 0, "cut": FAR_FUTURE_US}
     return _with_half_messages(store, _with_replay_runs(store, [Decided.from_row(r, cut) for r in rows], scan), scan)
 
