@@ -88,7 +88,10 @@ def run_one(bootstrap: str, topic: str, url: str, options: dict) -> None:
     stats = run_collector(bootstrap, topic, url, f"bench-{uuid.uuid4().hex[:8]}", until_idle=True, config=cfg,
                           on_status=on_status)
     cpu = marks.get("after_commit", 0.0) - marks.get("before_first", 0.0)
-    print(json.dumps({"rate": stats.sustained_rate, "stored": stats.stored, "cpu_s": cpu}))
+    import resource
+
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt  # whole process: page faults (memory churn)
+    print(json.dumps({"rate": stats.sustained_rate, "stored": stats.stored, "cpu_s": cpu, "minflt": faults}))
 
 
 def cpu_seconds(pid: int | None) -> float:
@@ -102,15 +105,17 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def collect_once(bootstrap: str, topic: str, url: str, repo: Path = ROOT, **options) -> tuple[float, int, float]:
-    """One collector run of the checkout ``repo`` in a fresh process: (events/s, stored, CPU seconds)."""
+def collect_once(bootstrap: str, topic: str, url: str, repo: Path = ROOT,
+                 **options) -> tuple[float, int, float, int]:
+    """One collector run of the checkout ``repo`` in a fresh process: (events/s, stored, CPU seconds,
+    minor page faults of the whole process)."""
     out = subprocess.run([sys.executable, __file__, "--run-one", "--repo", str(repo), "--bootstrap", bootstrap,
                           "--topic", topic, "--url", url, "--options", json.dumps(options)],
                          capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         raise RuntimeError(f"collector run failed: {out.stderr[-2000:]}")
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    return r["rate"], r["stored"], r["cpu_s"]
+    return r["rate"], r["stored"], r["cpu_s"], int(r.get("minflt", 0))
 
 
 def decode_profile(per_record: int, n: int = 50_000, server_url: str | None = None) -> dict[str, float]:
@@ -221,6 +226,7 @@ def main() -> None:
     server = ClickHouseServer().start()
     rows: dict[str, list[float]] = {"raw": []}
     cpus: dict[str, list[tuple[float, ...]]] = {}  # per collector run: (collector, broker[, server]) CPU s
+    faults: dict[str, list[int]] = {}  # per collector run: minor page faults of the collector process
     try:
         topic = f"bench-audit-{uuid.uuid4().hex[:6]}"
         create_topic(broker.bootstrap, topic, a.partitions)
@@ -242,12 +248,13 @@ def main() -> None:
                         if engine != "chDB":
                             pids.append(server.proc.pid if server.proc else None)
                         before = [cpu_seconds(p) for p in pids]
-                        r, n, cpu = collect_once(broker.bootstrap, topic, url, repo, **opts)
+                        r, n, cpu, flt = collect_once(broker.bootstrap, topic, url, repo, **opts)
                         others = [cpu_seconds(p) - b for p, b in zip(pids, before)]
                     assert n == a.events, n
                     key = f"collector -> {engine}, {label}"
                     rows.setdefault(key, []).append(r)
                     cpus.setdefault(key, []).append((cpu, *others))
+                    faults.setdefault(key, []).append(flt)
             print(f"repeat {i + 1}: " + "  ".join(f"{k}: {v[-1]:,.0f}" for k, v in rows.items()), flush=True)
     finally:
         server.stop()
@@ -290,13 +297,16 @@ def main() -> None:
             lines.append(f"| {label} | {statistics.median(r):.2f}x ({min(r):.2f}x, {max(r):.2f}x) |")
     lines += ["", "CPU per run (medians over repeats; contention-free figures: events per CPU-second of the "
               "collector process, all its threads; the broker's and the server's CPU in the same run):", "",
-              "| path | collector CPU s / 1M events | events per collector CPU-second | broker CPU s | "
-              "ClickHouse server CPU s |", "|---|---|---|---|---|"]
+              "| path | collector CPU s / 1M events | events per collector CPU-second (min, max) | broker CPU s | "
+              "ClickHouse server CPU s | collector page faults / 1M events |", "|---|---|---|---|---|---|"]
     for k, v in cpus.items():
         col = statistics.median(c[0] for c in v)
         brk = statistics.median(c[1] for c in v)
         srv = f"{statistics.median(c[2] for c in v):.2f}" if len(v[0]) > 2 else "- (in process)"
-        lines.append(f"| {k} | {col * 1e6 / a.events:.2f} | {a.events / col:,.0f} | {brk:.2f} | {srv} |")
+        per_cpu = [a.events / c[0] for c in v if c[0] > 0]
+        flt = statistics.median(faults[k]) * 1e6 / a.events
+        lines.append(f"| {k} | {col * 1e6 / a.events:.2f} | {a.events / col:,.0f} ({min(per_cpu):,.0f}, "
+                     f"{max(per_cpu):,.0f}) | {brk:.2f} | {srv} | {flt:,.0f} |")
     lines += ["", "Every repeat, in order (events/s):", ""]
     lines += [f"- {k}: " + ", ".join(f"{x:,.0f}" for x in v) for k, v in rows.items()]
     lines += ["", "## Decode path profile (one thread, same records, best of 3)", "",

@@ -1,4 +1,6 @@
-"""The collector's processing steps: decode -> batch -> write -> commit, one module each (``step_*.py``; flat modules, so the package list of the build needs no entry).
+"""The collector's processing steps: decode -> batch -> write -> commit, one module each.
+
+The modules are ``step_*.py``, flat, so the package list of the build needs no entry.
 
 Arroyo-style: every step keeps the full contract of :class:`collectors.types.Step`
 (``submit`` may raise :class:`MessageRejected` when its bounded buffer is full; ``poll`` does
