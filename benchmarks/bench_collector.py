@@ -206,6 +206,9 @@ def main() -> None:
                     help="Engines the --baseline checkout runs on (comma-separated: chDB, 18.16).")
     ap.add_argument("--no-python-decoder", action="store_true", help="Leave out the Python-decoder-only row.")
     ap.add_argument("--no-write", action="store_true", help="Do not write benchmarks/results/collector.md.")
+    ap.add_argument("--ablation", action="append", default=[], metavar="LABEL=JSON",
+                    help="One more row into 18.16: this checkout with these CollectorConfig options, e.g. "
+                         "'no malloc tuning={\"malloc_top_pad\": null}' (repeatable).")
     ap.add_argument("--run-one", action="store_true", help=argparse.SUPPRESS)
     for hidden in ("--repo", "--bootstrap", "--topic", "--url", "--options"):
         ap.add_argument(hidden, help=argparse.SUPPRESS)
@@ -215,13 +218,16 @@ def main() -> None:
         return
     from tracer.localsvc import ClickHouseServer, TansuBroker
 
-    # (label, checkout, collector options)
-    variants: list[tuple[str, Path, dict]] = [("this checkout", ROOT, {})]
-    if a.baseline:
-        variants.append((f"baseline {a.baseline.name}", a.baseline.resolve(), {}))
-    if not a.no_python_decoder:
-        variants.append(("this checkout, Python decoder only (c_decoder=False)", ROOT, {"c_decoder": False}))
+    # (label, checkout, collector options, engines)
+    variants: list[tuple[str, Path, dict, set[str]]] = [("this checkout", ROOT, {}, {"chDB", "18.16"})]
     baseline_engines = {e.strip() for e in a.baseline_engines.split(",")}
+    if a.baseline:
+        variants.append((f"baseline {a.baseline.name}", a.baseline.resolve(), {}, baseline_engines))
+    if not a.no_python_decoder:
+        variants.append(("this checkout, Python decoder only (c_decoder=False)", ROOT, {"c_decoder": False}, {"chDB"}))
+    for spec in a.ablation:
+        label, _, options = spec.partition("=")
+        variants.append((f"this checkout, {label.strip()}", ROOT, json.loads(options), {"18.16"}))
     broker = TansuBroker().start()
     server = ClickHouseServer().start()
     rows: dict[str, list[float]] = {"raw": []}
@@ -237,10 +243,8 @@ def main() -> None:
             rows["raw"].append(raw_consume(broker.bootstrap, topic, a.partitions, n_records, a.per_record))
             order = variants if i % 2 == 0 else variants[::-1]
             for engine in ("chDB", "18.16"):
-                for label, repo, opts in order:
-                    if opts and engine != "chDB":
-                        continue
-                    if repo != ROOT and engine not in baseline_engines:
+                for label, repo, opts, engines in order:
+                    if engine not in engines:
                         continue
                     with tempfile.TemporaryDirectory(prefix="bench-chdb-") as d:
                         url = f"chdb://{d}" if engine == "chDB" else server.url(f"bench_{uuid.uuid4().hex[:8]}")

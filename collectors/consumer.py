@@ -87,9 +87,6 @@ class CollectorConfig:
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
     status_interval_s: float = 0.5
-    #: join, count and (server) serialize each batch as it is sealed, on the decode thread, so that
-    #: work overlaps the previous batch's insert (see StoreWriter.prepare); False: on the writer thread
-    prepare_ahead: bool = True
     #: a pipeline stall (records waiting for the write in flight) shorter than this neither polls
     #: Kafka nor pauses the partitions (see Processor.run); a longer one (a store down) pauses them
     #: and keeps polling, so the group session and rebalances go on
@@ -149,8 +146,7 @@ class Processor:
                                     give_up_after=cfg.give_up_after_s, threaded=cfg.threaded_writes)
         self.batch_step = BatchStep(self.write_step, max_events=cfg.max_batch_events,
                                     max_records=cfg.max_batch_records, max_wait=cfg.max_batch_wait_s,
-                                    raw_limit=cfg.raw_limit, in_window=self._in_window,
-                                    prepare=writer.prepare if cfg.prepare_ahead else None)
+                                    raw_limit=cfg.raw_limit, in_window=self._in_window)
         self.strategy = DecodeStep(self.batch_step, cfg.max_record_bytes, use_c=cfg.c_decoder, crash=cfg.crash)
         self._last_status = 0.0
         self._stalled_since: float | None = None  # monotonic: since when records wait for the pipeline

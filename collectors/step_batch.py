@@ -36,20 +36,16 @@ class BatchStep:
     previous owner of its partition: its event ids are then collected for the duplicate count.
     """
 
-    __slots__ = ("next_step", "max_events", "max_records", "max_wait", "raw_limit", "in_window", "prepare",
-                 "_building", "_ready")
+    __slots__ = ("next_step", "max_events", "max_records", "max_wait", "raw_limit", "in_window", "_building",
+                 "_ready")
 
     def __init__(self, next_step: Step[Batch], *, max_events: int = 20_000, max_records: int = 5_000,
                  max_wait: float = 1.0, raw_limit: int = DEFAULT_RAW_LIMIT,
-                 in_window: Callable[[Partition, int, int], bool] | None = None,
-                 prepare: Callable[[Batch], None] | None = None) -> None:
+                 in_window: Callable[[Partition, int, int], bool] | None = None) -> None:
         self.next_step = next_step
         self.max_events, self.max_records, self.max_wait = max_events, max_records, max_wait
         self.raw_limit = raw_limit
         self.in_window: Callable[[Partition, int, int], bool] = in_window or (lambda p, o, n: False)
-        #: called with each batch as it is sealed (never raises): the writer's work that can be
-        #: done ahead, here, while the next step still writes the previous batch
-        self.prepare = prepare
         self._building: Batch | None = None
         self._ready: Batch | None = None
 
@@ -92,8 +88,6 @@ class BatchStep:
 
     def _seal(self) -> None:
         self._ready, self._building = self._building, None
-        if self.prepare is not None and self._ready is not None:
-            self.prepare(self._ready)
         self._push_ready()
 
     def _push_ready(self) -> None:

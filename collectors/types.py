@@ -6,7 +6,7 @@ tested with plain objects.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -118,9 +118,6 @@ class Batch:
     events_written: bool = False
     duplicates: int = 0  # found when the events were written
     quarantine_written: bool = False
-    #: the events as insert columns and their distinct event ids, made when the batch was sealed
-    #: (StoreWriter.prepare, on the thread that builds batches); None: the writer makes them
-    prepared: tuple[Mapping[str, Any], int] | None = None
 
 
 class Step(Protocol[T_contra]):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from tracer.errors import QueryError, StoreError
@@ -26,8 +26,7 @@ class StoreWriter:
     idle, so other processes (``trace-msg``, the reconciler) get the directory in between.
     """
 
-    __slots__ = ("store", "session_hold", "dup_chunk_bytes", "crash", "_session", "_session_opened", "_arrow",
-                 "_server", "_native_types")
+    __slots__ = ("store", "session_hold", "dup_chunk_bytes", "crash", "_session", "_session_opened", "_arrow")
 
     def __init__(self, store: Any, *, session_hold: float = 3.0, dup_chunk_bytes: int = 100_000,
                  crash: Callable[[str], None] | None = None) -> None:
@@ -40,37 +39,10 @@ class StoreWriter:
         self._session_opened = 0.0
         # chDB's insert takes Arrow arrays as they are: attrs go in flattened, not as a list per event
         self._arrow = getattr(store, "engine", None) == "chdb"
-        self._server = getattr(store, "engine", None) == "clickhouse"  # Native blocks: tracer.store.native
-        # import now (~0.5 s), not on the writer thread with the first batch waiting
+        # import now (~0.5 s), not on the writer thread with the first batch waiting (the C decoder's
+        # batches are joined and counted with pyarrow.compute on both engines)
         import pyarrow  # noqa: F401
         import pyarrow.compute  # noqa: F401
-        #: trace_events' column types as the last write found them (server stores), what ``prepare``
-        #: serializes for: set on the writer's thread from the store's cache (no query), read by prepare
-        self._native_types: dict[str, str] | None = None
-
-    # --- ahead of the write (the thread that builds batches) --------------------------------
-    def prepare(self, batch: Batch) -> None:
-        """Make the batch's insert columns now (the decode thread, while the writer's thread is
-        busy with the previous batch): joined into one table, distinct ids counted and, for a
-        server, serialized as Native columns. Never raises: what fails here the write makes."""
-        if not batch.n_events or batch.prepared is not None or batch.events_written or not batch.arrow:
-            return
-        try:
-            columns: Mapping[str, Any]
-            columns, distinct = batch_store_columns(batch.columns, batch.arrow, arrow=self._arrow)
-        except Exception as e:  # the write makes them (and reports what fails)
-            log_event(logging.DEBUG, "batch not prepared ahead", error=str(e))
-            return
-        types = self._native_types
-        if self._server and types is not None:
-            from tracer.store.native import NativeBlock
-
-            try:
-                columns = NativeBlock(columns, types)
-            except Exception as e:  # e.g. a type the native path does not write: the insert decides
-                log_event(logging.DEBUG, "batch not serialized ahead", error=str(e))
-        batch.prepared = (columns, distinct)
-        batch.arrow = []  # joined into the prepared columns: the decoder's buffers can go
 
     # --- the embedded store's session lease -------------------------------------------
     def _open_session(self) -> None:
@@ -124,19 +96,10 @@ class StoreWriter:
                         dups = self.count_redelivered(batch)
                     except QueryError as e:  # only the count suffers; never block the write on it
                         log_event(logging.WARNING, "duplicate lookup failed", error=str(e))
-                if batch.prepared is not None:
-                    columns, distinct = batch.prepared
-                else:
-                    columns, distinct = batch_store_columns(batch.columns, batch.arrow, arrow=self._arrow)
+                columns, distinct = batch_store_columns(batch.columns, batch.arrow, arrow=self._arrow)
                 dups += batch.n_events - distinct
                 self.store.insert("trace_events", columns)
                 batch.events_written = True
-                batch.prepared = None  # its memory is not needed any more
-                if self._server and self._native_types is None:
-                    try:  # (cached by the insert: no query)
-                        self._native_types = dict(self.store.column_types("trace_events"))
-                    except StoreError:
-                        pass  # the next write tries again
                 batch.duplicates = dups
                 if self.crash is not None:
                     self.crash("write")

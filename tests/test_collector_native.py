@@ -140,38 +140,3 @@ def test_a_table_changed_under_the_store_falls_back_to_the_driver(server_url, mo
         rows = s.query("SELECT count() AS n, uniqExact(event_id) AS u, sum(pid) AS p FROM {db:Identifier}.trace_events")
     assert took == [False]
     assert (rows[0]["n"], rows[0]["u"], rows[0]["p"]) == (1_000, 1_000, 4242 * 1_000)
-
-
-def test_a_block_serialized_ahead_stores_the_same_rows(server_url, monkeypatch) -> None:
-    """A NativeBlock (what the collector serializes when it seals a batch) is sent as it was made,
-    with no column serialized again; a column whose table type changed since it was made is
-    serialized again for the new type; both store the rows the driver's insert stores."""
-    import tracer.store.native as nat
-    from tracer.store.core import _pylist
-
-    events = make_events(1_500)
-    events[0].attrs, events[1].error = {"k" * 200: "v" * 300}, "é" * 100
-    h = record_headers()
-    batches = [decode_record(encode_batch(events[i:i + 500]), h).arrow for i in range(0, len(events), 500)]
-    table, _ = batch_store_columns([], batches, arrow=True)
-    cols = ", ".join(f"`{c}`" for c in STORE_COLUMNS)
-    serialized: list[str] = []
-    real = nat.column_bytes
-    with Store(server_url) as s:
-        s.init_schema()
-        s.command("CREATE TABLE {db:Identifier}.by_driver AS {db:Identifier}.trace_events")
-        s.command("CREATE TABLE {db:Identifier}.retyped AS {db:Identifier}.trace_events")
-        types = s.column_types("trace_events")
-        ahead = nat.NativeBlock(table, types)
-        stale = nat.NativeBlock(table, {**types, "pid": "UInt64"})  # made for a type the table no longer has
-        assert list(ahead) == list(table) and ahead["pid"].equals(table["pid"].chunk(0))
-        monkeypatch.setattr(nat, "column_bytes", lambda arr, wire: serialized.append(wire) or real(arr, wire))
-        s.insert("trace_events", ahead)
-        assert serialized == []  # every column went as serialized ahead
-        s.insert("retyped", stale)
-        assert serialized == ["UInt32"]  # pid only, for the table's type
-        s.insert("by_driver", {c: _pylist(v) for c, v in table.items()})
-        rows = {t: s.rows(f"SELECT {cols} FROM {{db:Identifier}}.{t} ORDER BY event_id")[1]
-                for t in ("trace_events", "retyped", "by_driver")}
-    assert len(rows["by_driver"]) == 1_500
-    assert rows["trace_events"] == rows["by_driver"] and rows["retyped"] == rows["by_driver"]

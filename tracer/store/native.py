@@ -22,7 +22,7 @@ write, a compressed connection, or a driver without the calls used here makes
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 log = logging.getLogger("msgtrace.store")
@@ -157,38 +157,8 @@ def _as_array(values: Any) -> Any:
     return values
 
 
-class NativeBlock(Mapping[str, Any]):
-    """Columns (name -> Arrow array) with their Native serialization made ahead of the insert.
-
-    Why: serializing a 100k-event batch takes ~30-60 ms of CPU; made where the batch is sealed
-    (the collector's decode thread, see ``collectors.writer.StoreWriter.prepare``), it overlaps
-    the previous batch's insert instead of lengthening the writer's turn. As a mapping it reads
-    as the Arrow columns, so every other insert path (chDB, the driver's fallback) takes it as is.
-    ``native_insert`` uses the bytes only for columns whose table type is still the one they
-    were serialized for, and serializes the others again.
-    """
-
-    __slots__ = ("arrays", "wires", "payloads")
-
-    def __init__(self, columns: Mapping[str, Any], types: Mapping[str, str]) -> None:
-        """Raises ``NativeUnsupported`` (or ``KeyError`` for a column without a type) when a
-        column cannot be written here."""
-        self.arrays = {n: _as_array(columns[n]) for n in columns}
-        self.wires = {n: wire_type(types[n]) for n in self.arrays}
-        self.payloads = {n: column_bytes(a, self.wires[n]) for n, a in self.arrays.items()}
-
-    def __getitem__(self, name: str) -> Any:
-        return self.arrays[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.arrays)
-
-    def __len__(self) -> int:
-        return len(self.arrays)
-
-
 def is_arrow(columns: Mapping[str, Sequence[Any]]) -> bool:
-    """True when every column is an Arrow array (what the native path writes; a NativeBlock too)."""
+    """True when every column is an Arrow array (what the native path writes)."""
     try:
         import pyarrow as pa
     except ImportError:
@@ -243,11 +213,9 @@ def native_insert(client: Any, table: str, columns: Mapping[str, Any], types: Ma
     n_rows = len(arrays[names[0]])
     if any(len(a) != n_rows for a in arrays.values()):
         raise ValueError("columns of different lengths")
-    ready = columns if isinstance(columns, NativeBlock) else None
     try:
         body = [(n, wire_type(types[n])) for n in names]
-        data = [ready.payloads[n] if ready is not None and ready.wires[n] == w else column_bytes(arrays[n], w)
-                for n, w in body]
+        data = [column_bytes(arrays[n], w) for n, w in body]
     except (KeyError, NativeUnsupported) as e:
         log.debug("native insert not possible (%s): using the driver's insert", e)
         return False
