@@ -109,7 +109,7 @@ def _time_record(t: Any, n: int) -> tuple[float, float]:
     rec = t.record
     t0, c0 = time.perf_counter(), time.thread_time()
     for i in range(n):
-        rec("dead_lettered", "order-%d:paid" % i, topic="orders", consumer_group="red-packet", dlq_topic="orders.dlq")
+        rec("dead_lettered", f"order-{i}:paid", topic="orders", consumer_group="red-packet", dlq_topic="orders.dlq")
     return (time.perf_counter() - t0) / n * 1e6, (time.thread_time() - c0) / n * 1e6
 
 
@@ -327,7 +327,7 @@ def report(res: dict[str, list[dict[str, Any]]], n: int, repeats: int, started: 
         f"rotated every repeat; median (min-max) of {repeats} repeats; ratios and added us paired per repeat "
         "with the plain client of the same repeat (throughput ratio = plain time / variant time).",
         "",
-        "## Producer: send + flush of %d x 100 B (acks=all, linger 5 ms)" % n,
+        f"## Producer: send + flush of {n} x 100 B (acks=all, linger 5 ms)",
         "",
         "| variant | us per message | added us per message | throughput vs plain |",
         "|---|---|---|---|",
@@ -342,7 +342,7 @@ def report(res: dict[str, list[dict[str, Any]]], n: int, repeats: int, started: 
             lines.append(f"| {LABELS[v]}, timed until its audit events were shipped too | "
                          f"{med(us(v, 'seconds_shipped'))} | {med(added(v, base, 'seconds_shipped'))} | "
                          f"{med(ratio(v, base, 'seconds_shipped'), '{:.2f}')} |")
-    lines += ["", "## Consumer: %d records carrying msgtrace's header, commit per batch of up to 500" % n, "",
+    lines += ["", f"## Consumer: {n} records carrying msgtrace's header, commit per batch of up to 500", "",
               "| variant | us per message | added us per message | throughput vs plain |", "|---|---|---|---|"]
     for v in CONSUMERS:
         if v not in res:

@@ -70,7 +70,8 @@ class Spans:
                                  "messaging.operation.type": "send", "messaging.destination.name": topic,
                                  "messaging.message.id": msg_id}
         if key is not None:
-            attrs["messaging.kafka.message.key" if system == "kafka" else "messaging.rabbitmq.destination.routing_key"] = key
+            name = "messaging.kafka.message.key" if system == "kafka" else "messaging.rabbitmq.destination.routing_key"
+            attrs[name] = key
         span = self._tracer.start_span(f"send {topic}", kind=SpanKind.PRODUCER, attributes=attrs)
         sc = span.get_span_context()
         if not sc.is_valid:
