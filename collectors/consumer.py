@@ -87,10 +87,6 @@ class CollectorConfig:
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
     status_interval_s: float = 0.5
-    #: a pipeline stall (records waiting for the write in flight) shorter than this neither polls
-    #: Kafka nor pauses the partitions (see Processor.run); a longer one (a store down) pauses them
-    #: and keeps polling, so the group session and rebalances go on
-    stall_pause_s: float = 2.0
     #: cyclic-GC thresholds while collecting (None: leave the process's GC alone). Decoding
     #: makes ~1,000 container objects per record; with CPython's default (700, 10, 10) the
     #: young-generation passes alone took ~10% of the run, and freezing start-up objects
@@ -98,11 +94,11 @@ class CollectorConfig:
     gc_threshold: tuple[int, int, int] | None = (10_000, 20, 20)
     #: glibc's M_TOP_PAD while collecting (None: leave malloc alone). Every batch allocates and
     #: frees ~100 MB (fetch responses, record bytes, decoder buffers, Native blocks); by default
-    #: glibc gives the freed heap back to the kernel and the next batch page-faults it in again:
-    #: ~400k minor faults per 1M events, a third of the collector's CPU on the server path
-    #: (measured 2.3 -> 1.65 CPU-s and 400k -> 62k faults per 1M events; 64 MiB does as well as
-    #: 256). The cost: up to this much freed memory stays in the process while it collects; given
-    #: back (malloc_trim) when the collector returns. See collectors.run._tune_malloc.
+    #: glibc gives the freed heap back to the kernel and the next batch page-faults it in again.
+    #: Measured into 18.16 (benchmarks/results/collector.md, same run): 271k -> 130k minor faults
+    #: and 2.05 -> 1.79 collector CPU-s per 1M events; 64 MiB did as well as 256. The cost: up to
+    #: this much freed memory stays in the process while it collects; given back (malloc_trim)
+    #: when the collector returns. See collectors.run._tune_malloc.
     malloc_top_pad: int | None = 64 * 1024 * 1024
     consumer_options: dict[str, Any] = field(default_factory=dict)
     #: use the C decoder (collectors._fastjson) when it is built; False: the Python decoder only
@@ -149,7 +145,6 @@ class Processor:
                                     raw_limit=cfg.raw_limit, in_window=self._in_window)
         self.strategy = DecodeStep(self.batch_step, cfg.max_record_bytes, use_c=cfg.c_decoder, crash=cfg.crash)
         self._last_status = 0.0
-        self._stalled_since: float | None = None  # monotonic: since when records wait for the pipeline
 
     # --- kafka glue ------------------------------------------------------------------
     @staticmethod
@@ -394,23 +389,6 @@ class Processor:
             self.strategy.poll()
             self._drain_held()
             if self.held:
-                now = time.monotonic()
-                if self._stalled_since is None:
-                    self._stalled_since = now
-                if not self.paused and now - self._stalled_since < self.cfg.stall_pause_s:
-                    # A short stall (the write in flight is slower than the decode): wait for it
-                    # without polling or pausing. Pausing would drop the fetch kafka-python has in
-                    # flight (a paused partition's response is ignored and fetched again after the
-                    # resume: a broker round trip with nothing to decode); not polling leaves it
-                    # buffered in the consumer, and no more than that is read ahead.
-                    if not self.write_step.wait_in_flight(0.05):
-                        self.stop.wait(0.01)  # nothing in flight (a retry's backoff): a short nap
-                    self.strategy.poll()
-                    self._drain_held()
-                    if not self.held:
-                        self._stalled_since = None
-                    self._status()
-                    continue
                 self._set_paused(True)
                 # Wake as soon as the write in flight is done (not a fixed 50 ms later: that
                 # idled the decode ~10% of a run); Kafka is still polled every round, which
@@ -419,7 +397,6 @@ class Processor:
                 self.strategy.poll()
                 self._drain_held()
             else:
-                self._stalled_since = None
                 self._set_paused(False)
                 n = self._poll_kafka(self.cfg.poll_timeout_ms)
                 if n:
