@@ -179,13 +179,18 @@ def test_forked_child_does_not_keep_the_chdb_store_locked(chdb_url):
     store = Store(chdb_url)
     store.init_schema()
     r, w = os.pipe()
+    ready_r, ready_w = os.pipe()
     with store.session():
         pid = os.fork()
-        if pid == 0:  # child: wait until the parent has checked, then leave without cleanup
+        if pid == 0:  # child: say it runs (the at-fork handlers ran), wait for the check, leave uncleaned
             os.close(w)
+            os.write(ready_w, b"r")
             os.read(r, 1)
             os._exit(0)
     os.close(r)
+    os.close(ready_w)
+    assert os.read(ready_r, 1) == b"r"  # not before: the child's copy of the lock is closed as it starts
+    os.close(ready_r)
     try:
         fd = os.open(os.path.join(store.url.path, ".msgtrace.lock"), os.O_RDWR)
         try:
