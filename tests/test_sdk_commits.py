@@ -166,7 +166,16 @@ def test_commits_before_a_rebalance_and_at_close(kafka_bootstrap, tmp_path):
         b.poll(timeout_ms=100)
         return bool(a.assignment()) and bool(b.assignment())
 
-    wait_until(rebalanced, 60, "the rebalance to give each member a partition", interval=0)
+    try:
+        wait_until(rebalanced, 30, "the rebalance to give each member a partition", interval=0)
+    except TimeoutError:
+        # Tansu can wedge a group whose membership changes mid-rebalance: b leaves, a settles alone,
+        # and a new member joins once more (a's commit before each rejoin covers nothing new)
+        b.close()
+        wait_until(lambda: a.poll(timeout_ms=100) is not None and sorted(p.partition for p in a.assignment())
+                   == [0, 1], 60, "the first member to own both partitions again", interval=0)
+        b = t.wrap_consumer(KafkaConsumer(topic, **cfg))
+        wait_until(rebalanced, 60, "the rebalance to give each member a partition", interval=0)
     ev = committed_events(t)  # a committed what it had consumed before giving partitions up
     assert len(ev) == 20 and all(len(v) == 1 and v[0].consumer_group == group for v in ev.values())
     assert {(e.partition, e.offset) for v in ev.values() for e in v} == {(0, 10), (1, 10)}
