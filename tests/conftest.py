@@ -207,11 +207,6 @@ def rabbitmq_server() -> Iterator[RabbitMQServer]:
         shutil.rmtree(server.workdir, ignore_errors=True)
 
 
-def pytest_configure(config) -> None:
-    config.addinivalue_line("markers", "rabbitmq: uses a RabbitMQ server (Debian rabbitmq-server)")
-    config.addinivalue_line("markers", "chdb: uses the embedded chDB store (no server; not in the unit tier)")
-
-
 def _marks_of(item) -> set[str]:
     """The tier markers this test needs (see the module docstring)."""
     names = set(getattr(item, "fixturenames", ()))
