@@ -91,28 +91,6 @@ def _status_text(stats: Any, state: str, rate: float) -> str:
             f"lag {lag} records  quarantined {stats.quarantined:,}  last commit {last}")
 
 
-def _collect_from(path: str, fmt: str, store_url: str | None, batch: int, as_json: bool) -> None:
-    """``collect --from``: the importer's path (tracer.ingest), the file read in batches as it comes."""
-    from tracer.cli.importer import _open, _summary
-    from tracer.ingest import import_events, import_rocketmq_trace
-    from tracer.store import Store
-
-    stream = _open(path)
-    try:
-        with Store(store_url) as store:
-            if fmt == "rocketmq-trace":
-                stats = import_rocketmq_trace(store, stream, batch_records=batch)
-            else:
-                stats = import_events(store, stream, batch_records=batch)
-    finally:
-        if stream is not sys.stdin.buffer:
-            stream.close()
-    if as_json:
-        sys.stdout.write(orjson.dumps(stats.to_dict()).decode() + "\n")
-    else:
-        _summary(stats, "trace records" if fmt == "rocketmq-trace" else "lines")
-
-
 @click.command("collect")
 @bootstrap_option
 @audit_topic_option
@@ -165,7 +143,9 @@ def collect(bootstrap: str | None, audit_topic: str, store_url: str | None, grou
     from .types import CollectorStats
 
     if from_path is not None:
-        _collect_from(from_path, from_format, store_url, batch_events, as_json)
+        from tracer.cli.importer import run_import  # the importer's path, read in batches as it comes
+
+        run_import(from_path, store_url, from_format, batch_events, as_json)
         return
     setup_logging(log_level, log_json)
     stats = CollectorStats()

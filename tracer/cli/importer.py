@@ -64,6 +64,29 @@ def _summary(stats: Any, what: str) -> None:
                   "import the producers' traces too, or name the topic with --group-topic GROUP=TOPIC")
 
 
+def run_import(path: str, store_url: str | None, fmt: str, batch_records: int, as_json: bool,
+               config: Any = None) -> None:
+    """Read ``path`` (``-``: stdin) in batches into the store and report: the one path of ``msgtrace
+    import events|rocketmq-trace`` and ``msgtrace collect --from``."""
+    from tracer.ingest import import_events, import_rocketmq_trace
+    from tracer.store import Store
+
+    stream = _open(path)
+    try:
+        with Store(store_url) as store:
+            if fmt == "rocketmq-trace":
+                stats = import_rocketmq_trace(store, stream, config, batch_records=batch_records)
+            else:
+                stats = import_events(store, stream, batch_records=batch_records)
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    if as_json:
+        click.echo(json.dumps(stats.to_dict()))
+    else:
+        _summary(stats, "trace records" if fmt == "rocketmq-trace" else "lines")
+
+
 @import_group.command("rocketmq-trace")
 @click.argument("path", metavar="FILE|-")
 @store_option
@@ -97,30 +120,14 @@ def rocketmq_trace(path: str, store_url: str | None, msg_id_from: str, consume_s
     The input is the bodies of the trace topic's messages as they are (records ended by \\x02, fields
     split by \\x01), one after the other or one per line; pipe a live dump in with -.
     """
-    from tracer.ingest import (
-        MsgIdFrom,
-        RocketMQImportConfig,
-        SuccessMeans,
-        import_rocketmq_trace,
-    )
-    from tracer.store import Store
+    from tracer.ingest import MsgIdFrom, RocketMQImportConfig, SuccessMeans
 
     config = RocketMQImportConfig(msg_id_from=MsgIdFrom(msg_id_from), success_means=SuccessMeans(consume_success),
                                   hooked_groups=frozenset(hooked_groups), max_reconsume_times=max_reconsume,
                                   group_max_reconsume=_pairs(group_max_reconsume, "--group-max-reconsume",
                                                              numeric=True),
                                   group_topics=_pairs(group_topic, "--group-topic"), service=service)
-    stream = _open(path)
-    try:
-        with Store(store_url) as store:
-            stats = import_rocketmq_trace(store, stream, config, batch_records=batch_records)
-    finally:
-        if stream is not sys.stdin.buffer:
-            stream.close()
-    if as_json:
-        click.echo(json.dumps(stats.to_dict()))
-    else:
-        _summary(stats, "trace records")
+    run_import(path, store_url, "rocketmq-trace", batch_records, as_json, config)
 
 
 @import_group.command("events")
@@ -132,17 +139,4 @@ def rocketmq_trace(path: str, store_url: str | None, msg_id_from: str, consume_s
 @handle_errors
 def events(path: str, store_url: str | None, batch_records: int, as_json: bool) -> None:
     """Import msgtrace events (the audit wire format: one JSON object per line) from FILE, or stdin with -."""
-    from tracer.ingest import import_events
-    from tracer.store import Store
-
-    stream = _open(path)
-    try:
-        with Store(store_url) as store:
-            stats = import_events(store, stream, batch_records=batch_records)
-    finally:
-        if stream is not sys.stdin.buffer:
-            stream.close()
-    if as_json:
-        click.echo(json.dumps(stats.to_dict()))
-    else:
-        _summary(stats, "lines")
+    run_import(path, store_url, "events", batch_records, as_json)
